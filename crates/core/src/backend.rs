@@ -1,0 +1,123 @@
+//! The contract between the core and a backend.
+//!
+//! A backend only knows how to start, stop and remove an isolated box that runs the guest agent,
+//! and how to reach that agent. Everything a user does inside a box is the agent's job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// How the host reaches a box's guest agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEndpoint {
+    /// A Unix stream socket on the host whose other end is the agent's listener.
+    Unix {
+        /// Socket path on the host.
+        path: PathBuf,
+    },
+}
+
+/// A read-only bind mount from the host into a box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadonlyMount {
+    /// Path on the host.
+    pub host: PathBuf,
+    /// Absolute path inside the box.
+    pub guest: PathBuf,
+}
+
+/// Resource limits, already resolved to absolute numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory_bytes: u64,
+    /// CPU quota in thousandths of a core (1000 = one core).
+    pub cpu_millis: u64,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: u64,
+}
+
+/// Everything a backend needs to start one box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxSpec {
+    /// The sandbox id; also names the box's host resources.
+    pub id: String,
+    /// Directory holding the template's root file system (read-only, never written).
+    pub template_rootfs: PathBuf,
+    /// Host directory mounted read-write at `/workspace`; it exists already.
+    pub workspace: PathBuf,
+    /// Extra read-only mounts.
+    pub readonly_mounts: Vec<ReadonlyMount>,
+    /// Environment of the agent, inherited by everything it runs.
+    pub env: BTreeMap<String, String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Host name inside the box.
+    pub hostname: String,
+}
+
+/// A started box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxHandle {
+    /// The sandbox id.
+    pub id: String,
+    /// Where its agent listens. The agent may not be accepting yet when `create` returns:
+    /// connections queue until it does.
+    pub endpoint: AgentEndpoint,
+}
+
+/// What [`Backend::cleanup_stale`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Boxes whose processes were killed.
+    pub boxes_killed: usize,
+    /// Host resources (cgroups, directories, mounts, containers) removed.
+    pub resources_removed: usize,
+}
+
+/// Errors of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run on this host (missing kernel feature, runtime, permission).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Starting the box failed.
+    #[error("could not start sandbox: {0}")]
+    StartFailed(String),
+    /// No box with this id is known to the backend.
+    #[error("no such box: {0}")]
+    NotFound(String),
+    /// A host operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A way of running isolated boxes.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Short name (`native`, `docker`, `gvisor`).
+    fn name(&self) -> &'static str;
+
+    /// Start a box. On error, nothing of the box is left behind.
+    async fn create(&self, spec: BoxSpec) -> Result<BoxHandle, BackendError>;
+
+    /// Kill a box and remove every host resource it used, except its workspace. Idempotent:
+    /// destroying an unknown or already dead box succeeds.
+    async fn destroy(&self, id: &str) -> Result<(), BackendError>;
+
+    /// Whether the box's processes are still alive.
+    async fn is_alive(&self, id: &str) -> bool;
+
+    /// Remove everything an earlier run of this backend (with the same configuration) left
+    /// behind: processes, mounts, cgroups, directories. Called once at start-up, before any
+    /// box is created.
+    async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError>;
+}
