@@ -1,0 +1,104 @@
+//! Async client of the guest agent (see `sandboxd-protocol` for the exchange rules).
+
+use std::time::Duration;
+
+use sandboxd_protocol::{
+    compatible, decode_lengths, encode, Frame, FrameError, Request, Response, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::backend::AgentEndpoint;
+use crate::CoreError;
+
+/// One connection to a guest agent.
+#[derive(Debug)]
+pub struct AgentConn {
+    stream: BufReader<UnixStream>,
+}
+
+impl AgentConn {
+    /// Connect to an agent.
+    pub async fn connect(endpoint: &AgentEndpoint) -> Result<Self, CoreError> {
+        let AgentEndpoint::Unix { path } = endpoint;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| CoreError::AgentUnreachable(format!("connect: {e}")))?;
+        Ok(AgentConn {
+            stream: BufReader::with_capacity(64 * 1024, stream),
+        })
+    }
+
+    /// Connect and shake hands, retrying the connection until `deadline` passes: a box's agent
+    /// may still be starting. Returns the agent's version string.
+    pub async fn handshake(endpoint: &AgentEndpoint, within: Duration) -> Result<String, CoreError> {
+        let attempt = async {
+            let mut conn = Self::connect(endpoint).await?;
+            let hello = Request::Hello {
+                version: PROTOCOL_VERSION,
+            };
+            match conn.call(&hello, &[]).await?.header {
+                Response::Hello { version, agent } if compatible(version) => Ok(agent),
+                Response::Hello { version, agent } => Err(CoreError::AgentUnreachable(format!(
+                    "agent {agent} speaks protocol {}.{}, this server {}.{}",
+                    version.0, version.1, PROTOCOL_VERSION.0, PROTOCOL_VERSION.1
+                ))),
+                other => Err(unexpected(&other)),
+            }
+        };
+        tokio::time::timeout(within, attempt)
+            .await
+            .map_err(|_| CoreError::Timeout("the sandbox's agent did not answer in time".into()))?
+    }
+
+    /// Send one request frame.
+    pub async fn send(&mut self, request: &Request, payload: &[u8]) -> Result<(), CoreError> {
+        let bytes = encode(request, payload)?;
+        self.stream
+            .get_mut()
+            .write_all(&bytes)
+            .await
+            .map_err(|e| CoreError::AgentUnreachable(format!("write: {e}")))
+    }
+
+    /// Receive one response frame. An [`Response::Error`] is returned as a frame, not an error.
+    pub async fn recv(&mut self) -> Result<Frame<Response>, CoreError> {
+        let mut prefix = [0u8; 8];
+        match self.stream.read_exact(&mut prefix).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Closed.into())
+            }
+            Err(e) => return Err(FrameError::Io(e).into()),
+        }
+        let (hl, pl) = decode_lengths(prefix)?;
+        let mut buf = vec![0u8; hl + pl];
+        self.stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(FrameError::Io)?;
+        let payload = buf.split_off(hl);
+        let header = serde_json::from_slice(&buf).map_err(FrameError::BadHeader)?;
+        Ok(Frame { header, payload })
+    }
+
+    /// Send a request whose answer is one terminal frame; an agent error becomes
+    /// [`CoreError::Agent`].
+    pub async fn call(
+        &mut self,
+        request: &Request,
+        payload: &[u8],
+    ) -> Result<Frame<Response>, CoreError> {
+        self.send(request, payload).await?;
+        let frame = self.recv().await?;
+        match frame.header {
+            Response::Error(e) => Err(CoreError::Agent(e)),
+            _ => Ok(frame),
+        }
+    }
+}
+
+/// The error for a response that does not fit the request.
+pub(crate) fn unexpected(r: &Response) -> CoreError {
+    CoreError::AgentUnreachable(format!("unexpected answer from agent: {r:?}"))
+}

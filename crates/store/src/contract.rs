@@ -1,0 +1,143 @@
+//! The contract suite: behaviour every [`SandboxStore`] must show. Call [`run_all`] from a test
+//! with a fresh, empty store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sandboxd_core::store::{SandboxRecord, SandboxStore, StoreError};
+use sandboxd_types::{Resources, Sandbox, SandboxState};
+
+/// A record for tests.
+pub fn record(id: &str, state: SandboxState) -> SandboxRecord {
+    SandboxRecord {
+        sandbox: Sandbox {
+            id: id.to_string(),
+            sandbox_type: "base".into(),
+            state,
+            session_id: id.to_string(),
+            backend: "test".into(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+            resources: Resources::default(),
+            metadata: BTreeMap::new(),
+            reason: None,
+        },
+        endpoint: None,
+        version: 0,
+    }
+}
+
+/// Run every contract check against `store`, which must start empty.
+pub async fn run_all<S: SandboxStore>(store: &S) {
+    insert_get_remove(store).await;
+    updates_compare_and_set(store).await;
+    limit_counts_live_records(store).await;
+    list_is_oldest_first(store).await;
+    cleanup(store).await;
+}
+
+async fn cleanup<S: SandboxStore>(store: &S) {
+    for r in store.list().await.unwrap() {
+        store.remove(&r.sandbox.id).await.unwrap();
+    }
+    assert!(store.list().await.unwrap().is_empty());
+}
+
+async fn insert_get_remove<S: SandboxStore>(store: &S) {
+    store
+        .insert(record("sb-a", SandboxState::Running), None)
+        .await
+        .unwrap();
+    let got = store.get("sb-a").await.unwrap().unwrap();
+    assert_eq!(got.version, 1);
+    assert!(matches!(
+        store.insert(record("sb-a", SandboxState::Running), None).await,
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(store.remove("sb-a").await.unwrap().unwrap().sandbox.id, "sb-a");
+    assert!(store.get("sb-a").await.unwrap().is_none());
+    assert!(store.remove("sb-a").await.unwrap().is_none());
+}
+
+async fn updates_compare_and_set<S: SandboxStore>(store: &S) {
+    store
+        .insert(record("sb-b", SandboxState::Creating), None)
+        .await
+        .unwrap();
+    let mut a = store.get("sb-b").await.unwrap().unwrap();
+    let mut b = a.clone();
+    a.sandbox.state = SandboxState::Running;
+    let a2 = store.update(a).await.unwrap();
+    assert_eq!(a2.version, 2);
+    b.sandbox.state = SandboxState::Error;
+    assert!(matches!(store.update(b).await, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        store.get("sb-b").await.unwrap().unwrap().sandbox.state,
+        SandboxState::Running
+    );
+    let mut gone = record("sb-missing", SandboxState::Running);
+    gone.version = 1;
+    assert!(matches!(store.update(gone).await, Err(StoreError::NotFound(_))));
+    store.remove("sb-b").await.unwrap();
+}
+
+async fn limit_counts_live_records<S: SandboxStore>(store: &S) {
+    store
+        .insert(record("sb-l1", SandboxState::Running), Some(2))
+        .await
+        .unwrap();
+    store
+        .insert(record("sb-dead", SandboxState::Error), Some(2))
+        .await
+        .unwrap();
+    store
+        .insert(record("sb-l2", SandboxState::Creating), Some(2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert(record("sb-l3", SandboxState::Running), Some(2)).await,
+        Err(StoreError::LimitReached(2))
+    ));
+    for id in ["sb-l1", "sb-dead", "sb-l2"] {
+        store.remove(id).await.unwrap();
+    }
+}
+
+async fn list_is_oldest_first<S: SandboxStore>(store: &S) {
+    for id in ["sb-z", "sb-a", "sb-m"] {
+        store
+            .insert(record(id, SandboxState::Running), None)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.sandbox.id)
+        .collect();
+    assert_eq!(ids, ["sb-z", "sb-a", "sb-m"]);
+}
+
+/// Concurrent inserts under a limit never exceed it. Needs a store shared across tasks.
+pub async fn limit_holds_under_concurrency<S: SandboxStore>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.insert(record(&format!("sb-c{i}"), SandboxState::Running), Some(5))
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap() as usize;
+    }
+    assert_eq!(ok, 5);
+    for r in store.list().await.unwrap() {
+        store.remove(&r.sandbox.id).await.unwrap();
+    }
+}
