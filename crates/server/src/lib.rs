@@ -1,1 +1,358 @@
-//! Placeholder.
+//! sandboxd's HTTP server: the `/v1` API over a [`Manager`], bearer-token auth, settings.
+//!
+//! - [`router`] builds the axum [`Router`]; tests drive it with `tower::ServiceExt::oneshot`.
+//! - [`run`] is `sandboxd serve`: it builds the backend, store, templates and manager from
+//!   [`Settings`], serves until SIGINT/SIGTERM, then removes every sandbox (`AUTO_CLEANUP`).
+//! - [`start`] does the same but hands back a [`RunningServer`] to stop by hand (tests).
+//!
+//! Invariant: this is the only crate that knows HTTP status codes. Every failure leaves through
+//! [`ApiError`], which maps a stable [`ErrorCode`](sandboxd_types::ErrorCode) to a status.
+//!
+//! | method | path | reply |
+//! |---|---|---|
+//! | GET | `/health` | `Health` (no auth) |
+//! | GET | `/openapi.json` | OpenAPI 3 document (no auth) |
+//! | GET | `/v1/types` | `{"types": [...]}` |
+//! | POST | `/v1/sandboxes` | 201 `Sandbox` |
+//! | GET | `/v1/sandboxes?metadata.k=v` | `SandboxList` |
+//! | GET | `/v1/sandboxes/{id}` | `Sandbox` |
+//! | DELETE | `/v1/sandboxes/{id}` | 204 |
+//! | POST | `/v1/sandboxes/{id}/timeout` | `Sandbox` |
+//! | POST | `/v1/sandboxes/{id}/exec` | `ExecResult`, or NDJSON `ExecEvent`s with `"stream": true` |
+//! | POST | `/v1/sandboxes/{id}/python` | `PythonResult` |
+//! | GET | `/v1/sandboxes/{id}/files?path=` | raw bytes |
+//! | PUT | `/v1/sandboxes/{id}/files?path=[&mode=]` | `FileEntry` (raw body in) |
+//! | DELETE | `/v1/sandboxes/{id}/files?path=[&recursive=]` | 204 |
+//! | GET | `/v1/sandboxes/{id}/files/list?path=[&depth=]` | `FileList` |
+//! | GET | `/v1/sandboxes/{id}/files/stat?path=` | `FileEntry` |
+//! | POST | `/v1/sandboxes/{id}/files/mkdir` | `MkdirResult` |
+//! | POST | `/v1/sandboxes/{id}/files/move` | `FileEntry` |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use sandboxd_core::backend::{Backend, Limits};
+use sandboxd_core::templates::Templates;
+use sandboxd_core::{CoreError, Manager, ManagerConfig};
+use sandboxd_store::MemoryStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub mod auth;
+mod backends;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod settings;
+
+pub use error::ApiError;
+pub use settings::{ServeArgs, Settings, SettingsError};
+
+/// Largest accepted JSON body, in bytes. File uploads are streamed and not limited.
+pub const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// How long in-flight requests may take to finish after a stop signal before sandboxes are
+/// removed under them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sandbox manager.
+    pub manager: Arc<Manager>,
+    /// The token API requests must carry (`BEARER_TOKEN`), if any.
+    pub bearer_token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("manager", &self.manager)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl AppState {
+    /// State without a token: every route is open.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        AppState {
+            manager,
+            bearer_token: None,
+        }
+    }
+
+    /// Require `Authorization: Bearer <token>` (an empty token means none).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.bearer_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    use routes::{exec, files, meta, sandboxes};
+    Router::new()
+        .route("/health", get(meta::health))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/v1/types", get(meta::types))
+        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/v1/sandboxes/{id}",
+            get(sandboxes::get).delete(sandboxes::delete),
+        )
+        .route("/v1/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/v1/sandboxes/{id}/exec", post(exec::exec))
+        .route("/v1/sandboxes/{id}/python", post(exec::python))
+        .route(
+            "/v1/sandboxes/{id}/files",
+            get(files::read).put(files::write).delete(files::remove),
+        )
+        .route("/v1/sandboxes/{id}/files/list", get(files::list))
+        .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
+        .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
+        .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
+        .fallback(meta::not_found)
+        .method_not_allowed_fallback(meta::method_not_allowed)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// One debug line per request (never the headers: they may carry the token).
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The settings ask for something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend could not be set up.
+    #[error("backend {backend}: {message}")]
+    Backend {
+        /// Backend name.
+        backend: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The manager could not start (e.g. cleaning up after an earlier run failed).
+    #[error("cannot start: {0}")]
+    Core(#[from] CoreError),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A server started by [`start`].
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    manager: Arc<Manager>,
+    auto_cleanup: bool,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address it listens on (useful with `PORT=0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The manager behind it.
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
+    }
+
+    /// Stop accepting, let running requests finish (for a while), then remove every sandbox
+    /// when `AUTO_CLEANUP` is on.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(joined) => Some(joined),
+            Err(_) => {
+                tracing::warn!(
+                    "requests still running after {}s; stopping them",
+                    DRAIN_TIMEOUT.as_secs()
+                );
+                None
+            }
+        };
+        if self.auto_cleanup {
+            let n = self.manager.list(&Default::default()).await.map(|l| l.len());
+            tracing::info!(sandboxes = n.unwrap_or(0), "removing every sandbox (AUTO_CLEANUP)");
+            self.manager.shutdown().await;
+        }
+        if served.is_none() {
+            self.task.abort();
+        }
+        match served {
+            Some(Ok(Err(e))) => Err(ServerError::Serve(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wait until the server task ends by itself (it only does on an I/O failure).
+    async fn wait_failed(&mut self) -> Option<std::io::Error> {
+        match (&mut self.task).await {
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(())) => None,
+            Err(e) => Some(std::io::Error::other(e.to_string())),
+        }
+    }
+}
+
+fn manager_config(settings: &Settings) -> ManagerConfig {
+    let d = ManagerConfig::default();
+    ManagerConfig {
+        default_type: settings.default_sandbox_type().to_string(),
+        default_timeout_secs: settings.sandbox_timeout_secs,
+        max_instances: settings.max_sandbox_instances,
+        mount_dir: settings.default_mount_dir.clone(),
+        readonly_mounts: settings.readonly_mounts.clone(),
+        default_resources: Limits { ..d.default_resources },
+        ..d
+    }
+}
+
+/// Check what this build can do, build everything from `settings`, bind and start serving.
+pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    if settings.workers > 1 {
+        return Err(ServerError::Unsupported(format!(
+            "WORKERS={} needs sandbox state shared between processes (a Redis store), which is \
+             not available yet; use WORKERS=1",
+            settings.workers
+        )));
+    }
+    let backend: Arc<dyn Backend> = backends::build(&settings)?;
+    start_with_backend(settings, backend).await
+}
+
+/// [`start`] with a given backend (tests use a fake one).
+pub async fn start_with_backend(
+    settings: Settings,
+    backend: Arc<dyn Backend>,
+) -> Result<RunningServer, ServerError> {
+    let backend_name = backend.name();
+    let templates = Templates::new(settings.templates_dir());
+    let manager = Manager::start(
+        backend,
+        Arc::new(MemoryStore::new()),
+        templates.clone(),
+        manager_config(&settings),
+    )
+    .await?;
+    let state = AppState::new(manager.clone()).with_token(settings.bearer_token.clone());
+    let addr = settings.bind_addr();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    let found = templates.list();
+    tracing::info!(
+        address = %local,
+        backend = backend_name,
+        state_dir = %settings.state_dir.display(),
+        templates = %if found.is_empty() { "none (run `sandboxd template build base`)".to_string() } else { found.join(",") },
+        auth = settings.bearer_token.is_some(),
+        "sandboxd listening on http://{local}"
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr: local,
+        manager,
+        auto_cleanup: settings.auto_cleanup,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// `sandboxd serve`: start, serve until SIGINT or SIGTERM, then shut down cleanly.
+pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    let mut server = start(settings).await?;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("stop signal received; shutting down");
+            server.shutdown().await
+        }
+        failed = server.wait_failed() => {
+            // Serving ended by itself: still remove the sandboxes.
+            let err = failed.map(ServerError::Serve);
+            if server.auto_cleanup {
+                server.manager.shutdown().await;
+            }
+            err.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

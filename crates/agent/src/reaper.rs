@@ -1,0 +1,350 @@
+//! The one place that waits for child processes.
+//!
+//! The agent is PID 1 of its pid namespace, so every orphan of the sandbox is re-parented to it
+//! and must be reaped, or zombies pile up until the pid limit is hit. At the same time the
+//! commands the agent started need their own exit status. Both are served by a single reaper
+//! thread; nothing else in the agent may call `wait*` (in particular never
+//! `std::process::Child::wait`), or it would steal statuses from the reaper or vice versa.
+//!
+//! # How the race between exit and registration is closed
+//!
+//! A child may exit before its spawner has recorded interest in it. The reaper therefore first
+//! *peeks* at an exited child with `waitid(P_ALL, WEXITED | WNOWAIT)`, which leaves the zombie
+//! in place, then takes the registry lock and only then reaps that specific pid. Spawning
+//! happens with the same lock held ([`Reaper::spawn`]), so by the time the reaper can look at a
+//! child's status the child is registered, and a pid can never be reused between the peek and
+//! the dispatch (a zombie keeps its pid). Statuses of unregistered children (orphans) are
+//! dropped. Holding the lock across the spawn also leaves `std`'s own clean-up intact: when
+//! `exec` fails, `Command::spawn` waits for its doomed child itself, and the reaper, still
+//! blocked on the lock, finds nothing left to reap.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// The process-wide reaper. Obtain it with [`Reaper::global`].
+pub struct Reaper {
+    inner: Mutex<Inner>,
+    /// Wakes the reaper thread when it sleeps because the agent had no children.
+    spawned: Condvar,
+}
+
+struct Inner {
+    children: HashMap<libc::pid_t, Tracked>,
+    /// Bumped on every spawn, so that the reaper notices children born while it looked away.
+    generation: u64,
+}
+
+struct Tracked {
+    /// Raw wait status once the child was reaped.
+    status: Option<i32>,
+    /// Write end of the exit notification pipe; closed (after one byte) when reaped.
+    notify: Option<OwnedFd>,
+    /// Whether the host may signal this child's process group by pid ([`Reaper::signal_group`]).
+    host_signalable: bool,
+}
+
+/// Why [`Reaper::signal_group`] refused.
+#[derive(Debug)]
+pub enum SignalError {
+    /// The pid is not a running command of this agent.
+    NotFound,
+    /// `kill(2)` failed.
+    Os(io::Error),
+}
+
+impl Reaper {
+    /// The reaper of this process, started on first use.
+    pub fn global() -> &'static Reaper {
+        static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
+        REAPER.get_or_init(|| {
+            let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
+                inner: Mutex::new(Inner {
+                    children: HashMap::new(),
+                    generation: 0,
+                }),
+                spawned: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("reaper".into())
+                .stack_size(64 * 1024)
+                .spawn(move || reaper.run())
+                .expect("cannot start the reaper thread");
+            reaper
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the map consistent (every mutation is a single
+        // insert/remove/field store), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Spawn `cmd` and register it, atomically with respect to the reaper. Returns the
+    /// `Child` (for its pipes only: never call `wait` on it) and the handle that reports its
+    /// exit. `host_signalable` lets [`Reaper::signal_group`] address it by pid.
+    pub fn spawn(
+        &'static self,
+        cmd: &mut Command,
+        host_signalable: bool,
+    ) -> io::Result<(Child, ExitWatch)> {
+        let (notify_r, notify_w) = sys::pipe()?;
+        sys::set_nonblocking(notify_r.as_fd())?;
+        let mut inner = self.lock();
+        let child = cmd.spawn()?;
+        let pid = child.id() as libc::pid_t;
+        inner.children.insert(
+            pid,
+            Tracked {
+                status: None,
+                notify: Some(notify_w),
+                host_signalable,
+            },
+        );
+        inner.generation += 1;
+        drop(inner);
+        self.spawned.notify_all();
+        Ok((
+            child,
+            ExitWatch {
+                pid,
+                notify: notify_r,
+                reaper: self,
+            },
+        ))
+    }
+
+    /// Signal the process group led by `pid`, a command the host started, while that command
+    /// has not been reaped yet. Once its leader is reaped the pid may be recycled, so the
+    /// request is refused rather than risk signalling a stranger.
+    pub fn signal_group(&self, pid: libc::pid_t, sig: libc::c_int) -> Result<(), SignalError> {
+        let inner = self.lock();
+        match inner.children.get(&pid) {
+            Some(t) if t.host_signalable && t.status.is_none() => {
+                sys::kill(-pid, sig).map_err(SignalError::Os)
+            }
+            _ => Err(SignalError::NotFound),
+        }
+    }
+
+    /// Signal the process group of every tracked, unreaped child (used at shutdown).
+    pub fn signal_all_groups(&self, sig: libc::c_int) {
+        let inner = self.lock();
+        for (pid, t) in &inner.children {
+            if t.status.is_none() {
+                let _ = sys::kill(-pid, sig);
+            }
+        }
+    }
+
+    fn signal_own(&self, pid: libc::pid_t, sig: libc::c_int) -> bool {
+        let inner = self.lock();
+        match inner.children.get(&pid) {
+            Some(t) if t.status.is_none() => sys::kill(-pid, sig).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn status_of(&self, pid: libc::pid_t) -> Option<ExitStatus> {
+        self.lock()
+            .children
+            .get(&pid)
+            .and_then(|t| t.status)
+            .map(ExitStatus::from_raw)
+    }
+
+    fn forget(&self, pid: libc::pid_t) {
+        self.lock().children.remove(&pid);
+    }
+
+    fn run(&self) {
+        loop {
+            let seen = self.lock().generation;
+            // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is writable; WNOWAIT leaves the child waitable so that it can be
+            // reaped below under the lock.
+            let r = unsafe {
+                libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT)
+            };
+            if r < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::ECHILD) => {
+                        // No children at all: sleep until a spawn. The timeout covers processes
+                        // that joined the namespace from outside and then orphaned children.
+                        let inner = self.lock();
+                        if inner.generation == seen {
+                            let _ = self
+                                .spawned
+                                .wait_timeout(inner, Duration::from_secs(1))
+                                .unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+                continue;
+            }
+            // SAFETY: waitid succeeded for a child state change, so the SIGCHLD fields are set.
+            let pid = unsafe { info.si_pid() };
+            if pid <= 0 {
+                continue;
+            }
+            let mut inner = self.lock();
+            let mut status: libc::c_int = 0;
+            // SAFETY: `status` is writable; WNOHANG because someone (std's failed-exec path)
+            // may have reaped this pid already.
+            let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if got != pid {
+                continue;
+            }
+            if let Some(t) = inner.children.get_mut(&pid) {
+                t.status = Some(status);
+                if let Some(w) = t.notify.take() {
+                    // Both a byte and the closing of the write end wake the poller; the byte
+                    // just makes the wake-up explicit.
+                    let _ = sys::write(w.as_fd(), b"x");
+                }
+            }
+        }
+    }
+}
+
+/// Handle on one spawned child's exit. Dropping it stops tracking the child: a status that
+/// arrives later is discarded like an orphan's.
+pub struct ExitWatch {
+    pid: libc::pid_t,
+    notify: OwnedFd,
+    reaper: &'static Reaper,
+}
+
+impl ExitWatch {
+    /// The child's pid (also its process group id, as children call `setsid`).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// A descriptor that becomes readable once the child has been reaped; for `poll`.
+    pub fn notify_fd(&self) -> BorrowedFd<'_> {
+        self.notify.as_fd()
+    }
+
+    /// The exit status, if the child has been reaped.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.reaper.status_of(self.pid)
+    }
+
+    /// Wait up to `timeout` for the exit status.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                return Some(s);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut fds = [sys::pollfd(
+                std::os::fd::AsRawFd::as_raw_fd(&self.notify),
+                libc::POLLIN,
+            )];
+            let _ = sys::poll(&mut fds, Some(left));
+        }
+    }
+
+    /// Signal the child's process group, unless the child was already reaped (after which
+    /// its pid may belong to someone else). Returns whether a signal was sent.
+    pub fn signal_group(&self, sig: libc::c_int) -> bool {
+        self.reaper.signal_own(self.pid, sig)
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        self.reaper.forget(self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::process::Stdio;
+
+    /// Children that exit immediately race their own registration; every one of them must
+    /// still deliver its own status, and none may be lost to the reaper's orphan path.
+    #[test]
+    fn immediate_exits_are_never_lost() {
+        let reaper = Reaper::global();
+        let watches: Vec<_> = (0..40)
+            .map(|i| {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c").arg(format!("exit {}", i % 7));
+                let (_child, watch) = reaper.spawn(&mut cmd, false).unwrap();
+                (i % 7, watch)
+            })
+            .collect();
+        for (code, watch) in watches {
+            let status = watch
+                .wait_timeout(Duration::from_secs(30))
+                .expect("status delivered");
+            assert_eq!(status.code(), Some(code));
+        }
+    }
+
+    /// A failed exec is waited for by `std` itself while the registry lock is held; the reaper
+    /// must not steal that status (std would panic) and must keep working afterwards.
+    #[test]
+    fn failed_exec_leaves_reaper_working() {
+        let reaper = Reaper::global();
+        for _ in 0..5 {
+            let err = reaper
+                .spawn(&mut Command::new("/nonexistent/program"), false)
+                .err()
+                .expect("spawn fails");
+            assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        }
+        let (_c, w) = reaper.spawn(&mut Command::new("/bin/true"), false).unwrap();
+        assert_eq!(
+            w.wait_timeout(Duration::from_secs(30)).unwrap().code(),
+            Some(0)
+        );
+    }
+
+    /// With the test process as a subreaper, an orphaned grandchild is re-parented to it and
+    /// must be reaped (not left as a zombie), while the direct child's status still arrives.
+    #[test]
+    fn orphans_are_reaped() {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let reaper = Reaper::global();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("sleep 0.3 >/dev/null 2>&1 & echo $!; exit 3")
+            .stdout(Stdio::piped());
+        let (mut child, watch) = reaper.spawn(&mut cmd, false).unwrap();
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let orphan: i32 = out.trim().parse().unwrap();
+        assert_eq!(
+            watch.wait_timeout(Duration::from_secs(30)).unwrap().code(),
+            Some(3)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{orphan}/stat"));
+            match stat {
+                Err(_) => break,
+                Ok(s) if Instant::now() > deadline => panic!("orphan not reaped: {s}"),
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}

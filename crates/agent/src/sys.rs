@@ -1,0 +1,339 @@
+//! Safe wrappers around the Linux system calls the agent needs and `std` does not expose.
+//!
+//! Every `unsafe` block of the crate that talks to the kernel directly lives here (plus the
+//! child-setup hook in [`crate::process`] and the signal setup in [`crate::init`]), so that the
+//! rest of the agent works with `OwnedFd`s, `CStr`s and `io::Result`s.
+
+use std::ffi::{CStr, CString, OsString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::time::Duration;
+
+/// `RESOLVE_BENEATH`: the kernel refuses any resolution that leaves the starting directory,
+/// whether through `..`, an absolute path or an (absolute or relative) symlink.
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// `RESOLVE_NO_MAGICLINKS`: refuse `/proc/<pid>/fd/*`-style links, which would otherwise let a
+/// path jump to any open file regardless of `RESOLVE_BENEATH`.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `RESOLVE_NO_SYMLINKS`: refuse every symlink on the way.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// The kernel's `struct open_how` (linux/openat2.h). Declared here because the `libc` crate's
+/// version is `#[non_exhaustive]` and cannot be built with a literal; the layout is fixed ABI
+/// (three `u64`s, extended only by growing the struct, which the size argument tells).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Turn a `-1` return into the thread's `errno`.
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Retry a system call interrupted by a signal.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Convert a path component or relative path to a C string; interior NULs cannot name a file.
+pub fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// `openat2(2)`: open `path` relative to `dir` with the given `resolve` restrictions.
+/// `O_CLOEXEC` is always added. `EAGAIN`, which the kernel returns when a concurrent rename
+/// prevented it from proving that `..` stayed beneath the root, is retried a few times.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve,
+    };
+    let mut again = 0;
+    loop {
+        // SAFETY: `path` is a valid NUL-terminated string and `how` a live, correctly laid out
+        // `open_how` whose size we pass; the kernel only reads them during the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: a non-negative return of openat2 is a new descriptor that nothing else
+            // owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) if again < 16 => again += 1,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Open a directory by absolute path (trusted configuration, not confined) as an `O_PATH`
+/// handle.
+pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is NUL-terminated; the returned descriptor, if any, is owned by us.
+    let fd = retry(|| cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) }))?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(2)` of `name` in `dir`; `AT_SYMLINK_NOFOLLOW` so that a final symlink is described,
+/// not followed. An empty `name` describes `dir` itself.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    let flags = if name.to_bytes().is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: `st` points to writable memory of the right size and `name` is NUL-terminated.
+    retry(|| cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) }))?;
+    // SAFETY: fstatat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    fstatat(fd, c"")
+}
+
+/// `mkdirat(2)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the call only reads it.
+    retry(|| cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }))?;
+    Ok(())
+}
+
+/// `unlinkat(2)`; `dir_flag` removes a directory (`AT_REMOVEDIR`).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, dir_flag: bool) -> io::Result<()> {
+    let flags = if dir_flag { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `name` is NUL-terminated; the call only reads it.
+    retry(|| cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }))?;
+    Ok(())
+}
+
+/// `renameat(2)`.
+pub fn renameat(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; the call only reads them.
+    retry(|| {
+        cvt(unsafe {
+            libc::renameat(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr())
+        })
+    })?;
+    Ok(())
+}
+
+/// `readlinkat(2)`, growing the buffer until the whole target fits.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OsString> {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    loop {
+        // SAFETY: the kernel writes at most `capacity` bytes into the vector's spare capacity.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.capacity(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n < buf.capacity() {
+            // SAFETY: readlinkat initialised exactly `n` bytes.
+            unsafe { buf.set_len(n) };
+            return Ok(OsString::from_vec(buf));
+        }
+        // The target may have been truncated: retry with more room.
+        buf.reserve(buf.capacity() * 2);
+    }
+}
+
+/// `fchmod(2)`: set exact permission bits, unaffected by the umask.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we borrow.
+    retry(|| cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }))?;
+    Ok(())
+}
+
+/// Names in the directory open as `dir` (an `O_RDONLY | O_DIRECTORY` descriptor, consumed),
+/// without `.` and `..`, in directory order.
+pub fn read_dir_names(dir: OwnedFd) -> io::Result<Vec<OsString>> {
+    let raw = dir.into_raw_fd();
+    // SAFETY: `raw` is an open directory descriptor whose ownership passes to the DIR stream.
+    let stream = unsafe { libc::fdopendir(raw) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so we still own `raw` and must close it.
+        unsafe { libc::close(raw) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; clearing it distinguishes end-of-stream from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is a valid DIR* used only by this thread.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error() == Some(0) { Ok(()) } else { Err(e) };
+        }
+        // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated and lives
+        // until the next readdir call on this stream; we copy it out right away.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    };
+    // SAFETY: `stream` is valid and closed exactly once (this also closes `raw`).
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
+}
+
+/// A pipe whose both ends are close-on-exec: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Put a descriptor in non-blocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFL/F_SETFL on a descriptor we borrow; no memory is involved.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// Mark a descriptor close-on-exec, so that commands never inherit it.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl F_GETFD/F_SETFD on a descriptor number; an invalid one yields EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+/// `poll(2)` with an optional timeout (rounded up to whole milliseconds so that a deadline is
+/// never spun on). An interrupted poll reports zero ready descriptors.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms: libc::c_int = match timeout {
+        None => -1,
+        Some(d) => {
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            ms.min(i32::MAX as u128) as libc::c_int
+        }
+    };
+    // SAFETY: `fds` is a valid, writable slice of pollfd structures of the given length.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
+}
+
+/// A `pollfd` entry asking for `events` on `fd`.
+pub fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// `kill(2)`. A negative `pid` addresses a process group.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall without memory arguments.
+    cvt(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+/// Read into `buf`, retrying on `EINTR`. `WouldBlock` is returned as an error.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid writable memory of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Write from `buf`, retrying on `EINTR`. `WouldBlock` is returned as an error.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid readable memory of the given length.
+        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Write all of `buf` to a blocking descriptor.
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = write(fd, buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}

@@ -1,0 +1,943 @@
+//! Control groups: one interface over cgroup v1, v2 and the hybrid of both.
+//!
+//! The layout is read from `/proc/self/mountinfo` once, at start-up ([`CgroupLayout::detect`]).
+//! Every box gets `<hierarchy>/<parent>/<id>` in each hierarchy the backend uses:
+//!
+//! - v1 (pure or hybrid): the hierarchies holding `memory`, `pids`, `cpu`, `cpuacct` and
+//!   `freezer` (often `cpu,cpuacct` share one). Limits go to `memory.limit_in_bytes` (and
+//!   `memory.memsw.limit_in_bytes` where swap accounting exists, so swap cannot dodge the
+//!   limit), `pids.max`, `cpu.cfs_period_us`/`cpu.cfs_quota_us`. `cpuset`, `devices`, `blkio`
+//!   and the rest are not joined: the box needs none of their limits, and a v1 `cpuset` group
+//!   would need `cpuset.cpus`/`cpuset.mems` copied in before any task could join it.
+//! - v2 (pure): `memory.max`, `memory.swap.max = 0`, `pids.max`, `cpu.max`, after enabling
+//!   `+memory +pids +cpu` in the parents' `cgroup.subtree_control`.
+//! - hybrid: the v1 limits above, plus a group in the controller-less v2 tree (usually
+//!   `/sys/fs/cgroup/unified`), used only to kill.
+//!
+//! Killing uses the v2 group's `cgroup.kill` where it exists (atomic, even against a fork
+//! bomb). On pure v1 it freezes the box's freezer group, SIGKILLs every pid listed, and thaws.
+//! Either way the pids still listed in any of the box's groups are then SIGKILLed until none is
+//! left.
+//!
+//! All file system access goes through [`CgroupFs`], so the logic is unit-tested against a
+//! recording fake and run for real on the host.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sandboxd_core::backend::Limits;
+
+/// Errors of the cgroup layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup file system (v1 or v2) is mounted.
+    #[error("no cgroup file system is mounted (looked in /proc/self/mountinfo)")]
+    NotMounted,
+    /// A controller the backend needs is not available.
+    #[error("cgroup controller `{0}` is not available")]
+    MissingController(&'static str),
+    /// A cgroup file operation failed.
+    #[error("cgroup {op} {path}: {source}")]
+    Io {
+        /// What was being done (`mkdir`, `write`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A box's cgroup still had processes after killing them for a while.
+    #[error("cgroup {path} still has processes after being killed")]
+    NotEmpty {
+        /// The cgroup directory.
+        path: PathBuf,
+    },
+}
+
+impl CgroupError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        CgroupError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Version of one mounted hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// A cgroup v1 hierarchy.
+    V1,
+    /// The cgroup v2 (unified) hierarchy.
+    V2,
+}
+
+/// How cgroups are mounted on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutKind {
+    /// Only cgroup v2, at `/sys/fs/cgroup`.
+    V2,
+    /// Only v1 hierarchies.
+    V1,
+    /// v1 hierarchies for the controllers plus a v2 tree (usually without controllers).
+    Hybrid,
+}
+
+/// One mounted hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// v1 or v2.
+    pub version: CgroupVersion,
+    /// v1: the controllers bound to it (`memory`, `cpu`, ...). v2: empty (see
+    /// `cgroup.controllers`).
+    pub controllers: Vec<String>,
+}
+
+/// The cgroup hierarchies of this host that the backend uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// Pure v2, pure v1 or hybrid.
+    pub kind: LayoutKind,
+    /// v1 hierarchies holding at least one of the controllers the backend uses.
+    pub v1: Vec<Hierarchy>,
+    /// The v2 hierarchy, if mounted.
+    pub v2: Option<Hierarchy>,
+}
+
+/// v1 controllers a box joins.
+const V1_USED: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "freezer"];
+
+const V1_KNOWN: [&str; 14] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
+
+/// Undo mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = &bytes[i + 1..i + 4];
+            if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl CgroupLayout {
+    /// Read the layout from this process's `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Self, CgroupError> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = fs::read_to_string(path).map_err(|e| CgroupError::io("read", path, e))?;
+        Self::from_mountinfo(&text)
+    }
+
+    /// Parse the layout from the text of a `mountinfo` file.
+    pub fn from_mountinfo(text: &str) -> Result<Self, CgroupError> {
+        let mut v1: Vec<Hierarchy> = Vec::new();
+        let mut v2: Option<Hierarchy> = None;
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            if left.len() < 5 || right.len() < 3 {
+                continue;
+            }
+            let mountpoint = PathBuf::from(unescape_mountinfo(left[4]));
+            match right[0] {
+                "cgroup2" => {
+                    // Prefer the conventional places when the tree is mounted more than once.
+                    let preferred = mountpoint == Path::new("/sys/fs/cgroup")
+                        || mountpoint == Path::new("/sys/fs/cgroup/unified");
+                    if v2.is_none() || preferred {
+                        v2 = Some(Hierarchy {
+                            mountpoint,
+                            version: CgroupVersion::V2,
+                            controllers: Vec::new(),
+                        });
+                    }
+                }
+                "cgroup" => {
+                    let controllers: Vec<String> = right[2]
+                        .split(',')
+                        .filter(|o| V1_KNOWN.contains(o))
+                        .map(str::to_string)
+                        .collect();
+                    let used = controllers.iter().any(|c| V1_USED.contains(&c.as_str()));
+                    let seen = v1.iter().any(|h| h.controllers == controllers);
+                    if used && !seen {
+                        v1.push(Hierarchy {
+                            mountpoint,
+                            version: CgroupVersion::V1,
+                            controllers,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let kind = match (v1.is_empty(), v2.is_some()) {
+            (true, false) => return Err(CgroupError::NotMounted),
+            (true, true) => LayoutKind::V2,
+            (false, false) => LayoutKind::V1,
+            (false, true) => LayoutKind::Hybrid,
+        };
+        Ok(CgroupLayout { kind, v1, v2 })
+    }
+
+    /// The v1 hierarchy holding `controller`.
+    pub fn v1_for(&self, controller: &str) -> Option<&Hierarchy> {
+        self.v1
+            .iter()
+            .find(|h| h.controllers.iter().any(|c| c == controller))
+    }
+
+    /// Every hierarchy a box joins, v1 first.
+    pub fn hierarchies(&self) -> impl Iterator<Item = &Hierarchy> {
+        self.v1.iter().chain(self.v2.iter())
+    }
+}
+
+/// The file system operations the cgroup logic needs; the real one is [`RealCgroupFs`].
+pub trait CgroupFs: Send + Sync {
+    /// Create one directory (its parent exists). Succeeds if it exists already.
+    fn mkdir(&self, path: &Path) -> io::Result<()>;
+    /// Remove an empty directory (cgroups are removed with `rmdir`).
+    fn rmdir(&self, path: &Path) -> io::Result<()>;
+    /// Write a value to a cgroup file.
+    fn write(&self, path: &Path, value: &str) -> io::Result<()>;
+    /// Read a cgroup file.
+    fn read(&self, path: &Path) -> io::Result<String>;
+    /// Whether a path exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Names of the subdirectories of a directory (empty if it does not exist).
+    fn subdirs(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Send SIGKILL to a host pid listed in a cgroup.
+    fn kill(&self, pid: i32) -> io::Result<()>;
+    /// Pause while waiting for the kernel (a no-op in fakes).
+    fn pause(&self, dur: Duration);
+}
+
+/// [`CgroupFs`] on the real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealCgroupFs;
+
+impl CgroupFs for RealCgroupFs {
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        match fs::create_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        }
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir(path)
+    }
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        // One write(2) per value: cgroup files act on each write, not on the file contents.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()))
+    }
+    fn read(&self, path: &Path) -> io::Result<String> {
+        fs::read_to_string(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            r => r?,
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    }
+    fn kill(&self, pid: i32) -> io::Result<()> {
+        crate::sys::kill(pid, libc::SIGKILL)
+    }
+    fn pause(&self, dur: Duration) {
+        std::thread::sleep(dur)
+    }
+}
+
+/// CFS period used for CPU quotas, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// How long [`Cgroups::kill`] and [`Cgroups::remove`] keep trying.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cgroups of the boxes of one backend: `<hierarchy>/<parent>/<id>`.
+pub struct Cgroups<F: CgroupFs = RealCgroupFs> {
+    layout: CgroupLayout,
+    parent: String,
+    fs: F,
+}
+
+impl<F: CgroupFs> std::fmt::Debug for Cgroups<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cgroups")
+            .field("layout", &self.layout)
+            .field("parent", &self.parent)
+            .finish()
+    }
+}
+
+impl<F: CgroupFs> Cgroups<F> {
+    /// Cgroups under `parent` (a relative path such as `sandboxd`) in every hierarchy of
+    /// `layout`. Checks that the controllers the limits need are there.
+    pub fn new(layout: CgroupLayout, parent: &str, fs: F) -> Result<Self, CgroupError> {
+        if layout.kind != LayoutKind::V2 {
+            for c in ["memory", "pids"] {
+                if layout.v1_for(c).is_none() {
+                    return Err(CgroupError::MissingController(c));
+                }
+            }
+        } else if let Some(v2) = &layout.v2 {
+            let path = v2.mountpoint.join("cgroup.controllers");
+            let have = fs.read(&path).map_err(|e| CgroupError::io("read", &path, e))?;
+            for c in ["memory", "pids"] {
+                if !have.split_whitespace().any(|h| h == c) {
+                    return Err(CgroupError::MissingController(c));
+                }
+            }
+        }
+        Ok(Cgroups {
+            layout,
+            parent: parent.trim_matches('/').to_string(),
+            fs,
+        })
+    }
+
+    /// The detected layout.
+    pub fn layout(&self) -> &CgroupLayout {
+        &self.layout
+    }
+
+    /// `<hierarchy>/<parent>` for every hierarchy used.
+    pub fn parent_dirs(&self) -> Vec<PathBuf> {
+        self.layout
+            .hierarchies()
+            .map(|h| h.mountpoint.join(&self.parent))
+            .collect()
+    }
+
+    /// `<hierarchy>/<parent>/<id>` for every hierarchy used.
+    pub fn box_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.parent_dirs().into_iter().map(|p| p.join(id)).collect()
+    }
+
+    fn v2_box_dir(&self, id: &str) -> Option<PathBuf> {
+        self.layout
+            .v2
+            .as_ref()
+            .map(|h| h.mountpoint.join(&self.parent).join(id))
+    }
+
+    fn write(&self, path: &Path, value: &str) -> Result<(), CgroupError> {
+        self.fs
+            .write(path, value)
+            .map_err(|e| CgroupError::io("write", path, e))
+    }
+
+    fn mkdir_parents(&self, hierarchy: &Path) -> Result<(), CgroupError> {
+        let mut dir = hierarchy.to_path_buf();
+        for part in Path::new(&self.parent).components() {
+            dir.push(part);
+            self.fs
+                .mkdir(&dir)
+                .map_err(|e| CgroupError::io("mkdir", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// On pure v2, enable the controllers in every `cgroup.subtree_control` from the root down
+    /// to the parent. Controllers already enabled are not written again.
+    fn enable_v2_controllers(&self, root: &Path) -> Result<(), CgroupError> {
+        let mut dir = root.to_path_buf();
+        let mut levels = vec![dir.clone()];
+        for part in Path::new(&self.parent).components() {
+            dir.push(part);
+            levels.push(dir.clone());
+        }
+        for level in levels {
+            let available = self
+                .fs
+                .read(&level.join("cgroup.controllers"))
+                .unwrap_or_default();
+            let enabled = self
+                .fs
+                .read(&level.join("cgroup.subtree_control"))
+                .unwrap_or_default();
+            for c in ["memory", "pids", "cpu"] {
+                let has = |s: &str| s.split_whitespace().any(|x| x == c);
+                if has(&available) && !has(&enabled) {
+                    // cpu may be refused (e.g. realtime tasks in the root group); memory and
+                    // pids are checked on the box group below.
+                    let _ = self.write(&level.join("cgroup.subtree_control"), &format!("+{c}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the box's groups and apply its limits. Returns the `cgroup.procs` files the
+    /// box's init writes `0` to. On error, whatever was created is removed again.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+        let result = self.create_inner(id, limits);
+        if result.is_err() {
+            let _ = self.remove(id);
+        }
+        result
+    }
+
+    fn create_inner(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+        let mut procs = Vec::new();
+        for h in self.layout.v1.iter() {
+            self.mkdir_parents(&h.mountpoint)?;
+            let dir = h.mountpoint.join(&self.parent).join(id);
+            self.fs
+                .mkdir(&dir)
+                .map_err(|e| CgroupError::io("mkdir", &dir, e))?;
+            let has = |c: &str| h.controllers.iter().any(|x| x == c);
+            if has("memory") && limits.memory_bytes > 0 {
+                let bytes = limits.memory_bytes.to_string();
+                self.write(&dir.join("memory.limit_in_bytes"), &bytes)?;
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if self.fs.exists(&memsw) {
+                    self.write(&memsw, &bytes)?;
+                }
+            }
+            if has("pids") && limits.pids > 0 {
+                self.write(&dir.join("pids.max"), &limits.pids.to_string())?;
+            }
+            if has("cpu") && limits.cpu_millis > 0 {
+                self.write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                self.write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(limits.cpu_millis).to_string())?;
+            }
+            procs.push(dir.join("cgroup.procs"));
+        }
+        if let Some(h) = &self.layout.v2 {
+            if self.layout.kind == LayoutKind::V2 {
+                self.mkdir_parents(&h.mountpoint)?;
+                self.enable_v2_controllers(&h.mountpoint)?;
+            } else {
+                self.mkdir_parents(&h.mountpoint)?;
+            }
+            let dir = h.mountpoint.join(&self.parent).join(id);
+            self.fs
+                .mkdir(&dir)
+                .map_err(|e| CgroupError::io("mkdir", &dir, e))?;
+            if self.layout.kind == LayoutKind::V2 {
+                let have = self
+                    .fs
+                    .read(&dir.join("cgroup.controllers"))
+                    .unwrap_or_default();
+                let has = |c: &str| have.split_whitespace().any(|x| x == c);
+                for c in ["memory", "pids"] {
+                    if !has(c) {
+                        return Err(CgroupError::MissingController(c));
+                    }
+                }
+                if limits.memory_bytes > 0 {
+                    self.write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                    let swap = dir.join("memory.swap.max");
+                    if self.fs.exists(&swap) {
+                        self.write(&swap, "0")?;
+                    }
+                }
+                if limits.pids > 0 {
+                    self.write(&dir.join("pids.max"), &limits.pids.to_string())?;
+                }
+                if limits.cpu_millis > 0 && has("cpu") {
+                    let value = format!("{} {}", cpu_quota_us(limits.cpu_millis), CPU_PERIOD_US);
+                    self.write(&dir.join("cpu.max"), &value)?;
+                }
+            }
+            procs.push(dir.join("cgroup.procs"));
+        }
+        Ok(procs)
+    }
+
+    /// Pids (host view) in any of the box's groups.
+    pub fn pids(&self, id: &str) -> Vec<i32> {
+        let mut pids = BTreeSet::new();
+        for dir in self.box_dirs(id) {
+            if let Ok(text) = self.fs.read(&dir.join("cgroup.procs")) {
+                pids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        pids.into_iter().collect()
+    }
+
+    /// Kill every process of the box. Returns how many processes were found at the start.
+    pub fn kill(&self, id: &str) -> Result<usize, CgroupError> {
+        let found = self.pids(id).len();
+        let killed_by_v2 = match self.v2_box_dir(id) {
+            Some(dir) if self.fs.exists(&dir.join("cgroup.kill")) => {
+                self.write(&dir.join("cgroup.kill"), "1")?;
+                true
+            }
+            _ => false,
+        };
+        if !killed_by_v2 {
+            self.kill_frozen(id)?;
+        }
+        // Whatever is still listed (a v1-only host without a freezer, or a task the freezer
+        // missed) is killed one by one until the groups are empty.
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let left = self.pids(id);
+            if left.is_empty() {
+                return Ok(found);
+            }
+            if Instant::now() > deadline {
+                let path = self.box_dirs(id).into_iter().next().unwrap_or_default();
+                return Err(CgroupError::NotEmpty { path });
+            }
+            for pid in left {
+                let _ = self.fs.kill(pid);
+            }
+            self.fs.pause(Duration::from_millis(5));
+        }
+    }
+
+    /// v1 without `cgroup.kill`: freeze so nothing can fork while we kill, kill, thaw (a
+    /// frozen task only dies once thawed).
+    fn kill_frozen(&self, id: &str) -> Result<(), CgroupError> {
+        let Some(h) = self.layout.v1_for("freezer") else {
+            return Ok(());
+        };
+        let dir = h.mountpoint.join(&self.parent).join(id);
+        let state = dir.join("freezer.state");
+        if !self.fs.exists(&state) {
+            return Ok(());
+        }
+        self.write(&state, "FROZEN")?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.fs.read(&state).map(|s| s.trim() != "FROZEN").unwrap_or(false)
+            && Instant::now() < deadline
+        {
+            self.fs.pause(Duration::from_millis(1));
+        }
+        if let Ok(text) = self.fs.read(&dir.join("cgroup.procs")) {
+            for pid in text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                let _ = self.fs.kill(pid);
+            }
+        }
+        self.write(&state, "THAWED")
+    }
+
+    /// Remove the box's groups (they must be empty; the kernel may need a moment after the
+    /// last task died). Returns how many directories were removed.
+    pub fn remove(&self, id: &str) -> Result<usize, CgroupError> {
+        let mut removed = 0;
+        for dir in self.box_dirs(id) {
+            if !self.fs.exists(&dir) {
+                continue;
+            }
+            let deadline = Instant::now() + SETTLE_TIMEOUT;
+            loop {
+                match self.fs.rmdir(&dir) {
+                    Ok(()) => {
+                        removed += 1;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                        self.fs.pause(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(CgroupError::io("rmdir", &dir, e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Ids of every box group found under the parent, in any hierarchy.
+    pub fn stale_ids(&self) -> Result<BTreeSet<String>, CgroupError> {
+        let mut ids = BTreeSet::new();
+        for dir in self.parent_dirs() {
+            let names = self
+                .fs
+                .subdirs(&dir)
+                .map_err(|e| CgroupError::io("list", &dir, e))?;
+            ids.extend(names);
+        }
+        Ok(ids)
+    }
+
+    /// Remove the parent groups if they are empty (they are re-created on the next create).
+    /// Returns how many were removed.
+    pub fn remove_parents(&self) -> usize {
+        let mut removed = 0;
+        for dir in self.parent_dirs() {
+            // Innermost first, for a nested parent like `a/b`.
+            let mut d = dir.clone();
+            for _ in Path::new(&self.parent).components() {
+                if self.fs.rmdir(&d).is_ok() {
+                    removed += 1;
+                } else {
+                    break;
+                }
+                d.pop();
+            }
+        }
+        removed
+    }
+}
+
+/// CPU quota per [`CPU_PERIOD_US`] for a share of `millis` thousandths of a core.
+pub fn cpu_quota_us(millis: u64) -> u64 {
+    // The kernel refuses quotas under 1 ms.
+    (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const PURE_V2: &str = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    const PURE_V1: &str = "\
+25 24 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,memory
+29 25 0:26 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup rw,pids
+30 25 0:27 / /sys/fs/cgroup/freezer rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,freezer
+31 25 0:28 / /sys/fs/cgroup/devices rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,devices
+";
+
+    #[test]
+    fn detects_hybrid() {
+        let l = CgroupLayout::from_mountinfo(HYBRID).unwrap();
+        assert_eq!(l.kind, LayoutKind::Hybrid);
+        let mps: Vec<_> = l.v1.iter().map(|h| h.mountpoint.clone()).collect();
+        assert_eq!(
+            mps,
+            ["cpu", "cpuacct", "memory", "freezer", "pids"]
+                .iter()
+                .map(|c| PathBuf::from("/sys/fs/cgroup").join(c))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            l.v2.unwrap().mountpoint,
+            PathBuf::from("/sys/fs/cgroup/unified")
+        );
+    }
+
+    #[test]
+    fn detects_pure_v2_and_v1() {
+        let l = CgroupLayout::from_mountinfo(PURE_V2).unwrap();
+        assert_eq!(l.kind, LayoutKind::V2);
+        assert!(l.v1.is_empty());
+        assert_eq!(l.v2.unwrap().mountpoint, PathBuf::from("/sys/fs/cgroup"));
+
+        let l = CgroupLayout::from_mountinfo(PURE_V1).unwrap();
+        assert_eq!(l.kind, LayoutKind::V1);
+        assert!(l.v2.is_none());
+        let cpu = l.v1_for("cpuacct").unwrap();
+        assert_eq!(cpu.mountpoint, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(cpu.controllers, vec!["cpu", "cpuacct"]);
+        assert!(l.v1_for("devices").is_none(), "unused hierarchies are skipped");
+    }
+
+    #[test]
+    fn no_cgroups_is_an_error() {
+        assert!(matches!(
+            CgroupLayout::from_mountinfo("22 1 0:21 / /proc rw - proc proc rw\n"),
+            Err(CgroupError::NotMounted)
+        ));
+    }
+
+    #[test]
+    fn unescapes_mountpoints() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+        assert_eq!(unescape_mountinfo(r"/plain\"), r"/plain\");
+    }
+
+    #[test]
+    fn this_host_layout_is_detected() {
+        // Whatever this host is, detection must succeed and find memory and pids.
+        let l = CgroupLayout::detect().unwrap();
+        match l.kind {
+            LayoutKind::V2 => assert!(l.v2.is_some()),
+            _ => {
+                assert!(l.v1_for("memory").is_some());
+                assert!(l.v1_for("pids").is_some());
+            }
+        }
+    }
+
+    /// A fake file system that records writes and knows which files exist.
+    #[derive(Default)]
+    struct Fake {
+        files: Mutex<BTreeMap<PathBuf, String>>,
+        dirs: Mutex<BTreeSet<PathBuf>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn with_files(files: &[(&str, &str)]) -> Self {
+            let fake = Fake::default();
+            for (p, v) in files {
+                fake.files.lock().unwrap().insert(p.into(), v.to_string());
+            }
+            fake
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl CgroupFs for &Fake {
+        fn mkdir(&self, path: &Path) -> io::Result<()> {
+            if self.dirs.lock().unwrap().insert(path.to_path_buf()) {
+                self.log.lock().unwrap().push(format!("mkdir {}", path.display()));
+            }
+            Ok(())
+        }
+        fn rmdir(&self, path: &Path) -> io::Result<()> {
+            if self.dirs.lock().unwrap().iter().any(|d| d.parent() == Some(path)) {
+                return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+            }
+            if self.dirs.lock().unwrap().remove(path) {
+                self.log.lock().unwrap().push(format!("rmdir {}", path.display()));
+                Ok(())
+            } else {
+                Err(io::ErrorKind::NotFound.into())
+            }
+        }
+        fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("write {} {}", path.display(), value));
+            self.files
+                .lock()
+                .unwrap()
+                .insert(path.to_path_buf(), value.to_string());
+            Ok(())
+        }
+        fn read(&self, path: &Path) -> io::Result<String> {
+            self.files
+                .lock()
+                .unwrap()
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::ErrorKind::NotFound.into())
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.files.lock().unwrap().contains_key(path) || self.dirs.lock().unwrap().contains(path)
+        }
+        fn subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
+            Ok(self
+                .dirs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|d| d.parent() == Some(path))
+                .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                .collect())
+        }
+        fn kill(&self, pid: i32) -> io::Result<()> {
+            self.log.lock().unwrap().push(format!("kill {pid}"));
+            // Killing empties every cgroup.procs in this fake.
+            for (p, v) in self.files.lock().unwrap().iter_mut() {
+                if p.ends_with("cgroup.procs") {
+                    v.clear();
+                }
+            }
+            Ok(())
+        }
+        fn pause(&self, _: Duration) {}
+    }
+
+    const LIMITS: Limits = Limits {
+        memory_bytes: 32 << 20,
+        cpu_millis: 500,
+        pids: 32,
+    };
+
+    #[test]
+    fn hybrid_create_writes_v1_limits_and_makes_a_v2_group() {
+        let fake = Fake::with_files(&[(
+            "/sys/fs/cgroup/memory/sbx/b1/memory.memsw.limit_in_bytes",
+            "",
+        )]);
+        let layout = CgroupLayout::from_mountinfo(HYBRID).unwrap();
+        let cg = Cgroups::new(layout, "sbx", &fake).unwrap();
+        let procs = cg.create("b1", &LIMITS).unwrap();
+        assert_eq!(procs.len(), 6);
+        assert!(procs.contains(&PathBuf::from("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs")));
+        let log = fake.log();
+        let pos = |s: &str| {
+            log.iter()
+                .position(|l| l == s)
+                .unwrap_or_else(|| panic!("{s} not in {log:#?}"))
+        };
+        let mem = pos("write /sys/fs/cgroup/memory/sbx/b1/memory.limit_in_bytes 33554432");
+        let memsw = pos("write /sys/fs/cgroup/memory/sbx/b1/memory.memsw.limit_in_bytes 33554432");
+        assert!(mem < memsw, "memsw may only be set once the limit is below it");
+        pos("write /sys/fs/cgroup/pids/sbx/b1/pids.max 32");
+        pos("write /sys/fs/cgroup/cpu/sbx/b1/cpu.cfs_period_us 100000");
+        pos("write /sys/fs/cgroup/cpu/sbx/b1/cpu.cfs_quota_us 50000");
+        assert!(pos("mkdir /sys/fs/cgroup/memory/sbx") < pos("mkdir /sys/fs/cgroup/memory/sbx/b1"));
+        pos("mkdir /sys/fs/cgroup/unified/sbx/b1");
+        assert!(!log.iter().any(|l| l.contains("subtree_control")));
+        assert!(!log.iter().any(|l| l.contains("/cpuset/") || l.contains("/devices/")));
+    }
+
+    #[test]
+    fn pure_v2_create_enables_controllers_and_writes_v2_files() {
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids"),
+            ("/sys/fs/cgroup/cgroup.subtree_control", "memory"),
+            ("/sys/fs/cgroup/a/b/cgroup.controllers", "cpu memory pids"),
+            ("/sys/fs/cgroup/a/cgroup.controllers", "cpu memory pids"),
+            ("/sys/fs/cgroup/a/b/x/cgroup.controllers", "cpu memory pids"),
+            ("/sys/fs/cgroup/a/b/x/memory.swap.max", "max"),
+        ]);
+        let layout = CgroupLayout::from_mountinfo(PURE_V2).unwrap();
+        let cg = Cgroups::new(layout, "/a/b/", &fake).unwrap();
+        let procs = cg.create("x", &LIMITS).unwrap();
+        assert_eq!(procs, vec![PathBuf::from("/sys/fs/cgroup/a/b/x/cgroup.procs")]);
+        let log = fake.log();
+        for want in [
+            "write /sys/fs/cgroup/cgroup.subtree_control +pids",
+            "write /sys/fs/cgroup/cgroup.subtree_control +cpu",
+            "write /sys/fs/cgroup/a/cgroup.subtree_control +memory",
+            "write /sys/fs/cgroup/a/b/cgroup.subtree_control +memory",
+            "write /sys/fs/cgroup/a/b/x/memory.max 33554432",
+            "write /sys/fs/cgroup/a/b/x/memory.swap.max 0",
+            "write /sys/fs/cgroup/a/b/x/pids.max 32",
+            "write /sys/fs/cgroup/a/b/x/cpu.max 50000 100000",
+        ] {
+            assert!(log.iter().any(|l| l == want), "{want} not in {log:#?}");
+        }
+        assert!(
+            !log.iter().any(|l| l == "write /sys/fs/cgroup/cgroup.subtree_control +memory"),
+            "already enabled controllers are not written again"
+        );
+    }
+
+    #[test]
+    fn pure_v2_without_memory_controller_is_refused() {
+        let fake = Fake::with_files(&[("/sys/fs/cgroup/cgroup.controllers", "cpu pids")]);
+        let layout = CgroupLayout::from_mountinfo(PURE_V2).unwrap();
+        assert!(matches!(
+            Cgroups::new(layout, "sbx", &fake),
+            Err(CgroupError::MissingController("memory"))
+        ));
+    }
+
+    #[test]
+    fn kill_prefers_cgroup_kill_and_falls_back_to_the_freezer() {
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n101\n"),
+        ]);
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
+        // The fake's cgroup.kill does nothing, so the per-pid fallback must finish the job.
+        assert_eq!(cg.kill("b1").unwrap(), 2);
+        let log = fake.log();
+        assert_eq!(log[0], "write /sys/fs/cgroup/unified/sbx/b1/cgroup.kill 1");
+        assert!(log.contains(&"kill 100".to_string()));
+
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/freezer/sbx/b1/freezer.state", "THAWED"),
+            ("/sys/fs/cgroup/freezer/sbx/b1/cgroup.procs", "7\n"),
+        ]);
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
+        assert_eq!(cg.kill("b1").unwrap(), 1);
+        assert_eq!(
+            fake.log(),
+            vec![
+                "write /sys/fs/cgroup/freezer/sbx/b1/freezer.state FROZEN",
+                "kill 7",
+                "write /sys/fs/cgroup/freezer/sbx/b1/freezer.state THAWED",
+            ]
+        );
+    }
+
+    #[test]
+    fn remove_and_stale_ids() {
+        let fake = Fake::default();
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
+        cg.create("b1", &LIMITS).unwrap();
+        cg.create("b2", &LIMITS).unwrap();
+        assert_eq!(
+            cg.stale_ids().unwrap().into_iter().collect::<Vec<_>>(),
+            vec!["b1", "b2"]
+        );
+        assert_eq!(cg.remove("b1").unwrap(), 4);
+        assert_eq!(cg.remove("b1").unwrap(), 0, "idempotent");
+        assert_eq!(cg.stale_ids().unwrap().len(), 1);
+        assert_eq!(cg.remove_parents(), 0, "a parent with a box left is kept");
+        cg.remove("b2").unwrap();
+        assert_eq!(cg.remove_parents(), 4);
+    }
+
+    #[test]
+    fn cpu_quota() {
+        assert_eq!(cpu_quota_us(1000), 100_000);
+        assert_eq!(cpu_quota_us(2500), 250_000);
+        assert_eq!(cpu_quota_us(1), 1000);
+    }
+}

@@ -1,0 +1,69 @@
+//! The OpenAPI 3 document of the API, generated from the handlers and the wire types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{exec, files, meta, sandboxes};
+
+/// The API description served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sandboxd",
+        description = "Self-hosted sandboxes for AI agents: create isolated Linux environments, \
+                       run commands and Python in them, move files in and out. Every error is \
+                       `{\"error\": {\"code\", \"message\"}}` with a stable `code`."
+    ),
+    paths(
+        meta::health,
+        meta::openapi,
+        meta::types,
+        sandboxes::create,
+        sandboxes::list,
+        sandboxes::get,
+        sandboxes::delete,
+        sandboxes::set_timeout,
+        exec::exec,
+        exec::python,
+        files::read,
+        files::write,
+        files::remove,
+        files::list,
+        files::stat,
+        files::mkdir,
+        files::move_path,
+    ),
+    components(schemas(
+        sandboxd_types::ErrorBody,
+        sandboxd_types::ApiError,
+        sandboxd_types::ErrorCode,
+        sandboxd_types::ExecEvent,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "sandboxes", description = "Sandbox lifecycle"),
+        (name = "exec", description = "Commands and Python"),
+        (name = "files", description = "Files under /workspace"),
+        (name = "meta", description = "The server itself"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme the operations refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.info.version = env!("CARGO_PKG_VERSION").to_string();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The server's BEARER_TOKEN, when it has one"))
+                    .build(),
+            ),
+        );
+    }
+}

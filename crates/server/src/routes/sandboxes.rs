@@ -1,0 +1,146 @@
+//! Sandbox lifecycle: create, list, get, delete, set timeout.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use sandboxd_types::{CreateSandboxRequest, ErrorBody, Sandbox, SandboxList, SetTimeoutRequest};
+
+use crate::error::ApiError;
+use crate::extract::{Json, Query, SandboxIdPath};
+use crate::AppState;
+
+/// Create a sandbox and wait until it is ready.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    request_body = CreateSandboxRequest,
+    responses(
+        (status = 201, description = "The sandbox is running", body = Sandbox),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "Unknown sandbox type (`unknown_type`)", body = ErrorBody),
+        (status = 429, description = "`MAX_SANDBOX_INSTANCES` reached", body = ErrorBody),
+        (status = 502, description = "The backend or the agent failed", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+        (status = 504, description = "The sandbox did not start in time", body = ErrorBody),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    Json(req): Json<CreateSandboxRequest>,
+) -> Result<(StatusCode, axum::Json<Sandbox>), ApiError> {
+    let sandbox = state.manager.create(req).await?;
+    tracing::info!(sandbox = %sandbox.id, r#type = %sandbox.sandbox_type, "sandbox created");
+    Ok((StatusCode::CREATED, axum::Json(sandbox)))
+}
+
+/// Parse the listing's query: only `metadata.<key>=<value>` pairs are allowed.
+pub(crate) fn metadata_filter(
+    pairs: Vec<(String, String)>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut filter = BTreeMap::new();
+    for (k, v) in pairs {
+        match k.strip_prefix("metadata.") {
+            Some(key) if !key.is_empty() => {
+                if filter.insert(key.to_string(), v).is_some() {
+                    return Err(ApiError::invalid(format!(
+                        "query parameter {k} is given twice"
+                    )));
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {k:?}; filter with metadata.<key>=<value>"
+                )))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// List sandboxes, oldest first. Filter by labels with query parameters
+/// `metadata.<key>=<value>` (all must match); no other parameter is accepted.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The sandboxes", body = SandboxList),
+        (status = 400, description = "Unknown query parameter", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<axum::Json<SandboxList>, ApiError> {
+    let filter = metadata_filter(pairs)?;
+    let sandboxes = state.manager.list(&filter).await?;
+    Ok(axum::Json(SandboxList { sandboxes }))
+}
+
+/// One sandbox.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    SandboxIdPath(id): SandboxIdPath,
+) -> Result<axum::Json<Sandbox>, ApiError> {
+    Ok(axum::Json(state.manager.get(&id).await?))
+}
+
+/// Kill a sandbox and forget it; its workspace stays on the host.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 502, description = "The backend failed", body = ErrorBody),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    SandboxIdPath(id): SandboxIdPath,
+) -> Result<StatusCode, ApiError> {
+    state.manager.delete(&id).await?;
+    tracing::info!(sandbox = %id, "sandbox deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set a sandbox's remaining lifetime, in seconds from now (0 = never expires).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/timeout",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = SetTimeoutRequest,
+    responses(
+        (status = 200, description = "The sandbox with its new expiry", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+    )
+)]
+pub async fn set_timeout(
+    State(state): State<AppState>,
+    SandboxIdPath(id): SandboxIdPath,
+    Json(req): Json<SetTimeoutRequest>,
+) -> Result<axum::Json<Sandbox>, ApiError> {
+    Ok(axum::Json(
+        state.manager.set_timeout(&id, req.timeout_secs).await?,
+    ))
+}

@@ -1,0 +1,965 @@
+//! Server settings, by AgentScope Runtime's names where one exists.
+//!
+//! Sources, highest precedence first: command-line flags ([`ServeArgs`]), environment variables,
+//! a `--config FILE.env` file (`KEY=VALUE` lines, `#` comments, optional quotes, optional
+//! `export `), then defaults. A key in the file that is neither ours nor AgentScope's, and any
+//! malformed value, is an error naming the setting and where it came from. AgentScope settings we
+//! do not implement yet (Redis, heartbeat, OSS, Kubernetes, ...) are accepted and reported in
+//! [`Settings::warnings`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use sandboxd_core::backend::ReadonlyMount;
+
+/// Flags of `sandboxd serve`; each overrides the environment variable of the same name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Read settings from this `.env`-style file (KEY=VALUE lines); flags and environment
+    /// variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [env: HOST] [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Port to listen on [env: PORT] [default: 8000].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+    /// Worker processes; only 1 is available [env: WORKERS] [default: 1].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
+    /// Require `Authorization: Bearer <TOKEN>` on every API route [env: BEARER_TOKEN].
+    /// Prefer the environment: flags are visible to other users of the machine.
+    #[arg(long, value_name = "TOKEN")]
+    pub bearer_token: Option<String>,
+    /// Sandbox type used when a request names none [env: DEFAULT_SANDBOX_TYPE] [default: base].
+    #[arg(long, value_name = "TYPE")]
+    pub default_sandbox_type: Option<String>,
+    /// Warm sandboxes kept per type; not supported yet [env: POOL_SIZE] [default: 0].
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<String>,
+    /// Remove every sandbox when the server stops [env: AUTO_CLEANUP] [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub auto_cleanup: Option<String>,
+    /// Prefix of AgentScope container names [env: CONTAINER_PREFIX_KEY] [default: sandboxd-].
+    #[arg(long, value_name = "PREFIX")]
+    pub container_prefix_key: Option<String>,
+    /// Backend that runs sandboxes [env: CONTAINER_DEPLOYMENT] [default: native].
+    #[arg(long, value_name = "NAME")]
+    pub container_deployment: Option<String>,
+    /// Directory holding sessions' workspaces [env: DEFAULT_MOUNT_DIR]
+    /// [default: <state dir>/workspaces].
+    #[arg(long, value_name = "DIR")]
+    pub default_mount_dir: Option<String>,
+    /// Read-only mounts of every sandbox: a JSON object {"/host": "/guest"} or comma-separated
+    /// host:guest pairs [env: READONLY_MOUNTS].
+    #[arg(long, value_name = "MOUNTS")]
+    pub readonly_mounts: Option<String>,
+    /// Most live sandboxes at once, 0 = no limit [env: MAX_SANDBOX_INSTANCES] [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_sandbox_instances: Option<String>,
+    /// Where templates and workspaces live [env: SANDBOXD_STATE_DIR]
+    /// [default: /var/lib/sandboxd].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// Where per-sandbox runtime files live [env: SANDBOXD_RUN_DIR] [default: /run/sandboxd].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<String>,
+    /// Default sandbox lifetime in seconds, 0 = never [env: SANDBOX_TIMEOUT] [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub sandbox_timeout: Option<String>,
+    /// Cgroup under which sandboxes' cgroups are made [env: SANDBOXD_CGROUP_PARENT]
+    /// [default: sandboxd].
+    #[arg(long, value_name = "NAME")]
+    pub cgroup_parent: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags that were given, by setting name.
+    fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
+        let all: [(&'static str, &'static str, &Option<String>); 16] = [
+            ("HOST", "--host", &self.host),
+            ("PORT", "--port", &self.port),
+            ("WORKERS", "--workers", &self.workers),
+            ("BEARER_TOKEN", "--bearer-token", &self.bearer_token),
+            (
+                "DEFAULT_SANDBOX_TYPE",
+                "--default-sandbox-type",
+                &self.default_sandbox_type,
+            ),
+            ("POOL_SIZE", "--pool-size", &self.pool_size),
+            ("AUTO_CLEANUP", "--auto-cleanup", &self.auto_cleanup),
+            (
+                "CONTAINER_PREFIX_KEY",
+                "--container-prefix-key",
+                &self.container_prefix_key,
+            ),
+            (
+                "CONTAINER_DEPLOYMENT",
+                "--container-deployment",
+                &self.container_deployment,
+            ),
+            ("DEFAULT_MOUNT_DIR", "--default-mount-dir", &self.default_mount_dir),
+            ("READONLY_MOUNTS", "--readonly-mounts", &self.readonly_mounts),
+            (
+                "MAX_SANDBOX_INSTANCES",
+                "--max-sandbox-instances",
+                &self.max_sandbox_instances,
+            ),
+            ("SANDBOXD_STATE_DIR", "--state-dir", &self.state_dir),
+            ("SANDBOXD_RUN_DIR", "--run-dir", &self.run_dir),
+            ("SANDBOX_TIMEOUT", "--sandbox-timeout", &self.sandbox_timeout),
+            ("SANDBOXD_CGROUP_PARENT", "--cgroup-parent", &self.cgroup_parent),
+        ];
+        all.into_iter()
+            .filter_map(|(k, f, v)| v.as_ref().map(|v| (k, f, v)))
+            .collect()
+    }
+}
+
+/// Settings we implement.
+pub const OUR_KEYS: &[&str] = &[
+    "HOST",
+    "PORT",
+    "WORKERS",
+    "BEARER_TOKEN",
+    "DEFAULT_SANDBOX_TYPE",
+    "POOL_SIZE",
+    "AUTO_CLEANUP",
+    "CONTAINER_PREFIX_KEY",
+    "CONTAINER_DEPLOYMENT",
+    "DEFAULT_MOUNT_DIR",
+    "READONLY_MOUNTS",
+    "MAX_SANDBOX_INSTANCES",
+    "SANDBOXD_STATE_DIR",
+    "SANDBOXD_RUN_DIR",
+    "SANDBOX_TIMEOUT",
+    "SANDBOXD_CGROUP_PARENT",
+];
+
+/// AgentScope Runtime settings that are accepted but not implemented yet.
+const AGENTSCOPE_KEYS: &[&str] = &[
+    "DEBUG",
+    "PORT_RANGE",
+    "HEARTBEAT_TIMEOUT",
+    "HEARTBEAT_SCAN_INTERVAL",
+    "HEARTBEAT_LOCK_TTL",
+    "FILE_SYSTEM",
+    "KUBECONFIG_PATH",
+    "STORAGE_FOLDER",
+];
+
+/// Prefixes of families of AgentScope Runtime settings not implemented yet.
+const AGENTSCOPE_PREFIXES: &[&str] = &[
+    "REDIS_",
+    "OSS_",
+    "K8S_",
+    "AGENT_RUN_",
+    "FC_",
+    "RUNTIME_SANDBOX_",
+];
+
+/// Whether `key` is an AgentScope Runtime setting that sandboxd does not implement yet.
+pub fn is_unsupported_agentscope_key(key: &str) -> bool {
+    AGENTSCOPE_KEYS.contains(&key) || AGENTSCOPE_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag(&'static str),
+    /// The environment variable of the setting's name.
+    Env,
+    /// A line of a config file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env => write!(f, "environment"),
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Default => write!(f, "default"),
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value does not parse or is out of range.
+    #[error("invalid {key}{shown} ({origin}): {reason}")]
+    Invalid {
+        /// Setting name.
+        key: String,
+        /// `="value"`, or empty for secrets.
+        shown: String,
+        /// Where the value came from.
+        origin: Origin,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config file names a setting that is neither sandboxd's nor AgentScope Runtime's.
+    #[error("unknown setting {key} ({}:{line})", path.display())]
+    UnknownKey {
+        /// The name.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A config file line is not `KEY=VALUE`.
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Effective settings of the server.
+#[derive(Clone, PartialEq)]
+pub struct Settings {
+    /// `HOST`: address to listen on.
+    pub host: String,
+    /// `PORT`: port to listen on (0 = any free port).
+    pub port: u16,
+    /// `WORKERS`: worker processes (only 1 is available).
+    pub workers: u32,
+    /// `BEARER_TOKEN`: the token API requests must carry, if any.
+    pub bearer_token: Option<String>,
+    /// `DEFAULT_SANDBOX_TYPE`: the first is used when a request names no type.
+    pub default_sandbox_types: Vec<String>,
+    /// `POOL_SIZE`: warm sandboxes per type (not implemented yet).
+    pub pool_size: u32,
+    /// `AUTO_CLEANUP`: remove every sandbox when the server stops.
+    pub auto_cleanup: bool,
+    /// `CONTAINER_PREFIX_KEY`: prefix of AgentScope container names.
+    pub container_prefix_key: String,
+    /// `CONTAINER_DEPLOYMENT`: backend name.
+    pub container_deployment: String,
+    /// `DEFAULT_MOUNT_DIR`: where sessions' workspaces live.
+    pub default_mount_dir: PathBuf,
+    /// `READONLY_MOUNTS`: read-only mounts of every sandbox.
+    pub readonly_mounts: Vec<ReadonlyMount>,
+    /// `MAX_SANDBOX_INSTANCES`: most live sandboxes (0 = no limit).
+    pub max_sandbox_instances: usize,
+    /// `SANDBOXD_STATE_DIR`: templates (`<state_dir>/templates`) and default workspaces.
+    pub state_dir: PathBuf,
+    /// `SANDBOXD_RUN_DIR`: per-sandbox runtime files.
+    pub run_dir: PathBuf,
+    /// `SANDBOX_TIMEOUT`: default sandbox lifetime in seconds (0 = never).
+    pub sandbox_timeout_secs: u64,
+    /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
+    pub cgroup_parent: String,
+    /// Things to warn about at start-up (settings accepted but not supported yet).
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("workers", &self.workers)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("default_sandbox_types", &self.default_sandbox_types)
+            .field("pool_size", &self.pool_size)
+            .field("auto_cleanup", &self.auto_cleanup)
+            .field("container_prefix_key", &self.container_prefix_key)
+            .field("container_deployment", &self.container_deployment)
+            .field("default_mount_dir", &self.default_mount_dir)
+            .field("readonly_mounts", &self.readonly_mounts)
+            .field("max_sandbox_instances", &self.max_sandbox_instances)
+            .field("state_dir", &self.state_dir)
+            .field("run_dir", &self.run_dir)
+            .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
+            .field("cgroup_parent", &self.cgroup_parent)
+            .finish()
+    }
+}
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/sandboxd";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            workers: 1,
+            bearer_token: None,
+            default_sandbox_types: vec!["base".into()],
+            pool_size: 0,
+            auto_cleanup: true,
+            container_prefix_key: "sandboxd-".into(),
+            container_deployment: "native".into(),
+            default_mount_dir: Path::new(DEFAULT_STATE_DIR).join("workspaces"),
+            readonly_mounts: Vec::new(),
+            max_sandbox_instances: 0,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            run_dir: "/run/sandboxd".into(),
+            sandbox_timeout_secs: 300,
+            cgroup_parent: "sandboxd".into(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// One raw value and where it came from.
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: Origin,
+}
+
+/// Parse a `.env`-style file into `(key, value, line)` triples, in order.
+pub fn parse_env_file(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<(String, String, usize)>, SettingsError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let malformed = |reason: &str| SettingsError::Malformed {
+            path: path.to_path_buf(),
+            line: lineno,
+            reason: reason.to_string(),
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(malformed("expected KEY=VALUE"));
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(malformed(&format!("invalid setting name {key:?}")));
+        }
+        let value = value.trim();
+        let value = match value.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let rest = &value[1..];
+                let Some(end) = rest.find(q) else {
+                    return Err(malformed("unterminated quote"));
+                };
+                let after = rest[end + 1..].trim();
+                if !(after.is_empty() || after.starts_with('#')) {
+                    return Err(malformed("unexpected text after the closing quote"));
+                }
+                rest[..end].to_string()
+            }
+            _ => {
+                // An unquoted value ends at a ` #` comment.
+                let cut = value
+                    .char_indices()
+                    .find(|&(i, c)| c == '#' && i > 0 && value[..i].ends_with([' ', '\t']))
+                    .map(|(i, _)| i)
+                    .unwrap_or(value.len());
+                value[..cut].trim_end().to_string()
+            }
+        };
+        out.push((key.to_string(), value, lineno));
+    }
+    Ok(out)
+}
+
+/// Parse a boolean the way AgentScope's settings do: true/false/1/0/yes/no/on/off, any case.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parse `READONLY_MOUNTS`: a JSON object `{"/host": "/guest"}` or comma-separated
+/// `host:guest` pairs. Host paths must exist; guest paths must be absolute and plain.
+pub fn parse_readonly_mounts(s: &str) -> Result<Vec<ReadonlyMount>, String> {
+    let s = s.trim();
+    let pairs: Vec<(String, String)> = if s.is_empty() || s == "null" || s == "None" {
+        Vec::new()
+    } else if s.starts_with('{') {
+        let map: BTreeMap<String, String> = serde_json::from_str(s)
+            .map_err(|e| format!("expected a JSON object of host path to guest path: {e}"))?;
+        map.into_iter().collect()
+    } else {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.split_once(':')
+                    .map(|(h, g)| (h.trim().to_string(), g.trim().to_string()))
+                    .ok_or_else(|| format!("{p:?} is not a host:guest pair"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut mounts = Vec::new();
+    for (host, guest) in pairs {
+        let host_path = PathBuf::from(&host);
+        if host.is_empty() || !host_path.exists() {
+            return Err(format!("host path {host:?} does not exist"));
+        }
+        let host_path = host_path
+            .canonicalize()
+            .map_err(|e| format!("host path {host:?}: {e}"))?;
+        let guest_path = PathBuf::from(&guest);
+        let plain = guest_path.is_absolute()
+            && guest_path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+            && guest_path.components().count() > 1;
+        if !plain {
+            return Err(format!(
+                "guest path {guest:?} must be an absolute path below / without `..`"
+            ));
+        }
+        mounts.push(ReadonlyMount {
+            host: host_path,
+            guest: guest_path,
+        });
+    }
+    Ok(mounts)
+}
+
+/// Parse `DEFAULT_SANDBOX_TYPE`: a name, a comma-separated list, or a JSON list.
+fn parse_types(s: &str) -> Result<Vec<String>, String> {
+    let s = s.trim();
+    let names: Vec<String> = if s.starts_with('[') {
+        serde_json::from_str(s).map_err(|e| format!("expected a JSON list of names: {e}"))?
+    } else {
+        s.split(',').map(|n| n.trim().to_string()).collect()
+    };
+    let names: Vec<String> = names.into_iter().filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        return Err("at least one type is needed".into());
+    }
+    for n in &names {
+        if !sandboxd_core::templates::Templates::valid_name(n) {
+            return Err(format!(
+                "{n:?} is not a type name (lowercase letters, digits, '-', '_')"
+            ));
+        }
+    }
+    Ok(names)
+}
+
+fn absolute(p: &str) -> Result<PathBuf, String> {
+    if p.trim().is_empty() {
+        return Err("a path is needed".into());
+    }
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .map_err(|e| format!("cannot resolve a relative path: {e}"))
+    }
+}
+
+impl Settings {
+    /// Settings from `args`, the process environment and `args.config`.
+    pub fn load(args: &ServeArgs) -> Result<Settings, SettingsError> {
+        Self::from_sources(args, &|k| std::env::var(k).ok())
+    }
+
+    /// Settings from `args`, an environment given as a lookup function, and `args.config`.
+    pub fn from_sources(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, SettingsError> {
+        let mut raw: BTreeMap<&'static str, Raw> = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let mut unsupported: Vec<String> = Vec::new();
+
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            for (key, value, line) in parse_env_file(path, &text)? {
+                if let Some(k) = OUR_KEYS.iter().find(|k| **k == key) {
+                    raw.insert(
+                        k,
+                        Raw {
+                            value,
+                            origin: Origin::File {
+                                path: path.clone(),
+                                line,
+                            },
+                        },
+                    );
+                } else if is_unsupported_agentscope_key(&key) {
+                    unsupported.push(key);
+                } else {
+                    return Err(SettingsError::UnknownKey {
+                        key,
+                        path: path.clone(),
+                        line,
+                    });
+                }
+            }
+        }
+        for k in OUR_KEYS {
+            if let Some(value) = env(k) {
+                raw.insert(
+                    k,
+                    Raw {
+                        value,
+                        origin: Origin::Env,
+                    },
+                );
+            }
+        }
+        for k in AGENTSCOPE_KEYS {
+            if env(k).is_some() {
+                unsupported.push(k.to_string());
+            }
+        }
+        for (k, flag, value) in args.given() {
+            raw.insert(
+                k,
+                Raw {
+                    value: value.clone(),
+                    origin: Origin::Flag(flag),
+                },
+            );
+        }
+        unsupported.sort();
+        unsupported.dedup();
+        for k in unsupported {
+            warnings.push(format!("setting {k} is not supported yet; ignored"));
+        }
+
+        let mut s = Settings::default();
+        let invalid = |key: &str, r: &Raw, reason: String| SettingsError::Invalid {
+            key: key.to_string(),
+            shown: if key == "BEARER_TOKEN" {
+                String::new()
+            } else {
+                format!("={:?}", r.value)
+            },
+            origin: r.origin.clone(),
+            reason,
+        };
+        let get = |key: &str| raw.get(key);
+
+        if let Some(r) = get("HOST") {
+            let v = r.value.trim();
+            let ok = !v.is_empty()
+                && (v.parse::<IpAddr>().is_ok()
+                    || v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            if !ok {
+                return Err(invalid("HOST", r, "expected an IP address or host name".into()));
+            }
+            s.host = v.to_string();
+        }
+        if let Some(r) = get("PORT") {
+            s.port = r
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("PORT", r, "expected a port number 0-65535".into()))?;
+        }
+        if let Some(r) = get("WORKERS") {
+            s.workers = r
+                .value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid("WORKERS", r, "expected a number of at least 1".into()))?;
+        }
+        if let Some(r) = get("BEARER_TOKEN") {
+            let v = r.value.trim();
+            if v.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(invalid(
+                    "BEARER_TOKEN",
+                    r,
+                    "must not contain spaces or control characters".into(),
+                ));
+            }
+            s.bearer_token = (!v.is_empty()).then(|| v.to_string());
+        }
+        if let Some(r) = get("DEFAULT_SANDBOX_TYPE") {
+            s.default_sandbox_types =
+                parse_types(&r.value).map_err(|e| invalid("DEFAULT_SANDBOX_TYPE", r, e))?;
+        }
+        if let Some(r) = get("POOL_SIZE") {
+            s.pool_size = r
+                .value
+                .trim()
+                .parse()
+                .map_err(|_| invalid("POOL_SIZE", r, "expected a whole number".into()))?;
+        }
+        if let Some(r) = get("AUTO_CLEANUP") {
+            s.auto_cleanup = parse_bool(&r.value).ok_or_else(|| {
+                invalid(
+                    "AUTO_CLEANUP",
+                    r,
+                    "expected true/false/1/0/yes/no".into(),
+                )
+            })?;
+        }
+        if let Some(r) = get("CONTAINER_PREFIX_KEY") {
+            s.container_prefix_key = r.value.trim().to_string();
+        }
+        if let Some(r) = get("CONTAINER_DEPLOYMENT") {
+            let v = r.value.trim().to_ascii_lowercase();
+            if v.is_empty() {
+                return Err(invalid(
+                    "CONTAINER_DEPLOYMENT",
+                    r,
+                    "expected a backend name".into(),
+                ));
+            }
+            s.container_deployment = v;
+        }
+        if let Some(r) = get("MAX_SANDBOX_INSTANCES") {
+            s.max_sandbox_instances = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "MAX_SANDBOX_INSTANCES",
+                    r,
+                    "expected a whole number (0 = no limit)".into(),
+                )
+            })?;
+        }
+        if let Some(r) = get("SANDBOXD_STATE_DIR") {
+            s.state_dir = absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_STATE_DIR", r, e))?;
+        }
+        if let Some(r) = get("SANDBOXD_RUN_DIR") {
+            s.run_dir = absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_RUN_DIR", r, e))?;
+        }
+        s.default_mount_dir = match get("DEFAULT_MOUNT_DIR") {
+            Some(r) => absolute(r.value.trim()).map_err(|e| invalid("DEFAULT_MOUNT_DIR", r, e))?,
+            None => s.state_dir.join("workspaces"),
+        };
+        if let Some(r) = get("READONLY_MOUNTS") {
+            s.readonly_mounts =
+                parse_readonly_mounts(&r.value).map_err(|e| invalid("READONLY_MOUNTS", r, e))?;
+        }
+        if let Some(r) = get("SANDBOX_TIMEOUT") {
+            s.sandbox_timeout_secs = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "SANDBOX_TIMEOUT",
+                    r,
+                    "expected a number of seconds (0 = never)".into(),
+                )
+            })?;
+        }
+        if let Some(r) = get("SANDBOXD_CGROUP_PARENT") {
+            let v = r.value.trim().trim_matches('/');
+            let ok = !v.is_empty()
+                && v.split('/').all(|c| {
+                    !c.is_empty()
+                        && c != "."
+                        && c != ".."
+                        && c.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                });
+            if !ok {
+                return Err(invalid(
+                    "SANDBOXD_CGROUP_PARENT",
+                    r,
+                    "expected a cgroup path of letters, digits, '-', '_', '.' and '/'".into(),
+                ));
+            }
+            s.cgroup_parent = v.to_string();
+        }
+
+        if s.pool_size > 0 {
+            warnings.push(format!(
+                "POOL_SIZE={} is not supported yet; sandboxes are created on demand",
+                s.pool_size
+            ));
+        }
+        if s.default_sandbox_types.len() > 1 {
+            warnings.push(format!(
+                "DEFAULT_SANDBOX_TYPE lists several types; {} is used as the default",
+                s.default_sandbox_types[0]
+            ));
+        }
+        s.warnings = warnings;
+        Ok(s)
+    }
+
+    /// The type used when a request names none.
+    pub fn default_sandbox_type(&self) -> &str {
+        self.default_sandbox_types
+            .first()
+            .map(String::as_str)
+            .unwrap_or("base")
+    }
+
+    /// Where templates live: `<state_dir>/templates`.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.state_dir.join("templates")
+    }
+
+    /// `host:port` to bind.
+    pub fn bind_addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("custom.env");
+        std::fs::write(&p, text).unwrap();
+        let args = ServeArgs {
+            config: Some(p),
+            ..Default::default()
+        };
+        (d, args)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_sources(&ServeArgs::default(), &env_of(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.bind_addr(), "127.0.0.1:8000");
+        assert_eq!(s.default_mount_dir, PathBuf::from("/var/lib/sandboxd/workspaces"));
+        assert_eq!(s.templates_dir(), PathBuf::from("/var/lib/sandboxd/templates"));
+        assert!(s.auto_cleanup);
+        assert_eq!(s.default_sandbox_type(), "base");
+    }
+
+    #[test]
+    fn env_file_syntax() {
+        let text = "# comment\n\nHOST=\"0.0.0.0\"\nexport PORT=8080 # inline\nBEARER_TOKEN='a#b'\n\
+                    DEFAULT_SANDBOX_TYPE=base  \nEMPTY=\n";
+        let got = parse_env_file(Path::new("x.env"), text).unwrap();
+        let kv: Vec<(&str, &str, usize)> = got
+            .iter()
+            .map(|(k, v, l)| (k.as_str(), v.as_str(), *l))
+            .collect();
+        assert_eq!(
+            kv,
+            vec![
+                ("HOST", "0.0.0.0", 3),
+                ("PORT", "8080", 4),
+                ("BEARER_TOKEN", "a#b", 5),
+                ("DEFAULT_SANDBOX_TYPE", "base", 6),
+                ("EMPTY", "", 7),
+            ]
+        );
+        let e = parse_env_file(Path::new("x.env"), "A=1\nnot a setting\n").unwrap_err();
+        assert_eq!(e.to_string(), "x.env:2: expected KEY=VALUE");
+        assert!(parse_env_file(Path::new("x.env"), "A=\"open\n").is_err());
+    }
+
+    #[test]
+    fn agentscope_file_is_accepted_with_warnings() {
+        let (_d, args) = with_file(
+            "HOST=\"0.0.0.0\"\nPORT=8000\nWORKERS=1\nDEBUG=False\nBEARER_TOKEN=your-secret-token\n\
+             DEFAULT_SANDBOX_TYPE=base\nPOOL_SIZE=0\nAUTO_CLEANUP=True\n\
+             CONTAINER_PREFIX_KEY=agent-runtime-container-\nCONTAINER_DEPLOYMENT=native\n\
+             DEFAULT_MOUNT_DIR=/srv/sessions\nPORT_RANGE=[49152,59152]\nREDIS_ENABLED=False\n\
+             REDIS_SERVER=localhost\nFILE_SYSTEM=local\nK8S_NAMESPACE=default\nKUBECONFIG_PATH=\n\
+             HEARTBEAT_TIMEOUT=300\nMAX_SANDBOX_INSTANCES=20\n",
+        );
+        let s = Settings::from_sources(&args, &env_of(&[])).unwrap();
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.bearer_token.as_deref(), Some("your-secret-token"));
+        assert!(s.auto_cleanup);
+        assert_eq!(s.container_prefix_key, "agent-runtime-container-");
+        assert_eq!(s.default_mount_dir, PathBuf::from("/srv/sessions"));
+        assert_eq!(s.max_sandbox_instances, 20);
+        let w = s.warnings.join("\n");
+        for k in [
+            "DEBUG",
+            "PORT_RANGE",
+            "REDIS_ENABLED",
+            "REDIS_SERVER",
+            "FILE_SYSTEM",
+            "K8S_NAMESPACE",
+            "KUBECONFIG_PATH",
+            "HEARTBEAT_TIMEOUT",
+        ] {
+            assert!(w.contains(&format!("{k} is not supported yet")), "{k}: {w}");
+        }
+        // The token never appears in debug output.
+        assert!(!format!("{s:?}").contains("your-secret-token"));
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file_over_defaults() {
+        let (_d, mut args) = with_file("PORT=1111\nHOST=10.0.0.1\nSANDBOX_TIMEOUT=5\n");
+        let env = env_of(&[("PORT", "2222"), ("HOST", "10.0.0.2")]);
+        let s = Settings::from_sources(&args, &env).unwrap();
+        assert_eq!(s.port, 2222);
+        assert_eq!(s.host, "10.0.0.2");
+        assert_eq!(s.sandbox_timeout_secs, 5);
+        assert_eq!(s.workers, 1);
+        args.port = Some("3333".into());
+        let s = Settings::from_sources(&args, &env).unwrap();
+        assert_eq!(s.port, 3333);
+        assert_eq!(s.host, "10.0.0.2");
+    }
+
+    #[test]
+    fn state_dir_moves_the_default_mount_dir() {
+        let args = ServeArgs {
+            state_dir: Some("/tmp/sbx".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_sources(&args, &env_of(&[])).unwrap();
+        assert_eq!(s.default_mount_dir, PathBuf::from("/tmp/sbx/workspaces"));
+        assert_eq!(s.templates_dir(), PathBuf::from("/tmp/sbx/templates"));
+        let s = Settings::from_sources(
+            &args,
+            &env_of(&[("DEFAULT_MOUNT_DIR", "/data/ws")]),
+        )
+        .unwrap();
+        assert_eq!(s.default_mount_dir, PathBuf::from("/data/ws"));
+    }
+
+    #[test]
+    fn malformed_values_name_the_setting_and_line() {
+        let (_d, args) = with_file("HOST=0.0.0.0\nPORT=abc\n");
+        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("PORT=\"abc\"") && e.contains("custom.env:2"), "{e}");
+
+        let (_d, args) = with_file("AUTO_CLEANUP=maybe\n");
+        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("AUTO_CLEANUP") && e.contains("custom.env:1"), "{e}");
+
+        let (_d, args) = with_file("\nREADONLY_MOUNTS={not json\n");
+        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("READONLY_MOUNTS") && e.contains("custom.env:2"), "{e}");
+
+        let (_d, args) = with_file("PORT=1\nNO_SUCH_SETTING=1\n");
+        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown setting NO_SUCH_SETTING") && e.contains("custom.env:2"),
+            "{e}"
+        );
+
+        let e = Settings::from_sources(&ServeArgs::default(), &env_of(&[("PORT", "99999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PORT") && e.contains("environment"), "{e}");
+
+        let args = ServeArgs {
+            workers: Some("0".into()),
+            ..Default::default()
+        };
+        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        assert!(e.contains("WORKERS") && e.contains("--workers"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_not_echoed_in_errors() {
+        let e = Settings::from_sources(
+            &ServeArgs::default(),
+            &env_of(&[("BEARER_TOKEN", "sec ret")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("BEARER_TOKEN") && !e.contains("sec ret"), "{e}");
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["true", "True", "TRUE", "1", "yes", "Yes", "on"] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["false", "False", "0", "no", "NO", "off"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        assert_eq!(parse_bool("maybe"), None);
+        let s = Settings::from_sources(
+            &ServeArgs::default(),
+            &env_of(&[("AUTO_CLEANUP", "False")]),
+        )
+        .unwrap();
+        assert!(!s.auto_cleanup);
+    }
+
+    #[test]
+    fn readonly_mounts_both_forms() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().canonicalize().unwrap();
+        let h = host.display();
+        let json = parse_readonly_mounts(&format!(r#"{{"{h}": "/data"}}"#)).unwrap();
+        assert_eq!(
+            json,
+            vec![ReadonlyMount {
+                host: host.clone(),
+                guest: "/data".into()
+            }]
+        );
+        let pairs = parse_readonly_mounts(&format!("{h}:/data, {h}:/more/data")).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[1].guest, PathBuf::from("/more/data"));
+        assert!(parse_readonly_mounts("").unwrap().is_empty());
+        assert!(parse_readonly_mounts("/no/such/dir:/data")
+            .unwrap_err()
+            .contains("does not exist"));
+        assert!(parse_readonly_mounts(&format!("{h}:data")).is_err());
+        assert!(parse_readonly_mounts(&format!("{h}:/a/../b")).is_err());
+        assert!(parse_readonly_mounts(&format!("{h}:/")).is_err());
+        assert!(parse_readonly_mounts(&format!("{h}")).is_err());
+        assert!(parse_readonly_mounts("[1,2]").is_err());
+    }
+
+    #[test]
+    fn sandbox_types_forms() {
+        assert_eq!(parse_types("base").unwrap(), vec!["base"]);
+        assert_eq!(parse_types("base, gui").unwrap(), vec!["base", "gui"]);
+        assert_eq!(parse_types(r#"["base","gui"]"#).unwrap(), vec!["base", "gui"]);
+        assert!(parse_types("Base").is_err());
+        assert!(parse_types("").is_err());
+    }
+}
