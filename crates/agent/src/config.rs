@@ -95,7 +95,10 @@ mod tests {
             ("HOME".into(), "/root".into()),
         ]);
         assert_eq!(cfg.files_root, PathBuf::from("/srv/x"));
-        assert!(cfg.env.iter().all(|(k, _)| !k.as_bytes().starts_with(b"SANDBOXD_")));
+        assert!(cfg
+            .env
+            .iter()
+            .all(|(k, _)| !k.as_bytes().starts_with(b"SANDBOXD_")));
         assert_eq!(cfg.env_var("PATH"), Some(OsStr::new(DEFAULT_PATH)));
         assert_eq!(cfg.env_var("HOME"), Some(OsStr::new("/root")));
     }

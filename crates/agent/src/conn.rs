@@ -5,8 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use sandboxd_protocol::{
-    encode, read_frame, AgentError, AgentErrorKind, FrameError, Request, Response,
-    MAX_HEADER_LEN,
+    encode, read_frame, AgentError, AgentErrorKind, FrameError, Request, Response, MAX_HEADER_LEN,
 };
 
 /// Ops this agent knows; a frame with another op is answered `Unsupported` and the connection

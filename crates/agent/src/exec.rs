@@ -5,6 +5,11 @@
 //! blocking, so a command that does not read its input cannot deadlock the agent), the
 //! reaper's exit notification and the connection itself (to notice the host hanging up).
 //! Output is forwarded as soon as it is read.
+//!
+//! The host hanging up is noticed through `POLLRDHUP` on the socket, so a host that
+//! half-closes its writing side (`shutdown(SHUT_WR)`) while a command runs also kills it. Writes
+//! to the host block: a host that stops reading output stalls the command (the pipes fill up),
+//! and its timeout is enforced once the write completes.
 
 use std::fs::File;
 use std::io;
@@ -189,7 +194,10 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
         let mut fds = [
             sys::pollfd(out.as_ref().map_or(-1, |f| f.as_raw_fd()), libc::POLLIN),
             sys::pollfd(err.as_ref().map_or(-1, |f| f.as_raw_fd()), libc::POLLIN),
-            sys::pollfd(input.as_ref().map_or(-1, |(f, _)| f.as_raw_fd()), libc::POLLOUT),
+            sys::pollfd(
+                input.as_ref().map_or(-1, |(f, _)| f.as_raw_fd()),
+                libc::POLLOUT,
+            ),
             sys::pollfd(
                 if status.is_none() {
                     watch.notify_fd().as_raw_fd()
@@ -267,7 +275,9 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
 /// Serve one `Signal` request: signal the process group of a running command.
 pub fn signal(pid: i32, sig: i32) -> Response {
     if pid <= 0 || !(0..=64).contains(&sig) {
-        return Response::Error(invalid(format!("signal: invalid pid {pid} or signal {sig}")));
+        return Response::Error(invalid(format!(
+            "signal: invalid pid {pid} or signal {sig}"
+        )));
     }
     match Reaper::global().signal_group(pid, sig) {
         Ok(()) => Response::Ok,

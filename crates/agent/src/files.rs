@@ -182,7 +182,10 @@ impl Files {
         let outside = || {
             agent_error(
                 AgentErrorKind::PathOutsideSandbox,
-                format!("path {path:?} is outside the sandbox's file root {}", self.display),
+                format!(
+                    "path {path:?} is outside the sandbox's file root {}",
+                    self.display
+                ),
             )
         };
         let comps = normalize(path).ok_or_else(outside)?;
@@ -218,7 +221,8 @@ impl Files {
     fn open_root(&self) -> Result<OwnedFd, AgentError> {
         sys::open_dir_path(&self.root).map_err(|e| {
             let mut err = map_errno(e, "open file root", &self.display);
-            err.message.push_str(" (the sandbox's file root is unavailable)");
+            err.message
+                .push_str(" (the sandbox's file root is unavailable)");
             err
         })
     }
@@ -250,7 +254,8 @@ impl Files {
             .open_beneath(root, parent, libc::O_PATH | libc::O_DIRECTORY, op)
             .map_err(|mut e| {
                 if e.kind == AgentErrorKind::NotFound {
-                    e.message = format!("{op} {}: parent directory does not exist", self.shown(rel));
+                    e.message =
+                        format!("{op} {}: parent directory does not exist", self.shown(rel));
                 }
                 e
             })?;
@@ -426,7 +431,8 @@ impl Files {
             ));
         }
         let (dir, name) = self.open_parent(root.as_fd(), &rel, "mkdir")?;
-        sys::mkdirat(dir.as_fd(), &name, 0o755).map_err(|e| map_errno(e, "mkdir", &self.shown(&rel)))?;
+        sys::mkdirat(dir.as_fd(), &name, 0o755)
+            .map_err(|e| map_errno(e, "mkdir", &self.shown(&rel)))?;
         Ok(true)
     }
 
@@ -461,7 +467,10 @@ impl Files {
         if rel.is_empty() {
             return Err(agent_error(
                 AgentErrorKind::InvalidRequest,
-                format!("remove {}: refusing to remove the sandbox's file root", self.display),
+                format!(
+                    "remove {}: refusing to remove the sandbox's file root",
+                    self.display
+                ),
             ));
         }
         let root = self.open_root()?;
@@ -478,7 +487,8 @@ impl Files {
         result.map_err(|e| {
             let mut err = map_errno(e, "remove", &shown);
             if err.kind == AgentErrorKind::WrongKind && !recursive {
-                err.message.push_str(" (use recursive to remove it with its contents)");
+                err.message
+                    .push_str(" (use recursive to remove it with its contents)");
             }
             err
         })
@@ -579,7 +589,10 @@ impl Files {
             if hops > MAX_WRITE_HOPS {
                 return Err(agent_error(
                     AgentErrorKind::Io,
-                    format!("write {}: too many levels of symbolic links", self.shown(&rel)),
+                    format!(
+                        "write {}: too many levels of symbolic links",
+                        self.shown(&rel)
+                    ),
                 ));
             }
             (rel, dir, name) = self.follow_for_write(root.as_fd(), &rel, dir.as_fd(), &name)?;
@@ -646,7 +659,10 @@ impl Files {
         let outside = || {
             agent_error(
                 AgentErrorKind::PathOutsideSandbox,
-                format!("write {shown}: the symlink points outside {} ({target})", self.display),
+                format!(
+                    "write {shown}: the symlink points outside {} ({target})",
+                    self.display
+                ),
             )
         };
         if target.starts_with('/') {
@@ -795,5 +811,4 @@ mod tests {
         assert_eq!(slash.shown(&["etc".into()]), "/etc");
         assert_eq!(slash.resolve("/etc").unwrap(), ["etc"]);
     }
-
 }

@@ -1,1 +1,89 @@
+//! sandboxd's guest agent.
+//!
+//! # Role
+//!
+//! The agent runs inside every sandbox, normally as PID 1 of the sandbox's pid namespace, after
+//! the native backend's init has set up the mounts, dropped all capabilities and installed a
+//! seccomp filter. It serves the host ↔ agent protocol ([`sandboxd_protocol`]) on a Unix
+//! stream socket: running commands with streamed output, a confined file API and one
+//! persistent Python interpreter per sandbox.
+//!
+//! It is deliberately small and synchronous — std, `libc` and `serde_json`, no async runtime —
+//! because one host runs many idle sandboxes and each pays for its agent's memory: the idle
+//! agent is three threads (accept loop, reaper, signal waiter) plus one thread per open host
+//! connection.
+//!
+//! * **Socket.** If `SANDBOXD_LISTEN_FD` is set, that descriptor is an already bound and
+//!   listening socket created by the host (whose path the sandbox cannot see); otherwise
+//!   `sandboxd-agent --listen <path>` binds one. Each connection carries a sequence of
+//!   exchanges: a request frame, then response frames up to a terminal one.
+//! * **Processes.** One reaper thread ([`reaper`]) waits for every child, including orphans
+//!   re-parented to PID 1, and hands statuses to the commands waiting for them. Commands run in
+//!   their own session and process group with the sandbox's environment (minus `SANDBOXD_*`
+//!   variables), the highest OOM score and default signal dispositions; timeouts and host
+//!   hang-ups kill the whole process group.
+//! * **Python.** See [`python`].
+//!
+//! # Path confinement
+//!
+//! Every file request is confined to one root directory: `/workspace` by default, or
+//! `SANDBOXD_FILES_ROOT`.
+//!
+//! * Relative paths resolve against the root; `""`, `"."` and the root's own absolute path
+//!   name the root itself.
+//! * Absolute paths must lie under the root (`/workspace/a` is fine, `/etc/passwd` is refused
+//!   with `PathOutsideSandbox`).
+//! * `..` is applied lexically and may not climb above the root.
+//! * Symlinks are followed only while they stay inside the root, and that is enforced by the
+//!   kernel at lookup time: every open goes through `openat2(2)` relative to a descriptor of
+//!   the root with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`, and operations on a final
+//!   component use the `*at` system calls relative to a parent opened that way. A symlink
+//!   pointing outside — and, as a consequence of `RESOLVE_BENEATH`, any *absolute* symlink —
+//!   yields `PathOutsideSandbox`. Recursive listing and removal never follow symlinks.
+//!
+//! This needs Linux 5.6 or newer (for `openat2`) and a seccomp filter that allows it.
+//!
+//! # Building
+//!
+//! A plain `cargo build -p sandboxd-agent` gives a dynamically linked (glibc) binary; it works
+//! in any sandbox whose image has a compatible glibc. For images without one, build it
+//! statically linked against glibc (no musl target needed):
+//!
+//! ```text
+//! cargo rustc -p sandboxd-agent --release --bin sandboxd-agent -- -C target-feature=+crt-static
+//! ```
+//!
+//! which leaves a static-pie executable at `target/release/sandboxd-agent`. The flag is given
+//! to the final `rustc` invocation only, so proc-macro crates (serde_derive) still build as
+//! usual. The agent calls no NSS function (no user or host name lookups), so static glibc
+//! has none of its usual caveats here. The release profile keeps line-level debug info
+//! (about 8 MB); `strip` brings the binary to under 2 MB.
+//!
+//! # Testing
+//!
+//! `cargo test -p sandboxd-agent` runs unit tests (path normalisation, the reaper's
+//! exit/registration race, orphan reaping) and integration tests that start the real binary
+//! with `--listen <tmp>/agent.sock` and `SANDBOXD_FILES_ROOT=<tmp>/root` (not as PID 1; the
+//! agent makes itself a child subreaper so orphans still come to it) and speak the protocol
+//! over a `UnixStream`. The Python tests need `python3` on `PATH`. `AGENT_TEST_BIN=<path>`
+//! runs the integration tests against another build, e.g. the static release binary.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod agent;
+pub mod config;
+mod conn;
+mod exec;
+pub mod files;
+pub mod init;
+mod process;
+pub mod python;
+pub mod reaper;
+mod sys;
+
+pub use agent::Agent;
+pub use config::Config;
+pub use exec::EXIT_GRACE;
+pub use files::Files;
+pub use python::Python;
+pub use reaper::{ExitWatch, Reaper};

@@ -8,12 +8,13 @@ use std::process::Command;
 /// and the highest OOM score, so that under a memory limit the kernel kills user processes
 /// before the agent.
 pub fn isolate(cmd: &mut Command) {
+    let sigrtmax = libc::SIGRTMAX();
     // SAFETY: the hook runs in the forked child of a multi-threaded parent, where only
     // async-signal-safe functions may be called. It uses only setsid, sigprocmask, signal,
     // open, write and close (all async-signal-safe), touches no lock and allocates nothing: the
     // path is a static C string and errors are built from the raw errno.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -21,7 +22,8 @@ pub fn isolate(cmd: &mut Command) {
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // Handlers are reset by exec anyway; ignored signals (SIGPIPE) would be inherited.
-            for sig in 1..32 {
+            // glibc refuses to touch its reserved real-time signals; those calls just fail.
+            for sig in 1..=sigrtmax {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }

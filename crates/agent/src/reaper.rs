@@ -143,7 +143,8 @@ impl Reaper {
         }
     }
 
-    fn signal_own(&self, pid: libc::pid_t, sig: libc::c_int) -> bool {
+    /// Signal the process group of any registered, unreaped child of ours.
+    pub(crate) fn signal_registered(&self, pid: libc::pid_t, sig: libc::c_int) -> bool {
         let inner = self.lock();
         match inner.children.get(&pid) {
             Some(t) if t.status.is_none() => sys::kill(-pid, sig).is_ok(),
@@ -170,9 +171,8 @@ impl Reaper {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: `info` is writable; WNOWAIT leaves the child waitable so that it can be
             // reaped below under the lock.
-            let r = unsafe {
-                libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT)
-            };
+            let r =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
             if r < 0 {
                 match io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => {}
@@ -262,7 +262,7 @@ impl ExitWatch {
     /// Signal the child's process group, unless the child was already reaped (after which
     /// its pid may belong to someone else). Returns whether a signal was sent.
     pub fn signal_group(&self, sig: libc::c_int) -> bool {
-        self.reaper.signal_own(self.pid, sig)
+        self.reaper.signal_registered(self.pid, sig)
     }
 }
 
@@ -331,7 +331,12 @@ mod tests {
             .stdout(Stdio::piped());
         let (mut child, watch) = reaper.spawn(&mut cmd, false).unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let orphan: i32 = out.trim().parse().unwrap();
         assert_eq!(
             watch.wait_timeout(Duration::from_secs(30)).unwrap().code(),

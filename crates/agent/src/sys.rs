@@ -102,8 +102,15 @@ pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: `c` is NUL-terminated; the returned descriptor, if any, is owned by us.
-    let fd = retry(|| cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) }))?;
+    let fd = retry(|| {
+        // SAFETY: `c` is NUL-terminated; the returned descriptor, if any, is owned by us.
+        cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })
+    })?;
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -117,8 +124,10 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     } else {
         libc::AT_SYMLINK_NOFOLLOW
     };
-    // SAFETY: `st` points to writable memory of the right size and `name` is NUL-terminated.
-    retry(|| cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) }))?;
+    retry(|| {
+        // SAFETY: `st` points to writable memory of the right size and `name` is NUL-terminated.
+        cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })
+    })?;
     // SAFETY: fstatat succeeded, so it filled the whole struct.
     Ok(unsafe { st.assume_init() })
 }
@@ -150,10 +159,15 @@ pub fn renameat(
     to_dir: BorrowedFd<'_>,
     to: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated; the call only reads them.
     retry(|| {
+        // SAFETY: both names are NUL-terminated; the call only reads them.
         cvt(unsafe {
-            libc::renameat(from_dir.as_raw_fd(), from.as_ptr(), to_dir.as_raw_fd(), to.as_ptr())
+            libc::renameat(
+                from_dir.as_raw_fd(),
+                from.as_ptr(),
+                to_dir.as_raw_fd(),
+                to.as_ptr(),
+            )
         })
     })?;
     Ok(())
@@ -217,7 +231,11 @@ pub fn read_dir_names(dir: OwnedFd) -> io::Result<Vec<OsString>> {
         let ent = unsafe { libc::readdir(stream) };
         if ent.is_null() {
             let e = io::Error::last_os_error();
-            break if e.raw_os_error() == Some(0) { Ok(()) } else { Err(e) };
+            break if e.raw_os_error() == Some(0) {
+                Ok(())
+            } else {
+                Err(e)
+            };
         }
         // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated and lives
         // until the next readdir call on this stream; we copy it out right away.
@@ -324,16 +342,4 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
             return Err(e);
         }
     }
-}
-
-/// Write all of `buf` to a blocking descriptor.
-pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        let n = write(fd, buf)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-    }
-    Ok(())
 }

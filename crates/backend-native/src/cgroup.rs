@@ -298,6 +298,21 @@ impl CgroupFs for RealCgroupFs {
     }
 }
 
+/// How a new box's process joins its groups.
+///
+/// Moving a process by writing to `cgroup.procs` takes a global lock whose first writer
+/// waits for an RCU grace period (about 12 ms here), which would dominate a box's start. So
+/// the v2 group is joined at birth with `clone3(CLONE_INTO_CGROUP)` (only a read lock), and
+/// the v1 groups by the single-threaded init writing `0` to each `tasks` file, which moves
+/// just the calling thread and skips the global lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinPlan {
+    /// v1 `tasks` files to write `0` to.
+    pub v1_tasks: Vec<PathBuf>,
+    /// The v2 group, joined with `CLONE_INTO_CGROUP`, or else through its `cgroup.procs`.
+    pub v2_dir: Option<PathBuf>,
+}
+
 /// CFS period used for CPU quotas, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -418,9 +433,9 @@ impl<F: CgroupFs> Cgroups<F> {
         Ok(())
     }
 
-    /// Create the box's groups and apply its limits. Returns the `cgroup.procs` files the
-    /// box's init writes `0` to. On error, whatever was created is removed again.
-    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+    /// Create the box's groups and apply its limits. Returns how the box's init joins them.
+    /// On error, whatever was created is removed again.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<JoinPlan, CgroupError> {
         let result = self.create_inner(id, limits);
         if result.is_err() {
             let _ = self.remove(id);
@@ -428,8 +443,8 @@ impl<F: CgroupFs> Cgroups<F> {
         result
     }
 
-    fn create_inner(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
-        let mut procs = Vec::new();
+    fn create_inner(&self, id: &str, limits: &Limits) -> Result<JoinPlan, CgroupError> {
+        let mut plan = JoinPlan::default();
         for h in self.layout.v1.iter() {
             self.mkdir_parents(&h.mountpoint)?;
             let dir = h.mountpoint.join(&self.parent).join(id);
@@ -452,7 +467,7 @@ impl<F: CgroupFs> Cgroups<F> {
                 self.write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 self.write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(limits.cpu_millis).to_string())?;
             }
-            procs.push(dir.join("cgroup.procs"));
+            plan.v1_tasks.push(dir.join("tasks"));
         }
         if let Some(h) = &self.layout.v2 {
             if self.layout.kind == LayoutKind::V2 {
@@ -491,9 +506,9 @@ impl<F: CgroupFs> Cgroups<F> {
                     self.write(&dir.join("cpu.max"), &value)?;
                 }
             }
-            procs.push(dir.join("cgroup.procs"));
+            plan.v2_dir = Some(dir);
         }
-        Ok(procs)
+        Ok(plan)
     }
 
     /// Pids (host view) in any of the box's groups.
@@ -823,9 +838,10 @@ mod tests {
         )]);
         let layout = CgroupLayout::from_mountinfo(HYBRID).unwrap();
         let cg = Cgroups::new(layout, "sbx", &fake).unwrap();
-        let procs = cg.create("b1", &LIMITS).unwrap();
-        assert_eq!(procs.len(), 6);
-        assert!(procs.contains(&PathBuf::from("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs")));
+        let plan = cg.create("b1", &LIMITS).unwrap();
+        assert_eq!(plan.v1_tasks.len(), 5);
+        assert!(plan.v1_tasks.contains(&PathBuf::from("/sys/fs/cgroup/memory/sbx/b1/tasks")));
+        assert_eq!(plan.v2_dir, Some(PathBuf::from("/sys/fs/cgroup/unified/sbx/b1")));
         let log = fake.log();
         let pos = |s: &str| {
             log.iter()
@@ -856,8 +872,9 @@ mod tests {
         ]);
         let layout = CgroupLayout::from_mountinfo(PURE_V2).unwrap();
         let cg = Cgroups::new(layout, "/a/b/", &fake).unwrap();
-        let procs = cg.create("x", &LIMITS).unwrap();
-        assert_eq!(procs, vec![PathBuf::from("/sys/fs/cgroup/a/b/x/cgroup.procs")]);
+        let plan = cg.create("x", &LIMITS).unwrap();
+        assert!(plan.v1_tasks.is_empty());
+        assert_eq!(plan.v2_dir, Some(PathBuf::from("/sys/fs/cgroup/a/b/x")));
         let log = fake.log();
         for want in [
             "write /sys/fs/cgroup/cgroup.subtree_control +pids",

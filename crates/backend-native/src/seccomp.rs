@@ -291,8 +291,6 @@ mod tests {
         {
             assert_eq!(libc::SYS_quotactl_fd, 443);
             assert_eq!(libc::SYS_set_mempolicy_home_node, 450);
-            assert_eq!(libc::SYS_lsm_set_self_attr, 460);
-            assert_eq!(libc::SYS_open_tree_attr, 467);
         }
     }
 

@@ -168,6 +168,17 @@ pub fn move_mount(fd: &OwnedFd, target: &Path) -> io::Result<()> {
     .map(drop)
 }
 
+/// Open a directory as an `O_PATH` fd (for `CLONE_INTO_CGROUP`).
+pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string; open returns a new fd or -1.
+    let fd = check(unsafe {
+        libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `fstat(2)`.
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.

@@ -37,7 +37,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use sandboxd_core::backend::{Backend, Limits};
+use sandboxd_core::backend::Backend;
 use sandboxd_core::templates::Templates;
 use sandboxd_core::{CoreError, Manager, ManagerConfig};
 use sandboxd_store::MemoryStore;
@@ -51,6 +51,8 @@ pub mod extract;
 pub mod openapi;
 pub mod routes;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::ApiError;
 pub use settings::{ServeArgs, Settings, SettingsError};
@@ -75,7 +77,10 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("manager", &self.manager)
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -103,7 +108,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(meta::health))
         .route("/openapi.json", get(meta::openapi))
         .route("/v1/types", get(meta::types))
-        .route("/v1/sandboxes", post(sandboxes::create).get(sandboxes::list))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
         .route(
             "/v1/sandboxes/{id}",
             get(sandboxes::get).delete(sandboxes::delete),
@@ -216,8 +224,15 @@ impl RunningServer {
             }
         };
         if self.auto_cleanup {
-            let n = self.manager.list(&Default::default()).await.map(|l| l.len());
-            tracing::info!(sandboxes = n.unwrap_or(0), "removing every sandbox (AUTO_CLEANUP)");
+            let n = self
+                .manager
+                .list(&Default::default())
+                .await
+                .map(|l| l.len());
+            tracing::info!(
+                sandboxes = n.unwrap_or(0),
+                "removing every sandbox (AUTO_CLEANUP)"
+            );
             self.manager.shutdown().await;
         }
         if served.is_none() {
@@ -247,7 +262,6 @@ fn manager_config(settings: &Settings) -> ManagerConfig {
         max_instances: settings.max_sandbox_instances,
         mount_dir: settings.default_mount_dir.clone(),
         readonly_mounts: settings.readonly_mounts.clone(),
-        default_resources: Limits { ..d.default_resources },
         ..d
     }
 }
@@ -321,18 +335,21 @@ pub async fn start_with_backend(
 /// `sandboxd serve`: start, serve until SIGINT or SIGTERM, then shut down cleanly.
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     let mut server = start(settings).await?;
-    tokio::select! {
-        _ = shutdown_signal() => {
+    let failed = tokio::select! {
+        _ = shutdown_signal() => None,
+        failed = server.wait_failed() => Some(failed),
+    };
+    match failed {
+        None => {
             tracing::info!("stop signal received; shutting down");
             server.shutdown().await
         }
-        failed = server.wait_failed() => {
+        Some(failed) => {
             // Serving ended by itself: still remove the sandboxes.
-            let err = failed.map(ServerError::Serve);
             if server.auto_cleanup {
                 server.manager.shutdown().await;
             }
-            err.map_or(Ok(()), Err)
+            failed.map_or(Ok(()), |e| Err(ServerError::Serve(e)))
         }
     }
 }

@@ -74,12 +74,20 @@ pub struct ServeArgs {
     /// [default: sandboxd].
     #[arg(long, value_name = "NAME")]
     pub cgroup_parent: Option<String>,
+    /// The native backend's `sandboxd-init` binary [env: SANDBOXD_INIT_BIN]
+    /// [default: next to this executable].
+    #[arg(long, value_name = "FILE")]
+    pub init_bin: Option<String>,
+    /// The `sandboxd-agent` binary run in every sandbox [env: SANDBOXD_AGENT_BIN]
+    /// [default: next to this executable].
+    #[arg(long, value_name = "FILE")]
+    pub agent_bin: Option<String>,
 }
 
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 16] = [
+        let all: [(&'static str, &'static str, &Option<String>); 18] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -101,8 +109,16 @@ impl ServeArgs {
                 "--container-deployment",
                 &self.container_deployment,
             ),
-            ("DEFAULT_MOUNT_DIR", "--default-mount-dir", &self.default_mount_dir),
-            ("READONLY_MOUNTS", "--readonly-mounts", &self.readonly_mounts),
+            (
+                "DEFAULT_MOUNT_DIR",
+                "--default-mount-dir",
+                &self.default_mount_dir,
+            ),
+            (
+                "READONLY_MOUNTS",
+                "--readonly-mounts",
+                &self.readonly_mounts,
+            ),
             (
                 "MAX_SANDBOX_INSTANCES",
                 "--max-sandbox-instances",
@@ -110,8 +126,18 @@ impl ServeArgs {
             ),
             ("SANDBOXD_STATE_DIR", "--state-dir", &self.state_dir),
             ("SANDBOXD_RUN_DIR", "--run-dir", &self.run_dir),
-            ("SANDBOX_TIMEOUT", "--sandbox-timeout", &self.sandbox_timeout),
-            ("SANDBOXD_CGROUP_PARENT", "--cgroup-parent", &self.cgroup_parent),
+            (
+                "SANDBOX_TIMEOUT",
+                "--sandbox-timeout",
+                &self.sandbox_timeout,
+            ),
+            (
+                "SANDBOXD_CGROUP_PARENT",
+                "--cgroup-parent",
+                &self.cgroup_parent,
+            ),
+            ("SANDBOXD_INIT_BIN", "--init-bin", &self.init_bin),
+            ("SANDBOXD_AGENT_BIN", "--agent-bin", &self.agent_bin),
         ];
         all.into_iter()
             .filter_map(|(k, f, v)| v.as_ref().map(|v| (k, f, v)))
@@ -137,6 +163,8 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_RUN_DIR",
     "SANDBOX_TIMEOUT",
     "SANDBOXD_CGROUP_PARENT",
+    "SANDBOXD_INIT_BIN",
+    "SANDBOXD_AGENT_BIN",
 ];
 
 /// AgentScope Runtime settings that are accepted but not implemented yet.
@@ -150,6 +178,10 @@ const AGENTSCOPE_KEYS: &[&str] = &[
     "KUBECONFIG_PATH",
     "STORAGE_FOLDER",
 ];
+
+/// Main switches of the unsupported families, looked for in the environment (which, unlike a
+/// config file, holds many unrelated variables, so prefixes are not matched there).
+const AGENTSCOPE_ENV_SWITCHES: &[&str] = &["REDIS_ENABLED", "OSS_ENDPOINT", "K8S_NAMESPACE"];
 
 /// Prefixes of families of AgentScope Runtime settings not implemented yet.
 const AGENTSCOPE_PREFIXES: &[&str] = &[
@@ -275,6 +307,10 @@ pub struct Settings {
     pub sandbox_timeout_secs: u64,
     /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
     pub cgroup_parent: String,
+    /// `SANDBOXD_INIT_BIN`: the native backend's init binary (default: next to the executable).
+    pub init_bin: Option<PathBuf>,
+    /// `SANDBOXD_AGENT_BIN`: the guest agent binary (default: next to the executable).
+    pub agent_bin: Option<PathBuf>,
     /// Things to warn about at start-up (settings accepted but not supported yet).
     pub warnings: Vec<String>,
 }
@@ -301,6 +337,8 @@ impl fmt::Debug for Settings {
             .field("run_dir", &self.run_dir)
             .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
             .field("cgroup_parent", &self.cgroup_parent)
+            .field("init_bin", &self.init_bin)
+            .field("agent_bin", &self.agent_bin)
             .finish()
     }
 }
@@ -326,6 +364,8 @@ impl Default for Settings {
             run_dir: "/run/sandboxd".into(),
             sandbox_timeout_secs: 300,
             cgroup_parent: "sandboxd".into(),
+            init_bin: None,
+            agent_bin: None,
             warnings: Vec::new(),
         }
     }
@@ -355,16 +395,15 @@ pub fn parse_env_file(
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let line = line
+            .strip_prefix("export ")
+            .map(str::trim_start)
+            .unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
             return Err(malformed("expected KEY=VALUE"));
         };
         let key = key.trim();
-        if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(malformed(&format!("invalid setting name {key:?}")));
         }
         let value = value.trim();
@@ -543,7 +582,7 @@ impl Settings {
                 );
             }
         }
-        for k in AGENTSCOPE_KEYS {
+        for k in AGENTSCOPE_KEYS.iter().chain(AGENTSCOPE_ENV_SWITCHES) {
             if env(k).is_some() {
                 unsupported.push(k.to_string());
             }
@@ -580,11 +619,14 @@ impl Settings {
             let v = r.value.trim();
             let ok = !v.is_empty()
                 && (v.parse::<IpAddr>().is_ok()
-                    || v
-                        .bytes()
+                    || v.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
             if !ok {
-                return Err(invalid("HOST", r, "expected an IP address or host name".into()));
+                return Err(invalid(
+                    "HOST",
+                    r,
+                    "expected an IP address or host name".into(),
+                ));
             }
             s.host = v.to_string();
         }
@@ -628,11 +670,7 @@ impl Settings {
         }
         if let Some(r) = get("AUTO_CLEANUP") {
             s.auto_cleanup = parse_bool(&r.value).ok_or_else(|| {
-                invalid(
-                    "AUTO_CLEANUP",
-                    r,
-                    "expected true/false/1/0/yes/no".into(),
-                )
+                invalid("AUTO_CLEANUP", r, "expected true/false/1/0/yes/no".into())
             })?;
         }
         if let Some(r) = get("CONTAINER_PREFIX_KEY") {
@@ -659,7 +697,8 @@ impl Settings {
             })?;
         }
         if let Some(r) = get("SANDBOXD_STATE_DIR") {
-            s.state_dir = absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_STATE_DIR", r, e))?;
+            s.state_dir =
+                absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_STATE_DIR", r, e))?;
         }
         if let Some(r) = get("SANDBOXD_RUN_DIR") {
             s.run_dir = absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_RUN_DIR", r, e))?;
@@ -699,6 +738,15 @@ impl Settings {
                 ));
             }
             s.cgroup_parent = v.to_string();
+        }
+
+        if let Some(r) = get("SANDBOXD_INIT_BIN") {
+            s.init_bin =
+                Some(absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_INIT_BIN", r, e))?);
+        }
+        if let Some(r) = get("SANDBOXD_AGENT_BIN") {
+            s.agent_bin =
+                Some(absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_AGENT_BIN", r, e))?);
         }
 
         if s.pool_size > 0 {
@@ -769,8 +817,14 @@ mod tests {
         let s = Settings::from_sources(&ServeArgs::default(), &env_of(&[])).unwrap();
         assert_eq!(s, Settings::default());
         assert_eq!(s.bind_addr(), "127.0.0.1:8000");
-        assert_eq!(s.default_mount_dir, PathBuf::from("/var/lib/sandboxd/workspaces"));
-        assert_eq!(s.templates_dir(), PathBuf::from("/var/lib/sandboxd/templates"));
+        assert_eq!(
+            s.default_mount_dir,
+            PathBuf::from("/var/lib/sandboxd/workspaces")
+        );
+        assert_eq!(
+            s.templates_dir(),
+            PathBuf::from("/var/lib/sandboxd/templates")
+        );
         assert!(s.auto_cleanup);
         assert_eq!(s.default_sandbox_type(), "base");
     }
@@ -857,30 +911,44 @@ mod tests {
         let s = Settings::from_sources(&args, &env_of(&[])).unwrap();
         assert_eq!(s.default_mount_dir, PathBuf::from("/tmp/sbx/workspaces"));
         assert_eq!(s.templates_dir(), PathBuf::from("/tmp/sbx/templates"));
-        let s = Settings::from_sources(
-            &args,
-            &env_of(&[("DEFAULT_MOUNT_DIR", "/data/ws")]),
-        )
-        .unwrap();
+        let s =
+            Settings::from_sources(&args, &env_of(&[("DEFAULT_MOUNT_DIR", "/data/ws")])).unwrap();
         assert_eq!(s.default_mount_dir, PathBuf::from("/data/ws"));
     }
 
     #[test]
     fn malformed_values_name_the_setting_and_line() {
         let (_d, args) = with_file("HOST=0.0.0.0\nPORT=abc\n");
-        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
-        assert!(e.contains("PORT=\"abc\"") && e.contains("custom.env:2"), "{e}");
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PORT=\"abc\"") && e.contains("custom.env:2"),
+            "{e}"
+        );
 
         let (_d, args) = with_file("AUTO_CLEANUP=maybe\n");
-        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
-        assert!(e.contains("AUTO_CLEANUP") && e.contains("custom.env:1"), "{e}");
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("AUTO_CLEANUP") && e.contains("custom.env:1"),
+            "{e}"
+        );
 
         let (_d, args) = with_file("\nREADONLY_MOUNTS={not json\n");
-        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
-        assert!(e.contains("READONLY_MOUNTS") && e.contains("custom.env:2"), "{e}");
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("READONLY_MOUNTS") && e.contains("custom.env:2"),
+            "{e}"
+        );
 
         let (_d, args) = with_file("PORT=1\nNO_SUCH_SETTING=1\n");
-        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unknown setting NO_SUCH_SETTING") && e.contains("custom.env:2"),
             "{e}"
@@ -895,7 +963,9 @@ mod tests {
             workers: Some("0".into()),
             ..Default::default()
         };
-        let e = Settings::from_sources(&args, &env_of(&[])).unwrap_err().to_string();
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("WORKERS") && e.contains("--workers"), "{e}");
     }
 
@@ -919,11 +989,9 @@ mod tests {
             assert_eq!(parse_bool(f), Some(false), "{f}");
         }
         assert_eq!(parse_bool("maybe"), None);
-        let s = Settings::from_sources(
-            &ServeArgs::default(),
-            &env_of(&[("AUTO_CLEANUP", "False")]),
-        )
-        .unwrap();
+        let s =
+            Settings::from_sources(&ServeArgs::default(), &env_of(&[("AUTO_CLEANUP", "False")]))
+                .unwrap();
         assert!(!s.auto_cleanup);
     }
 
@@ -958,7 +1026,10 @@ mod tests {
     fn sandbox_types_forms() {
         assert_eq!(parse_types("base").unwrap(), vec!["base"]);
         assert_eq!(parse_types("base, gui").unwrap(), vec!["base", "gui"]);
-        assert_eq!(parse_types(r#"["base","gui"]"#).unwrap(), vec!["base", "gui"]);
+        assert_eq!(
+            parse_types(r#"["base","gui"]"#).unwrap(),
+            vec!["base", "gui"]
+        );
         assert!(parse_types("Base").is_err());
         assert!(parse_types("").is_err());
     }

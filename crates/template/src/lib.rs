@@ -205,7 +205,9 @@ mod tests {
 
     #[test]
     fn errors_say_how_to_fix_them() {
-        let e = TemplateError::MmdebstrapMissing { name: "base".into() };
+        let e = TemplateError::MmdebstrapMissing {
+            name: "base".into(),
+        };
         assert!(e.to_string().contains("apt-get install mmdebstrap"));
         let e = TemplateError::BusyboxMissing {
             name: "minimal".into(),

@@ -98,7 +98,14 @@ mod tests {
             assert_eq!(recipes().iter().filter(|o| o.name == r.name).count(), 1);
         }
         let base = recipe("base").unwrap();
-        for p in ["bash", "coreutils", "python3", "git", "curl", "ca-certificates"] {
+        for p in [
+            "bash",
+            "coreutils",
+            "python3",
+            "git",
+            "curl",
+            "ca-certificates",
+        ] {
             assert!(base.packages.contains(&p), "{p}");
         }
     }

@@ -23,10 +23,7 @@ pub(crate) fn mirror_from_dir(etc_apt: &Path, suite: &str) -> Option<String> {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "list" || e == "sources")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
         .collect();
     parts.sort();
     files.extend(parts);
@@ -78,7 +75,7 @@ pub(crate) fn mirror_from_deb822(text: &str, suite: &str) -> Option<String> {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let enabled = field("enabled").is_none_or(|v| !v.eq_ignore_ascii_case("no"));
+        let enabled = !matches!(field("enabled"), Some(v) if v.eq_ignore_ascii_case("no"));
         let is_deb = field("types").is_some_and(|v| v.split_whitespace().any(|t| t == "deb"));
         let has_suite = field("suites").is_some_and(|v| v.split_whitespace().any(|s| s == suite));
         if !(enabled && is_deb && has_suite) {
@@ -191,8 +188,14 @@ deb http://later.example/debian bookworm main
             mirror_from_one_line(text, "bookworm").as_deref(),
             Some("http://mirror.example/debian")
         );
-        assert_eq!(mirror_from_one_line("deb [broken http://x bookworm main", "bookworm"), None);
-        assert_eq!(mirror_from_one_line("debx http://x bookworm main", "bookworm"), None);
+        assert_eq!(
+            mirror_from_one_line("deb [broken http://x bookworm main", "bookworm"),
+            None
+        );
+        assert_eq!(
+            mirror_from_one_line("debx http://x bookworm main", "bookworm"),
+            None
+        );
     }
 
     #[test]

@@ -7,9 +7,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use sandboxd_types::{
-    ErrorBody, ExecEvent, ExecRequest, ExecResult, PythonRequest, PythonResult,
-};
+use sandboxd_types::{ErrorBody, ExecEvent, ExecRequest, ExecResult, PythonRequest, PythonResult};
 
 use crate::error::ApiError;
 use crate::extract::{Json, SandboxIdPath};

@@ -8,9 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use sandboxd_core::CoreError;
-use sandboxd_types::{
-    ErrorBody, FileEntry, FileList, MkdirRequest, MkdirResult, MoveRequest,
-};
+use sandboxd_types::{ErrorBody, FileEntry, FileList, MkdirRequest, MkdirResult, MoveRequest};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -156,10 +154,7 @@ pub async fn remove(
     SandboxIdPath(id): SandboxIdPath,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .manager
-        .remove_path(&id, &q.path, q.recursive)
-        .await?;
+    state.manager.remove_path(&id, &q.path, q.recursive).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,141 @@
+//! Process-level setup of the agent binary: being a good PID 1, and finding its socket.
+
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use crate::reaper::Reaper;
+use crate::sys;
+
+/// Environment variable naming an inherited, already listening socket descriptor.
+pub const LISTEN_FD_VAR: &str = "SANDBOXD_LISTEN_FD";
+
+/// Signals that end the agent.
+const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+extern "C" fn ignore(_: libc::c_int) {}
+
+/// Prepare the process. Must run before any other thread starts, because the signal mask set
+/// here is inherited by every thread created afterwards.
+///
+/// - Not dumpable: nothing in the sandbox may ptrace the agent or read its memory via /proc.
+/// - Child subreaper: when not PID 1 (tests, other backends), orphans of commands are still
+///   re-parented to the agent and reaped by it, as they would be in a pid namespace.
+/// - SIGPIPE ignored: a host hanging up shows as `EPIPE`, not as the agent's death.
+/// - SIGTERM/SIGINT/SIGHUP: blocked in every thread and taken by a dedicated thread with
+///   `sigwait`, which kills every command's process group and exits. A real (no-op) handler
+///   is installed too: the kernel discards signals to a namespace's init that have the
+///   default disposition, and the host must be able to stop the agent with SIGTERM.
+pub fn setup_process() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; failure (e.g. an old kernel) is harmless.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    // SAFETY: `set` is a properly initialised sigset_t; `sa` is fully initialised (zeroed,
+    // then the handler and mask set) and only read by sigaction. The handler is an
+    // async-signal-safe no-op.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in SHUTDOWN_SIGNALS {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::sigaddset(&mut set, sig);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(wait_for_shutdown)?;
+    // Start the reaper now: zombies inherited before the first command must not wait for it.
+    Reaper::global();
+    Ok(())
+}
+
+fn wait_for_shutdown() {
+    // SAFETY: `set` is initialised before use and `sig` is a valid out-pointer.
+    let sig = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in SHUTDOWN_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut sig: libc::c_int = 0;
+        loop {
+            if libc::sigwait(&set, &mut sig) == 0 {
+                break sig;
+            }
+        }
+    };
+    eprintln!("sandboxd-agent: signal {sig}, killing commands and exiting");
+    Reaper::global().signal_all_groups(libc::SIGKILL);
+    std::process::exit(0);
+}
+
+/// The socket to serve: the inherited descriptor named by `SANDBOXD_LISTEN_FD` when set
+/// (made close-on-exec so that no command inherits it), else a new socket bound at `path`.
+pub fn listener(path: Option<&Path>) -> io::Result<UnixListener> {
+    if let Some(v) = std::env::var_os(LISTEN_FD_VAR) {
+        let fd: RawFd = v
+            .to_str()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{LISTEN_FD_VAR}={v:?} is not a descriptor number"),
+                )
+            })?;
+        return inherited_listener(fd);
+    }
+    let Some(path) = path else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no socket: set {LISTEN_FD_VAR} or pass --listen <path>"),
+        ));
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // A stale socket of an earlier run; anything else is not ours to delete.
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    UnixListener::bind(path)
+}
+
+fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
+    sys::set_cloexec(fd)
+        .map_err(|e| io::Error::new(e.kind(), format!("{LISTEN_FD_VAR}={fd}: {e}")))?;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the out-pointers are valid for the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || listening == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{LISTEN_FD_VAR}={fd} is not a listening socket"),
+        ));
+    }
+    // SAFETY: the host passed this descriptor to us for our exclusive use, it was checked to
+    // be an open listening socket, and nothing else in the agent refers to it.
+    Ok(unsafe { UnixListener::from_raw_fd(fd) })
+}

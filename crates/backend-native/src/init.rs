@@ -1,0 +1,451 @@
+//! `sandboxd-init`: PID 1 of a new box, for the few milliseconds it takes to build the box
+//! around itself before it becomes the agent.
+//!
+//! It starts as root with every capability, in fresh mount, pid, uts, ipc and net namespaces
+//! (the host's `clone` made them), still seeing the host's file systems. It is single-threaded
+//! and does, in order (see the crate docs for why):
+//!
+//! 1. join the box's v1 cgroups (the v2 one it was born in), then `unshare(CLONE_NEWCGROUP)`;
+//! 2. make every mount private, mount the overlay root, and take detached copies
+//!    (`open_tree`) of everything it will bind from the host: the workspace, the read-only
+//!    mounts, six device nodes;
+//! 3. `pivot_root` into the overlay and drop the host's tree: from here on every path
+//!    resolves inside the box, so a symlink in a template cannot aim a mount at the host;
+//! 4. mount `/dev`, `/proc` (with Docker's masking), `/sys` (read-only), `/tmp`, attach the
+//!    workspace and read-only mounts;
+//! 5. set the host name and bring `lo` up;
+//! 6. close stray fds, drop privileges, apply landlock and seccomp, and `execveat` the agent.
+//!
+//! Failures are written to stderr (the box's `init.log` on the host) and to the status pipe
+//! (fd 4), which the host reads until it closes: it closes on the successful `execveat`
+//! because it is `O_CLOEXEC`.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::security::{self, SecurityError};
+use crate::seccomp::{self, SeccompError};
+use crate::sys;
+
+/// The agent's listening socket, as the agent sees it.
+pub const LISTEN_FD: RawFd = 3;
+/// The status pipe to the host (write end, `O_CLOEXEC` once the init runs).
+pub const STATUS_FD: RawFd = 4;
+/// The agent executable (a sealed memfd copy or the file), `O_CLOEXEC` once the init runs.
+pub const AGENT_FD: RawFd = 5;
+/// Environment variable that carries the [`InitConfig`] as JSON.
+pub const CONFIG_ENV: &str = "SANDBOXD_INIT_CONFIG";
+
+/// Everything the init needs, prepared by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// The sandbox id (for messages).
+    pub id: String,
+    /// Host name inside the box.
+    pub hostname: String,
+    /// Template root file system (overlay lower layer, never written).
+    pub template: PathBuf,
+    /// Overlay upper directory.
+    pub upper: PathBuf,
+    /// Overlay work directory.
+    pub work: PathBuf,
+    /// Where the overlay is mounted before it becomes `/`.
+    pub rootfs: PathBuf,
+    /// Host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// Read-only mounts: `(host path, absolute guest path)`.
+    pub readonly_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Size of `/tmp` and `/dev/shm`, in MiB.
+    pub tmp_size_mb: u64,
+    /// Cgroup files to write `0` to (v1 `tasks`, and the v2 `cgroup.procs` when the host
+    /// could not start the init inside its v2 group).
+    pub cgroup_join: Vec<PathBuf>,
+    /// The agent's environment, `KEY=value`.
+    pub agent_env: Vec<String>,
+    /// The agent's `argv`.
+    pub agent_argv: Vec<String>,
+}
+
+/// Errors of the init. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The configuration from the host is missing or malformed.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// A setup step failed.
+    #[error("{step} {target}: {source}")]
+    Step {
+        /// What was being done.
+        step: &'static str,
+        /// On what (a path, an interface).
+        target: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Dropping privileges or landlock failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+fn at(step: &'static str, target: impl AsRef<Path>) -> impl FnOnce(io::Error) -> InitError {
+    let target = target.as_ref().display().to_string();
+    move |source| InitError::Step {
+        step,
+        target,
+        source,
+    }
+}
+
+/// Report a failure to the host and exit.
+fn fail(message: &str) -> ! {
+    let line = format!("sandboxd-init: {message}\n");
+    sys::write_all_raw(libc::STDERR_FILENO, line.as_bytes());
+    sys::write_all_raw(STATUS_FD, line.as_bytes());
+    // SAFETY: _exit ends the process at once; nothing needs flushing.
+    unsafe { libc::_exit(1) }
+}
+
+/// Entry point of the `sandboxd-init` binary.
+pub fn init_main() -> ! {
+    // Neither may reach the agent; the status pipe closing on exec is also the success signal.
+    let _ = sys::set_cloexec(STATUS_FD, true);
+    let _ = sys::set_cloexec(AGENT_FD, true);
+    std::panic::set_hook(Box::new(|info| fail(&format!("panic: {info}"))));
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn run() -> Result<Infallible, InitError> {
+    let json = std::env::var(CONFIG_ENV)
+        .map_err(|_| InitError::Config(format!("{CONFIG_ENV} is not set: sandboxd-init is started by the native backend, not by hand")))?;
+    let cfg: InitConfig =
+        serde_json::from_str(&json).map_err(|e| InitError::Config(e.to_string()))?;
+    if sys::getpid() != 1 {
+        return Err(InitError::Config(
+            "not PID 1 of a new pid namespace: sandboxd-init is started by the native backend"
+                .into(),
+        ));
+    }
+    // SAFETY: umask cannot fail; the server's umask must not leak into the box.
+    unsafe { libc::umask(0o022) };
+
+    join_cgroups(&cfg.cgroup_join)?;
+    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
+        .map_err(at("make mounts private", "/"))?;
+    mount_overlay(&cfg)?;
+    let sources = Sources::open(&cfg)?;
+    enter_root(&cfg.rootfs)?;
+    mount_dev(&sources.devices, cfg.tmp_size_mb)?;
+    mount_proc()?;
+    mount_sys()?;
+    mount_tmp(cfg.tmp_size_mb)?;
+    attach(&sources.workspace, Path::new("/workspace"), true)?;
+    for (fd, guest, is_dir) in &sources.readonly {
+        attach(fd, guest, *is_dir)?;
+    }
+    drop(sources);
+    sys::sethostname(&cfg.hostname).map_err(at("sethostname", &cfg.hostname))?;
+    sys::interface_up("lo").map_err(at("bring up", "lo"))?;
+    exec_agent(&cfg)
+}
+
+fn join_cgroups(files: &[PathBuf]) -> Result<(), InitError> {
+    for p in files {
+        fs::write(p, "0").map_err(at("join cgroup", p))?;
+    }
+    // After joining, so that the box's cgroup root is its own group.
+    sys::unshare(libc::CLONE_NEWCGROUP).map_err(at("unshare", "CLONE_NEWCGROUP"))
+}
+
+fn mount_overlay(cfg: &InitConfig) -> Result<(), InitError> {
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        cfg.template.display(),
+        cfg.upper.display(),
+        cfg.work.display()
+    );
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    // `volatile` skips syncs of the upper layer, which is thrown away with the box anyway;
+    // kernels before 5.10 do not know it.
+    let volatile = format!("{data},volatile");
+    sys::mount(Some("overlay"), &cfg.rootfs, Some("overlay"), flags, Some(&volatile))
+        .or_else(|_| sys::mount(Some("overlay"), &cfg.rootfs, Some("overlay"), flags, Some(&data)))
+        .map_err(at("mount overlay on", &cfg.rootfs))
+}
+
+/// Detached copies of the host mounts the box gets, taken while the host's tree is visible.
+struct Sources {
+    workspace: OwnedFd,
+    readonly: Vec<(OwnedFd, PathBuf, bool)>,
+    devices: Vec<(OwnedFd, &'static str)>,
+}
+
+/// Device nodes bind-mounted from the host: all harmless, none gives access to hardware.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, InitError> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    sys::open_tree(path, flags).map_err(at("open_tree", path))
+}
+
+impl Sources {
+    fn open(cfg: &InitConfig) -> Result<Self, InitError> {
+        let workspace = clone_tree(&cfg.workspace, false)?;
+        sys::mount_setattr(&workspace, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
+            .map_err(at("mount_setattr", &cfg.workspace))?;
+        let mut readonly = Vec::new();
+        for (host, guest) in &cfg.readonly_mounts {
+            let fd = clone_tree(host, true)?;
+            // Recursive, unlike a read-only remount, which only affects the top mount.
+            let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+            sys::mount_setattr(&fd, true, attrs).map_err(at("mount_setattr", host))?;
+            let is_dir = sys::fstat(fd.as_raw_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .map_err(at("stat", host))?;
+            readonly.push((fd, guest.clone(), is_dir));
+        }
+        let mut devices = Vec::new();
+        for name in DEVICES {
+            let path = Path::new("/dev").join(name);
+            let fd = clone_tree(&path, false)?;
+            sys::mount_setattr(&fd, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
+                .map_err(at("mount_setattr", &path))?;
+            devices.push((fd, name));
+        }
+        Ok(Sources {
+            workspace,
+            readonly,
+            devices,
+        })
+    }
+}
+
+/// `pivot_root` into `rootfs` with the old root stacked on the new one, then detach it.
+fn enter_root(rootfs: &Path) -> Result<(), InitError> {
+    std::env::set_current_dir(rootfs).map_err(at("chdir", rootfs))?;
+    let dot = Path::new(".");
+    sys::pivot_root(dot, dot).map_err(at("pivot_root", rootfs))?;
+    sys::umount2(dot, libc::MNT_DETACH).map_err(at("detach the host root", "/"))?;
+    std::env::set_current_dir("/").map_err(at("chdir", "/"))
+}
+
+/// Create `path` (and its parents) as a mount point: a directory or an empty file.
+fn mount_point(path: &Path, is_dir: bool) -> Result<(), InitError> {
+    if is_dir {
+        return fs::create_dir_all(path).map_err(at("create mount point", path));
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(at("create mount point", parent))?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(at("create mount point", path))
+}
+
+fn attach(fd: &OwnedFd, target: &Path, is_dir: bool) -> Result<(), InitError> {
+    mount_point(target, is_dir)?;
+    sys::move_mount(fd, target).map_err(at("attach mount at", target))
+}
+
+fn tmpfs(target: &Path, flags: libc::c_ulong, data: &str) -> Result<(), InitError> {
+    sys::mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data)).map_err(at("mount tmpfs on", target))
+}
+
+fn mount_dev(devices: &[(OwnedFd, &'static str)], shm_mb: u64) -> Result<(), InitError> {
+    let dev = Path::new("/dev");
+    mount_point(dev, true)?;
+    tmpfs(dev, libc::MS_NOSUID | libc::MS_NOEXEC, "mode=755,size=65536k")?;
+    for (fd, name) in devices {
+        attach(fd, &dev.join(name), false)?;
+    }
+    let pts = dev.join("pts");
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&pts)
+        .map_err(at("mkdir", &pts))?;
+    sys::mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(at("mount devpts on", &pts))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(at("mkdir", &shm))?;
+    tmpfs(
+        &shm,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        &format!("mode=1777,size={shm_mb}m"),
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(target, dev.join(link)).map_err(at("symlink", dev.join(link)))?;
+    }
+    Ok(())
+}
+
+/// Files of `/proc` that reveal or change host kernel state, hidden under `/dev/null`.
+const PROC_MASKED_FILES: [&str; 6] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "latency_stats",
+];
+/// Directories of `/proc` hidden under an empty read-only tmpfs.
+const PROC_MASKED_DIRS: [&str; 2] = ["acpi", "scsi"];
+/// Directories and files of `/proc` made read-only.
+const PROC_READONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+fn bind_readonly(path: &Path) -> Result<(), InitError> {
+    sys::mount(Some(&path.to_string_lossy()), path, None, libc::MS_BIND | libc::MS_REC, None)
+        .map_err(at("bind", path))?;
+    let flags = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    sys::mount(None, path, None, flags, None).map_err(at("remount read-only", path))
+}
+
+fn mask_dir(path: &Path) -> Result<(), InitError> {
+    tmpfs(path, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "mode=555")
+}
+
+fn mount_proc() -> Result<(), InitError> {
+    let proc = Path::new("/proc");
+    mount_point(proc, true)?;
+    // A fresh procfs: this process is PID 1 of the new pid namespace, so only the box's
+    // processes are listed.
+    sys::mount(
+        Some("proc"),
+        proc,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(at("mount proc on", proc))?;
+    for name in PROC_MASKED_FILES {
+        let path = proc.join(name);
+        if path.exists() {
+            sys::mount(Some("/dev/null"), &path, None, libc::MS_BIND, None).map_err(at("mask", &path))?;
+        }
+    }
+    for name in PROC_MASKED_DIRS {
+        let path = proc.join(name);
+        if path.is_dir() {
+            mask_dir(&path)?;
+        }
+    }
+    for name in PROC_READONLY {
+        let path = proc.join(name);
+        if path.exists() {
+            bind_readonly(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Parts of sysfs Docker hides: firmware tables and the RAPL energy counters (a side channel).
+const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
+fn mount_sys() -> Result<(), InitError> {
+    let sys_dir = Path::new("/sys");
+    mount_point(sys_dir, true)?;
+    // Read-only, and in a new net namespace it lists only the box's own interfaces. The
+    // cgroup file systems are not mounted under it: the box has no business with them.
+    sys::mount(
+        Some("sysfs"),
+        sys_dir,
+        Some("sysfs"),
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(at("mount sysfs on", sys_dir))?;
+    for name in SYS_MASKED_DIRS {
+        let path = sys_dir.join(name);
+        if path.is_dir() {
+            mask_dir(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_tmp(size_mb: u64) -> Result<(), InitError> {
+    let tmp = Path::new("/tmp");
+    mount_point(tmp, true)?;
+    tmpfs(
+        tmp,
+        libc::MS_NOSUID | libc::MS_NODEV,
+        &format!("mode=1777,size={size_mb}m"),
+    )
+}
+
+fn cstrings(items: &[String], what: &'static str) -> Result<Vec<CString>, InitError> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_str()).map_err(|_| InitError::Config(format!("{what} contains a NUL byte"))))
+        .collect()
+}
+
+fn exec_agent(cfg: &InitConfig) -> Result<Infallible, InitError> {
+    let argv = cstrings(&cfg.agent_argv, "agent argv")?;
+    let envp = cstrings(&cfg.agent_env, "agent environment")?;
+    let programs = seccomp::programs()?;
+    sys::reset_signals().map_err(at("reset signals", "all"))?;
+    // Keep stdio, the listener, the status pipe and the agent fd (both close on exec).
+    sys::close_from(AGENT_FD as u32 + 1).map_err(at("close_range", "fds above 5"))?;
+    sys::set_cloexec(LISTEN_FD, false).map_err(at("fcntl", "listen fd 3"))?;
+    security::drop_privileges()?;
+    let landlock = security::apply_landlock()?;
+    let line = format!(
+        "sandboxd-init: box {}: capabilities dropped, no_new_privs, {landlock}, seccomp {} rules; starting agent\n",
+        cfg.id,
+        seccomp::denied_syscalls().len()
+    );
+    sys::write_all_raw(libc::STDERR_FILENO, line.as_bytes());
+    seccomp::install(&programs)?;
+    let err = sys::execveat_fd(AGENT_FD, &argv, &envp);
+    Err(InitError::Step {
+        step: "execveat",
+        target: "the agent".into(),
+        source: err,
+    })
+}
+
+/// Whether `guest` is an acceptable read-only mount target: absolute, normal components only,
+/// not `/` itself.
+pub fn valid_guest_path(guest: &Path) -> bool {
+    guest.is_absolute()
+        && guest.components().count() > 1
+        && guest
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}

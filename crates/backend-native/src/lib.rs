@@ -1,0 +1,128 @@
+//! The native backend: each sandbox ("box") is a set of Linux namespaces around the guest
+//! agent. No daemon, no shim process, a few milliseconds from `create` to a running agent.
+//!
+//! # Shape
+//!
+//! A box is one process tree whose root is the agent, running as PID 1 of its own pid
+//! namespace and as a direct child of the server. Per idle box the host holds: the agent
+//! process, its namespaces, its cgroups, an overlay upper directory, a listening socket, a
+//! pidfd and one small tokio task that reaps it. Nothing else runs.
+//!
+//! - [`NativeBackend`] implements [`sandboxd_core::backend::Backend`] (`create`, `destroy`,
+//!   `is_alive`, `cleanup_stale`); built from a [`NativeConfig`].
+//! - `sandboxd-init` (the [`init`] module) is the short-lived in-box setup process.
+//! - [`cgroup`] hides cgroup v1, v2 and hybrid layouts behind one interface.
+//! - [`seccomp`] and the private `security` module are the last walls before the agent runs.
+//!
+//! # Create sequence
+//!
+//! On the host, in `create` (blocking parts on tokio's blocking pool):
+//!
+//! 1. Validate the spec (id, paths, host name, environment) before touching anything.
+//! 2. Create `<state_dir>/boxes/<id>` (creating it claims the id), with `upper/`, `work/`,
+//!    `rootfs/`, and `<run_dir>/<id>/` (mode 0700).
+//! 3. Create the box's cgroups and write its limits, before any of its processes exists.
+//! 4. Bind and listen on `<run_dir>/<id>/agent.sock` (mode 0600) on the host. The box never
+//!    sees that path: the socket reaches the agent as fd 3.
+//! 5. Prepare everything the child needs (paths, argv, the JSON [`init::InitConfig`] in an
+//!    environment variable, fds moved above 10), then one raw
+//!    `clone(CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWNET, SIGCHLD)`. The
+//!    child makes only async-signal-safe calls: `dup2` of `/dev/null`, `init.log` (twice), the
+//!    listener, a status pipe and the agent executable onto fds 0–5, unblock signals,
+//!    `execve(sandboxd-init)`, `_exit(127)` on failure.
+//! 6. Read the status pipe: it closes without a word when the agent has been exec'd (the
+//!    init's end is `O_CLOEXEC`), or carries the init's error message, which becomes
+//!    `StartFailed`. Then `pidfd_open`, and a reaper task waits on the pidfd (via
+//!    `AsyncFd`) and collects the exit status, so no zombie is left and `is_alive` is exact.
+//!
+//! In `sandboxd-init` (PID 1 of the new namespaces, root with all capabilities):
+//!
+//! 1. Join the box's cgroups (`0` into each `cgroup.procs`), then `unshare(CLONE_NEWCGROUP)`.
+//! 2. Make every mount private; mount overlayfs on `rootfs` (lower: the template, never
+//!    written; upper/work: the box's directories; `nosuid,nodev`, `volatile`).
+//! 3. Take detached copies (`open_tree(OPEN_TREE_CLONE)`) of the workspace (`nosuid,nodev`),
+//!    each read-only mount (recursive, `ro,nosuid,nodev` via `mount_setattr`, which unlike a
+//!    read-only remount also covers sub-mounts), and `/dev/{null,zero,full,random,urandom,tty}`.
+//! 4. `pivot_root(".", ".")` in the overlay, `umount2(".", MNT_DETACH)`, `chdir("/")`. From
+//!    here on every path resolves inside the box, so a symlink in a template (say
+//!    `/workspace -> /etc`) can only redirect a mount to another place in the box, never onto
+//!    the host.
+//! 5. `/dev`: tmpfs (`mode=755,nosuid,noexec`), the six device copies attached, the `fd`,
+//!    `stdin`, `stdout`, `stderr`, `ptmx` symlinks, a new devpts instance at `/dev/pts`, a
+//!    tmpfs at `/dev/shm`. `/proc`: a fresh procfs, with Docker's masking (`/dev/null` over
+//!    `kcore`, `keys`, `timer_list`, `timer_stats`, `sched_debug`, `latency_stats`; empty
+//!    read-only tmpfs over `acpi`, `scsi`; read-only `sys`, `sysrq-trigger`, `irq`, `bus`,
+//!    `fs`). `/sys`: sysfs read-only (`nosuid,nodev,noexec`; in the new net namespace it
+//!    shows only the box's interfaces), with `firmware` and the powercap energy counters
+//!    masked. `/tmp`: tmpfs (`nosuid,nodev`, size from the config). Then the workspace at
+//!    `/workspace` and the read-only mounts.
+//! 6. `sethostname`; bring `lo` up (`SIOCSIFFLAGS`): the only interface, so the network is
+//!    loopback-only and the host's `127.0.0.1` is another network stack, out of reach.
+//! 7. Reset signal dispositions and mask, close every fd above 5, clear `FD_CLOEXEC` on fd 3.
+//! 8. Securebits (`NOROOT`, `NO_SETUID_FIXUP`, `NO_CAP_AMBIENT_RAISE`, all locked, and
+//!    `KEEP_CAPS_LOCKED`) while `CAP_SETPCAP` is held; drop the whole bounding set; clear the
+//!    ambient set; `capset` everything to zero; `PR_SET_NO_NEW_PRIVS`; landlock; seccomp.
+//! 9. `execveat(5, "", argv, envp, AT_EMPTY_PATH)`: the agent runs as PID 1 with fd 3 as its
+//!    listener and `SANDBOXD_LISTEN_FD=3`, `PATH`, `HOME=/root`, `HOSTNAME`, `LANG=C.UTF-8`
+//!    and the spec's environment.
+//!
+//! Every mount is made inside the box's mount namespace after its propagation was made
+//! private, so none ever appears in the host's mount table, and all of them vanish with the
+//! namespace when the box's last process dies: there is nothing to unmount on `destroy`.
+//!
+//! # Destroy and clean-up
+//!
+//! `destroy` sends SIGKILL through the pidfd to PID 1 (the kernel then kills the whole pid
+//! namespace) and also kills through the cgroup (`cgroup.kill` on the v2 tree; on pure v1,
+//! freeze, SIGKILL every listed pid, thaw), waits for the reaper, removes the cgroups
+//! (`rmdir`, retried while the kernel finishes tearing tasks down) and the box's state and run
+//! directories. The workspace is never touched. `cleanup_stale` does the same, by name, for
+//! every box group under the cgroup parent and every directory under `<state_dir>/boxes`
+//! and `<run_dir>`: after a server crash (even SIGKILL) the boxes keep running, reparented to
+//! the host's init, and their cgroups are how they are found again.
+//!
+//! # Security model and trade-offs
+//!
+//! Boxes run as uid 0 *without any capability*, in the host's user namespace (the rootless
+//! user-namespace mode is not implemented: [`NativeBackend::new`] refuses to run when not
+//! root). The walls, outermost first:
+//!
+//! - Namespaces: mount (the box sees only its overlay root and what was mounted for it), pid,
+//!   net (loopback only), uts, ipc, cgroup.
+//! - No capabilities in any set, locked securebits and `no_new_privs`: setuid binaries and
+//!   file capabilities grant nothing. Root in the box still owns files as uid 0 on the host
+//!   (the workspace, the upper directory), which is why nothing of the host but the
+//!   workspace and the read-only mounts is mounted in.
+//! - seccomp: a deny list at least as strict as Docker's default (see [`seccomp`]), plus a
+//!   kill on foreign architectures and x32.
+//! - landlock, best effort: no device nodes can be created; abstract unix sockets and signals
+//!   are scoped to the box where the kernel has ABI 6. What was enforced is logged to the
+//!   box's `init.log`.
+//! - cgroups: memory (swap included), pids and CPU limits.
+//! - The agent runs from a sealed memfd copy made once per backend, so `/proc/1/exe` in a box
+//!   cannot be opened for writing to replace the host's agent binary (the runc
+//!   CVE-2019-5736 pattern). A side effect: a new agent binary is picked up on the next
+//!   server start.
+//!
+//! What it does not give: a separate kernel. A kernel bug reachable through the allowed
+//! syscalls is a host compromise; use the gVisor backend for code that needs that wall. Disk
+//! use of the overlay upper directory is not limited (only `/tmp` and `/dev/shm`, which
+//! count against memory). `init.log` (the agent's stderr) is on the host disk.
+//!
+//! Minimum kernel: 5.12 (`open_tree`, `move_mount`, `mount_setattr`, `pidfd_open`,
+//! `close_range`).
+
+pub mod cgroup;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod seccomp;
+
+mod backend;
+mod security;
+mod spawn;
+mod sys;
+
+pub use backend::{agent_env, NativeBackend, DEFAULT_PATH};
+pub use config::NativeConfig;
+pub use error::NativeError;

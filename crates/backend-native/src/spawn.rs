@@ -1,0 +1,255 @@
+//! Host side of starting a box: one raw `clone` that makes the init PID 1 of the new
+//! namespaces and a direct child of the server, and the status-pipe handshake.
+//!
+//! The server is multi-threaded, so between `clone` and `execve` the child may only make
+//! async-signal-safe calls (another thread may have held the allocator's lock at the moment
+//! of the clone). Everything the child needs (paths, argv, envp, fd numbers) is therefore
+//! built before the clone, and the child only `dup2`s, unblocks signals and `execve`s.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::init::{InitConfig, CONFIG_ENV};
+use crate::sys;
+
+/// The fds the init starts with, in order 0..=5: stdin, stdout, stderr, the agent's listener,
+/// the status pipe's write end and the agent executable.
+pub(crate) struct ChildFds(pub [OwnedFd; 6]);
+
+/// An init launch prepared down to the last pointer.
+pub(crate) struct Prepared {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: [Vec<CString>; 2],
+    argv_ptrs: Vec<*const libc::c_char>,
+    /// The environment for a child born in its v2 cgroup (index 0), and for one that must
+    /// join it itself (index 1).
+    envp_ptrs: [Vec<*const libc::c_char>; 2],
+    /// Source fds, all `>= 10` so that no `dup2` onto 0..=5 clobbers a source still needed.
+    sources: [RawFd; 6],
+    _fds: Vec<OwnedFd>,
+    /// The box's v2 cgroup directory, for `CLONE_INTO_CGROUP`.
+    cgroup: Option<OwnedFd>,
+}
+
+/// Namespaces the init is born in. The cgroup namespace is not among them: the init joins
+/// its cgroups first and then unshares it, so that its cgroup root is its own group.
+pub(crate) const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET;
+
+/// `CLONE_INTO_CGROUP` from `<linux/sched.h>` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` from `<linux/sched.h>` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn nul_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte"))
+}
+
+fn env_for(config: &InitConfig) -> io::Result<Vec<CString>> {
+    let json = serde_json::to_string(config).map_err(io::Error::other)?;
+    Ok(vec![CString::new(format!("{CONFIG_ENV}={json}")).map_err(|_| nul_error("init config"))?])
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+impl Prepared {
+    /// `config` lists only the v1 files to join; `v2_procs`, if any, is the v2 group's
+    /// `cgroup.procs`, used when the init cannot be born in it.
+    pub(crate) fn new(
+        init_bin: &Path,
+        config: &InitConfig,
+        v2_dir: Option<&Path>,
+        fds: ChildFds,
+    ) -> io::Result<Self> {
+        let path = sys::cpath(init_bin)?;
+        let argv = vec![CString::new("sandboxd-init").map_err(|_| nul_error("argv"))?];
+        let mut plain = config.clone();
+        plain.cgroup_join.extend(v2_dir.map(|d| d.join("cgroup.procs")));
+        let envp = [env_for(config)?, env_for(&plain)?];
+        let cgroup = v2_dir.map(sys::open_dir_path).transpose()?;
+        let mut owned = Vec::with_capacity(6);
+        let mut sources = [0; 6];
+        for (i, fd) in fds.0.iter().enumerate() {
+            let high = sys::dup_cloexec_above(fd.as_raw_fd(), 10)?;
+            sources[i] = high.as_raw_fd();
+            owned.push(high);
+        }
+        Ok(Prepared {
+            path,
+            argv_ptrs: null_terminated(&argv),
+            envp_ptrs: [null_terminated(&envp[0]), null_terminated(&envp[1])],
+            _argv: argv,
+            _envp: envp,
+            sources,
+            _fds: owned,
+            cgroup,
+        })
+    }
+}
+
+/// What happens in the child between `clone` and `execve`.
+///
+/// # Safety
+///
+/// Only to be called in the child of a fork-like `clone` of a possibly multi-threaded
+/// process. It makes async-signal-safe calls only, and never returns.
+unsafe fn child_exec(p: &Prepared, born_in_cgroup: bool) -> ! {
+    for (target, &source) in p.sources.iter().enumerate() {
+        // dup2 also clears FD_CLOEXEC on the target, which is what lets these fds survive
+        // the execve while every other fd of the server closes.
+        // SAFETY: plain syscall on fds this process owns.
+        if unsafe { libc::dup2(source, target as libc::c_int) } == -1 {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(126) };
+        }
+    }
+    // The calling thread's signal mask survives execve; a tokio worker's may not be empty.
+    let empty: u64 = 0;
+    // SAFETY: raw rt_sigprocmask with a valid 8-byte mask and no old-mask pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+    let envp = &p.envp_ptrs[usize::from(!born_in_cgroup)];
+    // SAFETY: path, argv and envp were built before the clone and are NUL-terminated
+    // strings in NULL-terminated arrays.
+    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), envp.as_ptr()) };
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(127) }
+}
+
+/// Start the init. Returns its pid (in the host's pid namespace) and a pidfd for it.
+///
+/// First `clone3` with `CLONE_INTO_CGROUP | CLONE_PIDFD`, so the init is born in its v2
+/// group and the pidfd comes atomically; on any error (an old kernel, a v1-only host) a plain
+/// `clone`, and the init joins the v2 group itself.
+pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
+    if let Some(cgroup) = &p.cgroup {
+        let mut pidfd: libc::c_int = -1;
+        let args = CloneArgs {
+            flags: CLONE_FLAGS as u64 | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets
+        // a copy of the address space and continues here on its own copy of this stack.
+        // `args` is a valid clone_args of the size passed. The child branch only calls
+        // `child_exec`, which is async-signal-safe.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            // SAFETY: we are the freshly cloned child.
+            0 => unsafe { child_exec(p, true) },
+            -1 => {}
+            pid => {
+                // SAFETY: CLONE_PIDFD stored a new fd that nothing else owns.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+                return Ok((pid as libc::pid_t, pidfd));
+            }
+        }
+    }
+    let flags = (CLONE_FLAGS | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork (see above).
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    let pid = match ret {
+        -1 => return Err(io::Error::last_os_error()),
+        // SAFETY: we are the freshly cloned child.
+        0 => unsafe { child_exec(p, false) },
+        pid => pid as libc::pid_t,
+    };
+    match sys::pidfd_open(pid) {
+        Ok(fd) => Ok((pid, fd)),
+        Err(e) => {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            let mut status = 0;
+            // SAFETY: reaping our own child, just killed.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            Err(e)
+        }
+    }
+}
+
+/// How the init's setup ended, as seen through the status pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum InitOutcome {
+    /// The pipe closed without a message: the agent was exec'd.
+    Started,
+    /// The init wrote an error message (and exits).
+    Failed(String),
+    /// Nothing happened within the timeout.
+    TimedOut,
+}
+
+/// Read the status pipe until it closes or `timeout` passes.
+pub(crate) fn await_init(status: &OwnedFd, timeout: Duration) -> io::Result<InitOutcome> {
+    let deadline = Instant::now() + timeout;
+    let mut message = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(InitOutcome::TimedOut);
+        }
+        if !sys::poll_readable(status.as_raw_fd(), left.as_millis().clamp(1, i32::MAX as u128) as i32)? {
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe { libc::read(status.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            -1 => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            0 => break,
+            n => message.extend_from_slice(&buf[..n as usize]),
+        }
+    }
+    if message.is_empty() {
+        Ok(InitOutcome::Started)
+    } else {
+        let text = String::from_utf8_lossy(&message);
+        Ok(InitOutcome::Failed(text.trim().trim_start_matches("sandboxd-init: ").to_string()))
+    }
+}

@@ -1,0 +1,38 @@
+//! Building the backend named by `CONTAINER_DEPLOYMENT`.
+
+use std::sync::Arc;
+
+use sandboxd_backend_native::{NativeBackend, NativeConfig};
+use sandboxd_core::backend::Backend;
+
+use crate::{ServerError, Settings};
+
+/// Backends this build can run.
+pub const AVAILABLE: &[&str] = &["native"];
+
+/// The backend `settings` ask for, if this build has it.
+pub(crate) fn build(settings: &Settings) -> Result<Arc<dyn Backend>, ServerError> {
+    match settings.container_deployment.as_str() {
+        "native" => {
+            let (default_init, default_agent) = NativeConfig::default_binaries();
+            let config = NativeConfig {
+                state_dir: settings.state_dir.join("native"),
+                run_dir: settings.run_dir.join("native"),
+                cgroup_parent: settings.cgroup_parent.clone(),
+                init_bin: settings.init_bin.clone().unwrap_or(default_init),
+                agent_bin: settings.agent_bin.clone().unwrap_or(default_agent),
+                ..NativeConfig::default()
+            };
+            let backend = NativeBackend::new(config).map_err(|e| ServerError::Backend {
+                backend: "native".into(),
+                message: e.to_string(),
+            })?;
+            Ok(Arc::new(backend))
+        }
+        other => Err(ServerError::Unsupported(format!(
+            "backend {other} is not available in this build (CONTAINER_DEPLOYMENT={other}); \
+             available: {}",
+            AVAILABLE.join(", ")
+        ))),
+    }
+}

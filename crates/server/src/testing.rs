@@ -1,0 +1,365 @@
+//! Test helpers (feature `testing`): a fake [`Backend`] whose boxes are tokio tasks speaking the
+//! guest-agent protocol on a Unix socket, with an in-memory file system under `/workspace`.
+//! Enough to drive the HTTP API (and the client, and the CLI) end to end in one process, on any
+//! machine.
+//!
+//! The fake agent's commands (`cmd[0]`, or `sh -c <shell>`): `echo ARGS` prints its
+//! arguments, `cat` echoes stdin, `env NAME` prints a variable, `fail` writes `oops` to stderr
+//! and exits 3, `gate` prints `one`, waits for [`FakeBackend::gate`], then prints `two`,
+//! `sleep` waits until killed; anything else exits 127. Python code containing `1/0` raises
+//! `ZeroDivisionError`; other code prints `ran <code>` and returns `2`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use sandboxd_core::backend::{
+    AgentEndpoint, Backend, BackendError, BoxHandle, BoxSpec, CleanupReport,
+};
+use sandboxd_protocol::{
+    decode_lengths, encode, AgentError, AgentErrorKind, Entry, EntryKind, PythonOutcome,
+    Request as AReq, Response as AResp, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+
+/// Files of one fake box: path (relative to /workspace, no leading `./`) → content; `None` = dir.
+type Fs = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
+
+/// The fake backend; its box sockets live in a directory the caller provides.
+#[derive(Debug)]
+pub struct FakeBackend {
+    dir: PathBuf,
+    boxes: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Released by tests to let the `gate` command finish.
+    pub gate: Arc<Notify>,
+}
+
+impl FakeBackend {
+    /// A backend putting its sockets in `dir`.
+    pub fn new(dir: PathBuf) -> Arc<Self> {
+        Arc::new(FakeBackend {
+            dir,
+            boxes: Mutex::new(HashMap::new()),
+            gate: Arc::new(Notify::new()),
+        })
+    }
+
+    /// How many boxes exist.
+    pub fn live_boxes(&self) -> usize {
+        self.boxes.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl Backend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn create(&self, spec: BoxSpec) -> Result<BoxHandle, BackendError> {
+        let path = self.dir.join(format!("{}.sock", spec.id));
+        let listener = UnixListener::bind(&path).map_err(|e| BackendError::Io {
+            context: "bind".into(),
+            source: e,
+        })?;
+        let fs: Fs = Arc::default();
+        let gate = self.gate.clone();
+        let env = spec.env.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve_conn(conn, fs.clone(), gate.clone(), env.clone()));
+            }
+        });
+        self.boxes.lock().unwrap().insert(spec.id.clone(), task);
+        Ok(BoxHandle {
+            id: spec.id,
+            endpoint: AgentEndpoint::Unix { path },
+        })
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), BackendError> {
+        if let Some(t) = self.boxes.lock().unwrap().remove(id) {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.sock")));
+        Ok(())
+    }
+
+    async fn is_alive(&self, id: &str) -> bool {
+        self.boxes.lock().unwrap().contains_key(id)
+    }
+
+    async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError> {
+        Ok(CleanupReport::default())
+    }
+}
+
+async fn read_req(conn: &mut UnixStream) -> Option<(AReq, Vec<u8>)> {
+    let mut prefix = [0u8; 8];
+    conn.read_exact(&mut prefix).await.ok()?;
+    let (hl, pl) = decode_lengths(prefix).ok()?;
+    let mut buf = vec![0u8; hl + pl];
+    conn.read_exact(&mut buf).await.ok()?;
+    let payload = buf.split_off(hl);
+    Some((serde_json::from_slice(&buf).ok()?, payload))
+}
+
+async fn send(conn: &mut UnixStream, r: &AResp, payload: &[u8]) -> bool {
+    conn.write_all(&encode(r, payload).unwrap()).await.is_ok()
+}
+
+fn err(kind: AgentErrorKind, message: &str) -> AResp {
+    AResp::Error(AgentError {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// Normalize a path relative to /workspace; `None` when it leaves it.
+fn norm(p: &str) -> Option<String> {
+    let rel = match p.strip_prefix("/workspace") {
+        Some(r) if r.is_empty() || r.starts_with('/') => r.trim_start_matches('/'),
+        Some(_) => return None,
+        None if p.starts_with('/') => return None,
+        None => p,
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn entry_of(path: &str, content: &Option<Vec<u8>>) -> Entry {
+    Entry {
+        path: if path.is_empty() {
+            "/workspace".into()
+        } else {
+            format!("/workspace/{path}")
+        },
+        name: path.rsplit('/').next().unwrap_or("").to_string(),
+        kind: if content.is_some() {
+            EntryKind::File
+        } else {
+            EntryKind::Dir
+        },
+        size: content.as_ref().map_or(0, |c| c.len() as u64),
+        mode: if content.is_some() { 0o644 } else { 0o755 },
+        mtime_ms: 0,
+        target: None,
+    }
+}
+
+#[allow(clippy::result_large_err)]
+async fn serve_conn(
+    mut conn: UnixStream,
+    fs: Fs,
+    gate: Arc<Notify>,
+    env: BTreeMap<String, String>,
+) {
+    use AgentErrorKind as K;
+    while let Some((req, payload)) = read_req(&mut conn).await {
+        let path_of = |p: &str| norm(p).ok_or_else(|| err(K::PathOutsideSandbox, "outside"));
+        let reply = match req {
+            AReq::Hello { .. } => AResp::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "fake".into(),
+            },
+            AReq::Exec(spec) => {
+                if !send(&mut conn, &AResp::Started { pid: 42 }, &[]).await {
+                    return;
+                }
+                let argv = spec.argv.unwrap_or_else(|| {
+                    vec!["sh".into(), "-c".into(), spec.shell.unwrap_or_default()]
+                });
+                let (code, timed_out) = match argv[0].as_str() {
+                    // echo ARGS...: prints its arguments.
+                    "echo" => {
+                        let out = format!("{}\n", argv[1..].join(" "));
+                        send(&mut conn, &AResp::Stdout, out.as_bytes()).await;
+                        (Some(0), false)
+                    }
+                    // cat: echoes stdin.
+                    "cat" => {
+                        send(&mut conn, &AResp::Stdout, &payload).await;
+                        (Some(0), false)
+                    }
+                    // env NAME: prints the variable from the box or the request.
+                    "env" => {
+                        let v = spec
+                            .env
+                            .get(&argv[1])
+                            .or(env.get(&argv[1]))
+                            .cloned()
+                            .unwrap_or_default();
+                        send(&mut conn, &AResp::Stdout, v.as_bytes()).await;
+                        (Some(0), false)
+                    }
+                    // fail: writes to stderr and exits 3.
+                    "fail" => {
+                        send(&mut conn, &AResp::Stderr, b"oops\n").await;
+                        (Some(3), false)
+                    }
+                    // gate: prints "one", waits for the test to open the gate, prints "two".
+                    "gate" => {
+                        send(&mut conn, &AResp::Stdout, b"one\n").await;
+                        gate.notified().await;
+                        send(&mut conn, &AResp::Stdout, b"two\n").await;
+                        (Some(0), false)
+                    }
+                    // sleep: runs until the connection closes (the client went away).
+                    "sleep" => {
+                        let mut b = [0u8; 1];
+                        let _ = conn.read(&mut b).await;
+                        return;
+                    }
+                    _ => (Some(127), false),
+                };
+                AResp::Exited {
+                    code,
+                    signal: None,
+                    timed_out,
+                }
+            }
+            AReq::Python { code, .. } => {
+                if code.contains("1/0") {
+                    AResp::Python(PythonOutcome {
+                        error: Some(sandboxd_protocol::PythonError {
+                            ename: "ZeroDivisionError".into(),
+                            evalue: "division by zero".into(),
+                            traceback: vec!["Traceback ...".into()],
+                        }),
+                        ..Default::default()
+                    })
+                } else {
+                    AResp::Python(PythonOutcome {
+                        stdout: format!("ran {code}\n"),
+                        result: Some("2".into()),
+                        ..Default::default()
+                    })
+                }
+            }
+            AReq::WriteFile { path, more, .. } => {
+                let mut data = payload;
+                let mut more = more;
+                while more {
+                    match read_req(&mut conn).await {
+                        Some((AReq::Chunk { more: m }, p)) => {
+                            data.extend_from_slice(&p);
+                            more = m;
+                        }
+                        _ => return,
+                    }
+                }
+                match path_of(&path) {
+                    Ok(p) => {
+                        let c = Some(data);
+                        let e = entry_of(&p, &c);
+                        fs.lock().unwrap().insert(p, c);
+                        AResp::Entry(e)
+                    }
+                    Err(e) => e,
+                }
+            }
+            AReq::ReadFile { path } => match path_of(&path) {
+                Ok(p) => {
+                    let content = fs.lock().unwrap().get(&p).cloned();
+                    match content {
+                        Some(Some(data)) => {
+                            // Several pieces, to exercise streaming.
+                            let pieces: Vec<&[u8]> = data.chunks(64 * 1024).collect();
+                            if pieces.is_empty() {
+                                AResp::Data { last: true }
+                            } else {
+                                let n = pieces.len();
+                                for (i, piece) in pieces.into_iter().enumerate() {
+                                    send(&mut conn, &AResp::Data { last: i + 1 == n }, piece).await;
+                                }
+                                continue;
+                            }
+                        }
+                        Some(None) => err(K::WrongKind, "is a directory"),
+                        None => err(K::NotFound, "no such file"),
+                    }
+                }
+                Err(e) => e,
+            },
+            AReq::Stat { path } => match path_of(&path) {
+                Ok(p) if p.is_empty() => AResp::Entry(entry_of("", &None)),
+                Ok(p) => match fs.lock().unwrap().get(&p) {
+                    Some(c) => AResp::Entry(entry_of(&p, c)),
+                    None => err(K::NotFound, "no such file"),
+                },
+                Err(e) => e,
+            },
+            AReq::ListDir { path, .. } => match path_of(&path) {
+                Ok(dir) => {
+                    let prefix = if dir.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{dir}/")
+                    };
+                    let entries = fs
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                        .map(|(k, c)| entry_of(k, c))
+                        .collect();
+                    AResp::Entries { entries }
+                }
+                Err(e) => e,
+            },
+            AReq::Mkdir { path, parents } => match path_of(&path) {
+                Ok(p) => {
+                    let mut fs = fs.lock().unwrap();
+                    match fs.entry(p) {
+                        std::collections::btree_map::Entry::Occupied(_) if parents => {
+                            AResp::Created { created: false }
+                        }
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            err(K::AlreadyExists, "exists")
+                        }
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(None);
+                            AResp::Created { created: true }
+                        }
+                    }
+                }
+                Err(e) => e,
+            },
+            AReq::Move { from, to } => match (path_of(&from), path_of(&to)) {
+                (Ok(f), Ok(t)) => {
+                    let mut fs = fs.lock().unwrap();
+                    match fs.remove(&f) {
+                        Some(c) => {
+                            let e = entry_of(&t, &c);
+                            fs.insert(t, c);
+                            AResp::Entry(e)
+                        }
+                        None => err(K::NotFound, "no such file"),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => e,
+            },
+            AReq::Remove { path, .. } => match path_of(&path) {
+                Ok(p) => match fs.lock().unwrap().remove(&p) {
+                    Some(_) => AResp::Ok,
+                    None => err(K::NotFound, "no such file"),
+                },
+                Err(e) => e,
+            },
+            _ => err(K::Unsupported, "unsupported"),
+        };
+        if !send(&mut conn, &reply, &[]).await {
+            return;
+        }
+    }
+}
