@@ -6,8 +6,8 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,7 +39,6 @@ async fn create_exec_destroy_leaves_nothing() {
     assert_eq!(host_mounts_mentioning(fx.tmp.path()), Vec::<String>::new());
 
     drop(agent);
-    eprintln!("{}", std::fs::read_to_string(box_dir.join("init.log")).unwrap());
     fx.backend.destroy("life1").await.unwrap();
     assert!(!fx.backend.is_alive("life1").await);
     assert!(!process_running(pid), "pid {pid} still running");
@@ -54,5 +53,317 @@ async fn create_exec_destroy_leaves_nothing() {
     fx.backend.destroy("life1").await.unwrap();
     fx.backend.destroy("never-was").await.unwrap();
     assert!(fx.workspace.is_dir(), "the workspace is never removed");
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_processes_are_invisible() {
+    let fx = Fixture::new("pid");
+    let handle = fx.backend.create(fx.spec("pid1")).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let out = agent.sh("ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '; echo; ps -o pid,comm");
+    assert!(out.ok(), "{out:?}");
+    let pids: Vec<u32> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.first(), Some(&1), "the agent is PID 1: {out:?}");
+    assert!(pids.len() < 10, "only the box's own few processes: {pids:?}");
+    assert!(!pids.contains(&std::process::id()), "the host test process is visible");
+    assert!(out.stdout.contains("sandboxd-agent"), "{out:?}");
+    let out = agent.sh(&format!("kill -0 {} 2>&1; echo rc=$?", std::process::id()));
+    assert!(out.stdout.contains("rc=1"), "signalling a host pid must fail: {out:?}");
+    drop(agent);
+    fx.backend.destroy("pid1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_and_host_files_are_out_of_reach() {
+    let fx = Fixture::new("fs");
+    let host_secret = fx.tmp.path().join("host-secret");
+    fs::write(&host_secret, "secret").unwrap();
+    let handle = fx.backend.create(fx.spec("fs1")).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let marker = format!("sbx-tmp-{}", std::process::id());
+    let script = format!(
+        "echo new > /bin/x && cat /bin/x && rm /bin/cat.gone 2>/dev/null; rm /bin/ls && \
+         echo box > /tmp/{marker} && cat /tmp/{marker} && \
+         (cat {secret} 2>&1 || echo secret-unreadable) && \
+         (ls /work /var/lib 2>&1; true) && ls /",
+        secret = host_secret.display()
+    );
+    let out = agent.sh(&script);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stdout.starts_with("new\nbox\n"), "{out:?}");
+    assert!(out.stdout.contains("secret-unreadable"), "{out:?}");
+    assert!(!out.stdout.contains("secret\n"), "{out:?}");
+    // Writes went to the box's overlay, not the template.
+    assert!(!fx.template.join("bin/x").exists(), "the template was written");
+    assert!(fs::symlink_metadata(fx.template.join("bin/ls")).is_ok(), "the template lost a file");
+    let upper = fx.backend.box_dir("fs1").join("upper");
+    assert_eq!(fs::read_to_string(upper.join("bin/x")).unwrap(), "new\n");
+    // The box's /tmp is its own.
+    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    // Writing into a read-only /proc/sys fails, and the masked files are empty.
+    let out = agent.sh("echo 1 > /proc/sys/kernel/hostname 2>&1; echo rc=$?; wc -c < /proc/kcore; cat /proc/self/mountinfo | wc -l");
+    assert!(out.stdout.contains("rc=1") || out.stdout.contains("rc=2"), "{out:?}");
+    assert!(out.stdout.lines().nth(1) == Some("0"), "kcore masked: {out:?}");
+    drop(agent);
+    fx.backend.destroy("fs1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_loopback_is_unreachable() {
+    let fx = Fixture::new("net");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = fx.backend.create(fx.spec("net1")).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let out = agent.sh(&format!(
+        "nc -w 2 127.0.0.1 {port} </dev/null 2>&1; echo rc=$?; ls /sys/class/net; ip -o link | wc -l"
+    ));
+    assert!(!out.stdout.contains("rc=0"), "connected to the host's 127.0.0.1: {out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.contains(&"lo"), "{out:?}");
+    assert_eq!(lines.last(), Some(&"1"), "only lo exists: {out:?}");
+    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    // The box's own loopback works.
+    let out = agent.sh("(nc -l -p 7777 > /tmp/got &) ; sleep 0.3; echo ping | nc -w 1 127.0.0.1 7777; sleep 0.2; cat /tmp/got");
+    assert!(out.stdout.contains("ping"), "loopback inside the box: {out:?}");
+    drop(agent);
+    fx.backend.destroy("net1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_operations_are_refused() {
+    let fx = Fixture::new("priv");
+    let handle = fx.backend.create(fx.spec("priv1")).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let checks = [
+        ("mount", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m"),
+        ("insmod", "head -c 4096 /dev/urandom > /tmp/x.ko && insmod /tmp/x.ko"),
+        ("unshare", "unshare -n true"),
+        ("unshare-user", "unshare -U -r true"),
+        ("mknod", "mknod /tmp/mem c 1 1"),
+        ("chroot", "chroot / true"),
+        ("sethostname-not-root-ns", "hostname newname && hostname"),
+    ];
+    for (name, cmd) in checks {
+        let out = agent.sh(&format!("{cmd} 2>&1"));
+        if name == "sethostname-not-root-ns" {
+            // Allowed: the box has its own UTS namespace.
+            assert_eq!(out.stdout.trim(), "newname", "{out:?}");
+            continue;
+        }
+        assert!(!out.ok(), "{name} succeeded: {out:?}");
+        if name != "unshare-user" {
+            assert!(
+                out.stdout.contains("not permitted") || out.stdout.contains("ermission denied"),
+                "{name} failed otherwise than EPERM: {out:?}"
+            );
+        }
+    }
+    let out = agent.sh("grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status");
+    for line in out.stdout.lines() {
+        let (k, v) = line.split_once(':').unwrap();
+        let v = v.trim();
+        match k {
+            "NoNewPrivs" => assert_eq!(v, "1"),
+            "Seccomp" => assert_eq!(v, "2"),
+            _ => assert_eq!(v, "0000000000000000", "{k} not empty"),
+        }
+    }
+    assert_eq!(out.stdout.lines().count(), 7, "{out:?}");
+    // The host name change stayed in the box.
+    assert_ne!(fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "newname");
+    drop(agent);
+    fx.backend.destroy("priv1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_kills_the_hog_not_the_agent() {
+    let fx = Fixture::new("mem");
+    let mut spec = fx.spec("mem1");
+    spec.limits.memory_bytes = 32 << 20;
+    let handle = fx.backend.create(spec).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    // `tail` keeps the whole (newline-free) input in memory.
+    let out = agent.sh("head -c 200m /dev/zero | tail -c 1 | wc -c");
+    let killed = out.signal == Some(9) || out.code == Some(137) || out.stderr.contains("Killed");
+    assert!(killed || !out.stdout.trim().eq("1"), "the hog survived: {out:?}");
+    assert_hello(agent.hello());
+    let out = agent.sh("echo alive");
+    assert_eq!(out.stdout, "alive\n");
+    let failcnt = fx.backend.cgroup_dirs("mem1")[0].parent().unwrap().parent().unwrap().join("memory").join(format!("{}/mem1/memory.failcnt", fx.config.cgroup_parent));
+    if let Ok(n) = fs::read_to_string(&failcnt) {
+        assert!(n.trim().parse::<u64>().unwrap() > 0, "the memory limit was never hit");
+    }
+    drop(agent);
+    fx.backend.destroy("mem1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pids_limit_stops_a_fork_loop() {
+    let fx = Fixture::new("pids");
+    let mut spec = fx.spec("pids1");
+    spec.limits.pids = 32;
+    let handle = fx.backend.create(spec).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let out = agent.sh("i=0; while [ $i -lt 100 ]; do sleep 3 & i=$((i+1)); done; echo started=$i");
+    assert!(!out.stdout.contains("started=100"), "100 processes under pids.max=32: {out:?}");
+    assert!(out.stderr.contains("fork") || out.stderr.contains("Resource temporarily unavailable") || !out.ok(), "{out:?}");
+    assert_hello(agent.hello());
+    // Once the sleeps end, the box works again.
+    let mut recovered = false;
+    for _ in 0..50 {
+        let out = agent.sh("echo ok");
+        if out.stdout == "ok\n" {
+            recovered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(recovered, "the box did not recover after the fork loop");
+    drop(agent);
+    fx.backend.destroy("pids1").await.unwrap();
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_mounts_and_workspace() {
+    let fx = Fixture::new("mnt");
+    let ro = fx.tmp.path().join("ro");
+    fs::create_dir_all(ro.join("sub")).unwrap();
+    fs::write(ro.join("data.txt"), "read me\n").unwrap();
+    let ro_file = fx.tmp.path().join("ro-file.conf");
+    fs::write(&ro_file, "k=v\n").unwrap();
+    let mut spec = fx.spec("mnt1");
+    spec.readonly_mounts = vec![
+        ReadonlyMount { host: ro.clone(), guest: "/data".into() },
+        ReadonlyMount { host: ro_file.clone(), guest: "/etc/app/ro-file.conf".into() },
+    ];
+    let handle = fx.backend.create(spec).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let out = agent.sh("cat /data/data.txt /etc/app/ro-file.conf");
+    assert_eq!(out.stdout, "read me\nk=v\n", "{out:?}");
+    for cmd in [
+        "echo x > /data/new",
+        "echo x >> /data/data.txt",
+        "rm /data/data.txt",
+        "mkdir /data/sub/d",
+        "echo x > /etc/app/ro-file.conf",
+    ] {
+        let out = agent.sh(&format!("{cmd} 2>&1"));
+        assert!(!out.ok(), "{cmd} succeeded: {out:?}");
+        assert!(out.stdout.contains("Read-only file system"), "{cmd}: {out:?}");
+    }
+    assert_eq!(fs::read_to_string(ro.join("data.txt")).unwrap(), "read me\n");
+    let out = agent.sh("cd /workspace && echo hello > out.txt && mkdir -p d/e && echo deep > d/e/f && pwd");
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(fs::read_to_string(fx.workspace.join("out.txt")).unwrap(), "hello\n");
+    assert_eq!(fs::read_to_string(fx.workspace.join("d/e/f")).unwrap(), "deep\n");
+    drop(agent);
+    fx.backend.destroy("mnt1").await.unwrap();
+    assert_eq!(fs::read_to_string(fx.workspace.join("out.txt")).unwrap(), "hello\n", "destroy kept the workspace");
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_setup_is_reported_and_leaves_nothing() {
+    let fx = Fixture::new("bad");
+    // A template whose /workspace is a symlink out of the box, and one where it is a file.
+    let evil = fx.tmp.path().join("evil-tpl");
+    make_template(&evil);
+    fs::remove_dir(evil.join("workspace")).unwrap();
+    symlink("/etc", evil.join("workspace")).unwrap();
+    let mut spec = fx.spec("bad1");
+    spec.template_rootfs = evil.clone();
+    let handle = fx.backend.create(spec).await.unwrap();
+    let mut agent = Agent::connect(&handle);
+    let out = agent.sh("echo mounted > /etc/marker && cat /etc/marker");
+    assert_eq!(out.stdout, "mounted\n", "the symlinked mount point stays inside the box: {out:?}");
+    assert_eq!(fs::read_to_string(fx.workspace.join("marker")).unwrap(), "mounted\n");
+    assert!(!std::path::Path::new("/etc/marker").exists());
+    drop(agent);
+    fx.backend.destroy("bad1").await.unwrap();
+
+    let broken = fx.tmp.path().join("broken-tpl");
+    make_template(&broken);
+    fs::remove_dir(broken.join("workspace")).unwrap();
+    fs::write(broken.join("workspace"), "not a dir").unwrap();
+    let mut spec = fx.spec("bad2");
+    spec.template_rootfs = broken;
+    let err = fx.backend.create(spec).await.unwrap_err();
+    let BackendError::StartFailed(msg) = &err else { panic!("{err:?}") };
+    assert!(msg.contains("/workspace"), "the init's message names the step: {msg}");
+    assert!(!fx.backend.is_alive("bad2").await);
+    assert!(fx.backend.cgroup_dirs("bad2").iter().all(|d| !d.exists()));
+    assert!(!fx.backend.box_dir("bad2").exists());
+
+    let mut spec = fx.spec("../bad3");
+    spec.id = "../bad3".into();
+    assert!(matches!(fx.backend.create(spec).await, Err(BackendError::StartFailed(_))));
+    let mut spec = fx.spec("bad4");
+    spec.template_rootfs = fx.tmp.path().join("missing");
+    assert!(matches!(fx.backend.create(spec).await, Err(BackendError::StartFailed(_))));
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_alive_follows_the_agent() {
+    let fx = Fixture::new("alive");
+    let handle = fx.backend.create(fx.spec("alive1")).await.unwrap();
+    assert_hello(Agent::connect(&handle).hello());
+    assert!(fx.backend.is_alive("alive1").await);
+    let pid = fx.backend.init_pid("alive1").unwrap();
+    unsafe_kill(pid);
+    let mut dead = false;
+    for _ in 0..100 {
+        if !fx.backend.is_alive("alive1").await {
+            dead = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dead, "is_alive still true after the agent was killed");
+    fx.backend.destroy("alive1").await.unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "not reaped");
+    fx.finish().await;
+}
+
+fn unsafe_kill(pid: i32) {
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+}
+
+/// Not an assertion: prints create -> Hello latency over a few boxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_to_hello_latency() {
+    let fx = Fixture::new("lat");
+    let mut times = Vec::new();
+    for i in 0..10 {
+        let id = format!("lat{i}");
+        let t0 = Instant::now();
+        let handle = fx.backend.create(fx.spec(&id)).await.unwrap();
+        let created = t0.elapsed();
+        assert_hello(Agent::connect(&handle).hello());
+        times.push((created, t0.elapsed()));
+        fx.backend.destroy(&id).await.unwrap();
+    }
+    for (created, hello) in &times {
+        eprintln!("create {created:?}, create -> Hello {hello:?}");
+    }
+    let mut hellos: Vec<_> = times.iter().map(|t| t.1).collect();
+    hellos.sort();
+    eprintln!("create -> Hello median {:?}", hellos[hellos.len() / 2]);
     fx.finish().await;
 }

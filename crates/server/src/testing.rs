@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -35,6 +36,16 @@ pub struct FakeBackend {
     boxes: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Released by tests to let the `gate` command finish.
     pub gate: Arc<Notify>,
+    conns: Arc<AtomicUsize>,
+}
+
+/// Counts an open agent connection while it lives.
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FakeBackend {
@@ -44,7 +55,13 @@ impl FakeBackend {
             dir,
             boxes: Mutex::new(HashMap::new()),
             gate: Arc::new(Notify::new()),
+            conns: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// How many agent connections are open, over all boxes.
+    pub fn open_connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     /// How many boxes exist.
@@ -68,9 +85,16 @@ impl Backend for FakeBackend {
         let fs: Fs = Arc::default();
         let gate = self.gate.clone();
         let env = spec.env.clone();
+        let conns = self.conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve_conn(conn, fs.clone(), gate.clone(), env.clone()));
+                conns.fetch_add(1, Ordering::SeqCst);
+                let guard = ConnGuard(conns.clone());
+                let (fs, gate, env) = (fs.clone(), gate.clone(), env.clone());
+                tokio::spawn(async move {
+                    serve_conn(conn, fs, gate, env).await;
+                    drop(guard);
+                });
             }
         });
         self.boxes.lock().unwrap().insert(spec.id.clone(), task);
