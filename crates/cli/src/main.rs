@@ -18,7 +18,7 @@ mod format;
 
 /// Self-hosted sandboxes for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "sandboxd", version, about, propagate_version = true)]
+#[command(name = "sandboxd", version, propagate_version = true)]
 struct Cli {
     /// URL of the sandboxd server.
     #[arg(
@@ -28,7 +28,8 @@ struct Cli {
         default_value = "http://127.0.0.1:8000"
     )]
     url: String,
-    /// Bearer token for the server [env: SANDBOXD_TOKEN, else BEARER_TOKEN].
+    /// Bearer token for the server [env: SANDBOXD_TOKEN, else BEARER_TOKEN]; with `serve`, the
+    /// token the server requires (like --bearer-token).
     #[arg(long, global = true, hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -38,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(sandboxd_server::ServeArgs),
+    Serve(Box<sandboxd_server::ServeArgs>),
     /// Create a sandbox and print its id.
     Create(CreateArgs),
     /// List sandboxes.
@@ -225,7 +226,13 @@ fn client(cli: &Cli) -> Client {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let c = client(&cli);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(mut args) => {
+            // `serve --token T` means the server's token when --bearer-token is not given.
+            if args.bearer_token.is_none() {
+                args.bearer_token = cli.token.clone();
+            }
+            serve(*args).await
+        }
         Command::Create(a) => create(&c, a).await,
         Command::Ls(a) => ls(&c, a).await,
         Command::Exec(a) => exec(&c, a).await,
@@ -259,6 +266,7 @@ async fn serve(args: sandboxd_server::ServeArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let settings = sandboxd_server::Settings::load(&args)?;
     sandboxd_server::run(settings).await?;
@@ -266,11 +274,12 @@ async fn serve(args: sandboxd_server::ServeArgs) -> Result<ExitCode> {
 }
 
 async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
-    let resources = (a.memory.is_some() || a.cpus.is_some() || a.pids.is_some()).then(|| Resources {
-        memory_mb: a.memory,
-        cpus: a.cpus,
-        pids: a.pids,
-    });
+    let resources =
+        (a.memory.is_some() || a.cpus.is_some() || a.pids.is_some()).then_some(Resources {
+            memory_mb: a.memory,
+            cpus: a.cpus,
+            pids: a.pids,
+        });
     let req = CreateSandboxRequest {
         sandbox_type: a.sandbox_type,
         env: a.env.into_iter().collect(),
@@ -369,7 +378,9 @@ fn base_name(p: &str) -> Option<&str> {
 
 async fn cp(c: &Client, src: &str, dst: &str) -> Result<ExitCode> {
     match (remote(src), remote(dst)) {
-        (Some(_), Some(_)) => bail!("copy between two sandboxes is not supported; go through a local file"),
+        (Some(_), Some(_)) => {
+            bail!("copy between two sandboxes is not supported; go through a local file")
+        }
         (None, None) => bail!("one side of `cp` must be <sandbox id>:<path>"),
         (None, Some((id, path))) => {
             // Upload.
@@ -518,7 +529,7 @@ async fn template(t: TemplateCommand) -> Result<ExitCode> {
             .await??;
             match outcome {
                 sandboxd_template::BuildOutcome::Built { elapsed } => {
-                    eprintln!("template {name} built in {:.1}s", elapsed.as_secs_f64())
+                    tracing::debug!(%name, ?elapsed, "template built")
                 }
                 sandboxd_template::BuildOutcome::Cached => {
                     eprintln!("template {name} is ready (use --force to rebuild)")
@@ -536,7 +547,11 @@ async fn template(t: TemplateCommand) -> Result<ExitCode> {
                     } else {
                         "not built"
                     };
-                    [r.name.to_string(), state.to_string(), r.description.to_string()]
+                    [
+                        r.name.to_string(),
+                        state.to_string(),
+                        r.description.to_string(),
+                    ]
                 })
                 .collect();
             // Templates installed by other means.
@@ -569,7 +584,14 @@ mod tests {
     fn cli_parses() {
         Cli::command_for_tests().debug_assert();
         let cli = Cli::try_parse_from([
-            "sandboxd", "exec", "sb-0123456789abcdef", "-e", "A=1", "--", "ls", "-la",
+            "sandboxd",
+            "exec",
+            "sb-0123456789abcdef",
+            "-e",
+            "A=1",
+            "--",
+            "ls",
+            "-la",
         ])
         .unwrap();
         match cli.command {

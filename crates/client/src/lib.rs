@@ -46,8 +46,8 @@ use serde::de::DeserializeOwned;
 pub use sandboxd_types as types;
 use sandboxd_types::{
     CreateSandboxRequest, ErrorBody, ErrorCode, ExecEvent, ExecRequest, ExecResult, FileEntry,
-    FileList, Health, MkdirRequest, MkdirResult, MoveRequest, PythonRequest, PythonResult,
-    Sandbox, SandboxList, SetTimeoutRequest,
+    FileList, Health, MkdirRequest, MkdirResult, MoveRequest, PythonRequest, PythonResult, Sandbox,
+    SandboxList, SetTimeoutRequest,
 };
 
 /// Why a call failed.
@@ -359,7 +359,9 @@ impl Client {
                     .query(&[("path", path)]),
             )
             .await?;
-        Ok(Box::pin(resp.bytes_stream().map(|r| r.map_err(Error::Http))))
+        Ok(Box::pin(
+            resp.bytes_stream().map(|r| r.map_err(Error::Http)),
+        ))
     }
 
     /// `PUT /v1/sandboxes/{id}/files?path=`: write a whole file (parents are created; an old
@@ -572,6 +574,9 @@ mod tests {
         let c = Client::new("http://h:1/").with_token("s3cr3t");
         assert_eq!(c.base_url(), "http://h:1");
         assert!(!format!("{c:?}").contains("s3cr3t"));
-        assert_eq!(Client::sandbox_path("sb-1", "/exec"), "/v1/sandboxes/sb-1/exec");
+        assert_eq!(
+            Client::sandbox_path("sb-1", "/exec"),
+            "/v1/sandboxes/sb-1/exec"
+        );
     }
 }

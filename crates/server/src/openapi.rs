@@ -67,3 +67,34 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// The document as checked in at `crates/server/openapi.json`.
+pub fn pretty_json() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in `openapi.json` (for SDK generators and reviewers) must match the code.
+    /// Regenerate with `UPDATE_OPENAPI=1 cargo test -p sandboxd-server openapi`.
+    #[test]
+    fn openapi_snapshot_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        let now = super::pretty_json();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &now).unwrap();
+            return;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == now,
+            "{} is out of date; regenerate it with \
+             `UPDATE_OPENAPI=1 cargo test -p sandboxd-server openapi`",
+            path.display()
+        );
+    }
+}

@@ -590,23 +590,3 @@ async fn openapi_lists_the_routes() {
         "bearer"
     );
 }
-
-#[tokio::test]
-async fn experiment_drop_body() {
-    let h = Harness::new(None).await;
-    let id = h.create(json!({})).await;
-    let req = json_req(
-        Method::POST,
-        &format!("/v1/sandboxes/{id}/exec"),
-        Some(json!({"cmd": ["sleep"], "stream": true})),
-        None,
-    );
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    let mut body = resp.into_body();
-    let f = body.frame().await.unwrap().unwrap();
-    eprintln!("{:?}", f.data_ref());
-    let before = h.backend.open_connections();
-    drop(body);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!("before {before} after {}", h.backend.open_connections());
-}

@@ -16,6 +16,23 @@ use crate::error::ApiError;
 use crate::extract::{Json, Query, SandboxIdPath};
 use crate::AppState;
 
+/// Raw file content, for the OpenAPI document only (bodies stream as bytes):
+/// `{"type": "string", "format": "binary"}`.
+#[derive(Debug)]
+pub struct FileBytes;
+
+impl utoipa::PartialSchema for FileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FileBytes {}
+
 /// `?path=`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +96,7 @@ pub(crate) fn parse_mode(s: &str) -> Result<u32, ApiError> {
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox id"), PathQuery),
     responses(
-        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = FileBytes),
         (status = 400, description = "Not a file", body = ErrorBody),
         (status = 403, description = "The path leaves the workspace", body = ErrorBody),
         (status = 404, description = "No such sandbox or file", body = ErrorBody),
@@ -110,7 +127,7 @@ pub async fn read(
     tag = "files",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Sandbox id"), WriteQuery),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = FileBytes, content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "The written file", body = FileEntry),
         (status = 403, description = "The path leaves the workspace", body = ErrorBody),

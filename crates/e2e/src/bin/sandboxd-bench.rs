@@ -1,0 +1,230 @@
+//! `sandboxd-bench`: measures sandboxd beside bubblewrap on the same machine, in one run.
+//!
+//! - create → first output: create a sandbox and stream `echo hi` until its first output byte
+//!   arrives (sandboxd, over the HTTP API); start `bwrap … echo hi` and read its first output
+//!   byte (bubblewrap, a whole process per sandbox).
+//! - exec round-trip of `true`: `POST /exec` of `true` in one running sandbox until the reply
+//!   arrives; for bubblewrap, `bwrap … true` from spawn to exit (it has no long-lived sandbox).
+//!
+//! Prints p50 and p95 of each figure and the ratio sandboxd / bwrap.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use sandboxd_e2e::{percentile, Server, ServerOptions};
+use sandboxd_types::{CreateSandboxRequest, ExecEvent, ExecRequest};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark sandboxd against bubblewrap on this machine")]
+struct Args {
+    /// Sandbox type to create.
+    #[arg(long, default_value = "base")]
+    r#type: String,
+    /// Create → first output samples.
+    #[arg(long, default_value_t = 50)]
+    creates: usize,
+    /// Exec round-trip samples.
+    #[arg(long, default_value_t = 500)]
+    execs: usize,
+    /// Use a running server at this URL instead of starting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// Skip the bubblewrap rows.
+    #[arg(long)]
+    no_peers: bool,
+}
+
+struct Row {
+    what: &'static str,
+    ours: Vec<Duration>,
+    peer: Option<Vec<Duration>>,
+    target_p50: Duration,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let server;
+    let client = match &args.url {
+        Some(u) => sandboxd_client::Client::new(u.clone()),
+        None => {
+            eprintln!("starting sandboxd serve …");
+            server = Server::start(ServerOptions::default()).await?;
+            server.client()
+        }
+    };
+    let rootfs = sandboxd_e2e::templates_dir().join(&args.r#type).join("rootfs");
+
+    eprintln!("create → first output, sandboxd ({} samples) …", args.creates);
+    let create = CreateSandboxRequest {
+        sandbox_type: Some(args.r#type.clone()),
+        timeout_secs: Some(120),
+        ..Default::default()
+    };
+    let echo = ExecRequest {
+        cmd: Some(vec!["echo".into(), "hi".into()]),
+        ..Default::default()
+    };
+    let mut tti = Vec::with_capacity(args.creates);
+    for _ in 0..args.creates {
+        let t0 = Instant::now();
+        let sb = client.create(&create).await.context("create")?;
+        let mut events = client.exec_stream(&sb.id, &echo).await?;
+        loop {
+            match events.next().await {
+                Some(Ok(ExecEvent::Stdout { .. })) => break,
+                Some(Ok(ExecEvent::Started { .. })) => {}
+                other => bail!("no output from echo: {other:?}"),
+            }
+        }
+        tti.push(t0.elapsed());
+        drop(events);
+        client.delete(&sb.id).await?;
+    }
+
+    eprintln!("exec round-trip of `true`, sandboxd ({} samples) …", args.execs);
+    let sb = client.create(&create).await?;
+    let truth = ExecRequest {
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    for _ in 0..20 {
+        client.exec(&sb.id, &truth).await?;
+    }
+    let mut rtt = Vec::with_capacity(args.execs);
+    for _ in 0..args.execs {
+        let t0 = Instant::now();
+        let r = client.exec(&sb.id, &truth).await?;
+        rtt.push(t0.elapsed());
+        if r.exit_code != Some(0) {
+            bail!("`true` failed: {r:?}");
+        }
+    }
+    client.delete(&sb.id).await?;
+
+    let (peer_tti, peer_rtt) = if args.no_peers {
+        (None, None)
+    } else {
+        match bwrap_samples(&rootfs, args.creates, args.execs.min(200)) {
+            Ok((a, b)) => (Some(a), Some(b)),
+            Err(e) => {
+                eprintln!("bubblewrap rows skipped: {e:#}");
+                (None, None)
+            }
+        }
+    };
+
+    let rows = [
+        Row {
+            what: "create → first output",
+            ours: tti,
+            peer: peer_tti,
+            target_p50: Duration::from_millis(30),
+        },
+        Row {
+            what: "exec round-trip `true`",
+            ours: rtt,
+            peer: peer_rtt,
+            target_p50: Duration::from_millis(2),
+        },
+    ];
+    println!();
+    println!(
+        "| figure | sandboxd p50 ms | sandboxd p95 ms | bwrap p50 ms | bwrap p95 ms | p50 ratio sandboxd/bwrap | target p50 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for mut r in rows {
+        r.ours.sort();
+        let (p50, p95) = (percentile(&r.ours, 50.0), percentile(&r.ours, 95.0));
+        let (bp50, bp95, ratio) = match r.peer.as_mut() {
+            Some(p) => {
+                p.sort();
+                let b50 = percentile(p, 50.0);
+                (
+                    ms(b50),
+                    ms(percentile(p, 95.0)),
+                    format!("{:.2}", p50.as_secs_f64() / b50.as_secs_f64()),
+                )
+            }
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} ({}) |",
+            r.what,
+            ms(p50),
+            ms(p95),
+            bp50,
+            bp95,
+            ratio,
+            ms(r.target_p50),
+            if p50 <= r.target_p50 { "met" } else { "missed" }
+        );
+    }
+    Ok(())
+}
+
+/// bubblewrap over the same template: a new set of namespaces per run, like a sandbox.
+fn bwrap_cmd(rootfs: &PathBuf, argv: &[&str]) -> Command {
+    let mut c = Command::new("bwrap");
+    c.arg("--unshare-all")
+        .arg("--die-with-parent")
+        .arg("--ro-bind")
+        .arg(rootfs)
+        .arg("/")
+        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    c
+}
+
+fn bwrap_samples(
+    rootfs: &PathBuf,
+    creates: usize,
+    execs: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    use std::io::Read;
+    if !rootfs.exists() {
+        bail!("template root {} is missing", rootfs.display());
+    }
+    let status = bwrap_cmd(rootfs, &["true"])
+        .status()
+        .context("bwrap is not installed (apt-get install bubblewrap)")?;
+    if !status.success() {
+        bail!("bwrap … true failed: {status}");
+    }
+    eprintln!("create → first output, bwrap ({creates} samples) …");
+    let mut tti = Vec::with_capacity(creates);
+    for _ in 0..creates {
+        let t0 = Instant::now();
+        let mut child = bwrap_cmd(rootfs, &["echo", "hi"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut byte = [0u8; 1];
+        let n = child.stdout.as_mut().expect("piped").read(&mut byte)?;
+        tti.push(t0.elapsed());
+        child.wait()?;
+        if n != 1 {
+            bail!("bwrap echo printed nothing");
+        }
+    }
+    eprintln!("`true` round-trip, bwrap ({execs} samples) …");
+    let mut rtt = Vec::with_capacity(execs);
+    for _ in 0..execs {
+        let t0 = Instant::now();
+        let s = bwrap_cmd(rootfs, &["true"]).stdout(Stdio::null()).status()?;
+        rtt.push(t0.elapsed());
+        if !s.success() {
+            bail!("bwrap true failed: {s}");
+        }
+    }
+    Ok((tti, rtt))
+}

@@ -1,0 +1,211 @@
+//! End-to-end harness: start a real `sandboxd serve` process on a free loopback port with its own
+//! state directory and cgroup prefix, so that tests and benchmarks exercise exactly what a user
+//! runs, side by side without touching each other's sandboxes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sandboxd_client::Client;
+
+/// Where templates are found: `SANDBOXD_TEMPLATES_DIR`, else the server's default.
+pub fn templates_dir() -> PathBuf {
+    std::env::var_os("SANDBOXD_TEMPLATES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/sandboxd/templates"))
+}
+
+/// The directory holding the `sandboxd`, `sandboxd-init` and `sandboxd-agent` binaries: the
+/// `SANDBOXD_BIN_DIR` variable, else the cargo target directory of the running executable.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SANDBOXD_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A `sandboxd serve` child process, stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// Its base URL.
+    pub url: String,
+    /// Its bearer token, if any.
+    pub token: Option<String>,
+    /// Its private state directory (also holds the workspaces and the run dir).
+    pub state: tempfile::TempDir,
+    /// The cgroup prefix of its sandboxes.
+    pub cgroup_parent: String,
+    args: Vec<(String, String)>,
+    port: u16,
+}
+
+/// Options of [`Server::start`].
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Extra environment settings (`KEY`, `value`).
+    pub env: Vec<(String, String)>,
+    /// A bearer token to require.
+    pub token: Option<String>,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Start a server and wait until `/health` answers.
+    pub async fn start(opts: ServerOptions) -> Result<Server> {
+        let state = tempfile::Builder::new().prefix("sandboxd-e2e-").tempdir()?;
+        let cgroup_parent = format!(
+            "sandboxd-e2e-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut args = vec![
+            ("SANDBOXD_STATE_DIR".to_string(), path(state.path())),
+            ("SANDBOXD_RUN_DIR".into(), path(&state.path().join("run"))),
+            ("SANDBOXD_TEMPLATES_DIR".into(), path(&templates_dir())),
+            ("SANDBOXD_CGROUP_PARENT".into(), cgroup_parent.clone()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        if let Some(t) = &opts.token {
+            args.push(("BEARER_TOKEN".into(), t.clone()));
+        }
+        args.extend(opts.env.iter().cloned());
+        let mut server = Server {
+            child: None,
+            url: String::new(),
+            token: opts.token.clone(),
+            state,
+            cgroup_parent,
+            args,
+            port: free_port()?,
+        };
+        server.url = format!("http://127.0.0.1:{}", server.port);
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let exe = bin_dir().join("sandboxd");
+        if !exe.exists() {
+            bail!(
+                "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
+                exe.display()
+            );
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .env("PORT", self.port.to_string())
+            .env("HOST", "127.0.0.1")
+            .stdin(Stdio::null());
+        for (k, v) in &self.args {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().with_context(|| format!("start {}", exe.display()))?);
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if client.health().await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("sandboxd serve exited during start-up: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("sandboxd serve did not answer /health within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> Client {
+        let c = Client::new(self.url.clone());
+        match &self.token {
+            Some(t) => c.with_token(t.clone()),
+            None => c,
+        }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kill the server with SIGKILL (a crash), leaving its sandboxes behind.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the server with SIGTERM and wait for it, as an operator would.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Start the server again on the same port, state and cgroup prefix (after [`Self::kill_hard`]).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Percentile (0..=100) of a sample, by nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 95.0), Duration::from_millis(95));
+        assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+}

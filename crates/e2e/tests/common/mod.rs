@@ -1,0 +1,127 @@
+//! Shared pieces of the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sandboxd_client::{Client, Error};
+use sandboxd_e2e::{Server, ServerOptions};
+use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Resources};
+
+/// The base template must exist: `scripts/test` builds it. Fail loudly otherwise.
+pub fn require_base() {
+    let t = sandboxd_e2e::templates_dir().join("base");
+    assert!(
+        t.join("ready").exists(),
+        "the `base` template is missing in {}: run scripts/test, or `sandboxd template build base`",
+        t.display()
+    );
+}
+
+pub async fn server() -> Server {
+    server_with(ServerOptions::default()).await
+}
+
+pub async fn server_with(opts: ServerOptions) -> Server {
+    require_base();
+    Server::start(opts).await.expect("start sandboxd serve")
+}
+
+pub fn create_req() -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        sandbox_type: Some("base".into()),
+        timeout_secs: Some(300),
+        ..Default::default()
+    }
+}
+
+pub fn with_limits(memory_mb: u64, pids: u64) -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        resources: Some(Resources {
+            memory_mb: Some(memory_mb),
+            pids: Some(pids),
+            cpus: None,
+        }),
+        ..create_req()
+    }
+}
+
+pub async fn sh(c: &Client, id: &str, script: &str) -> ExecResult {
+    c.exec(
+        id,
+        &ExecRequest {
+            shell: Some(script.into()),
+            timeout_ms: Some(60_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec {script:?}: {e}"))
+}
+
+pub fn api_code(e: &Error) -> Option<ErrorCode> {
+    match e {
+        Error::Api { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// Every cgroup directory named `parent` on this host, in any hierarchy (v1 or v2).
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let direct = root.join(parent);
+    if direct.is_dir() {
+        out.push(direct);
+    }
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let d = e.path().join(parent);
+        if d.is_dir() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Child cgroups (one per sandbox) below `parent` in every hierarchy.
+pub fn sandbox_cgroups(parent: &str) -> Vec<PathBuf> {
+    cgroup_dirs(parent)
+        .into_iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Pids in the cgroups of a server's sandboxes.
+pub fn sandbox_pids(parent: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = sandbox_cgroups(parent)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Mount points on the host whose path contains `needle`.
+pub fn host_mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
