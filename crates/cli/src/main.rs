@@ -173,6 +173,17 @@ struct StateDirArg {
         value_name = "DIR"
     )]
     state_dir: PathBuf,
+    /// Templates directory [default: <state-dir>/templates].
+    #[arg(long, env = "SANDBOXD_TEMPLATES_DIR", value_name = "DIR")]
+    templates_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    fn templates(&self) -> PathBuf {
+        self.templates_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("templates"))
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -516,7 +527,7 @@ async fn template(t: TemplateCommand) -> Result<ExitCode> {
             mirror,
             dir,
         } => {
-            let templates = dir.state_dir.join("templates");
+            let templates = dir.templates();
             let opts = sandboxd_template::BuildOptions {
                 force,
                 mirror: Some(mirror.unwrap_or_else(sandboxd_template::default_mirror)),
@@ -537,7 +548,7 @@ async fn template(t: TemplateCommand) -> Result<ExitCode> {
             }
         }
         TemplateCommand::Ls { dir } => {
-            let templates = dir.state_dir.join("templates");
+            let templates = dir.templates();
             let recipes = sandboxd_template::recipes();
             let mut rows: Vec<[String; 3]> = recipes
                 .iter()

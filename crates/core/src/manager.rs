@@ -485,7 +485,14 @@ impl Manager {
         let started = Instant::now();
         tokio::spawn(async move {
             loop {
-                let event = match conn.recv().await {
+                // A closed receiver means the client went away: stop waiting for output (a
+                // silent command may never send any) and drop the connection, which makes the
+                // agent kill the command.
+                let received = tokio::select! {
+                    r = conn.recv() => r,
+                    _ = tx.closed() => break,
+                };
+                let event = match received {
                     Ok(frame) => match frame.header {
                         Response::Started { pid } => ExecEvent::Started { pid },
                         Response::Stdout => ExecEvent::Stdout {
@@ -510,8 +517,6 @@ impl Manager {
                     Err(e) => error_event(e),
                 };
                 let last = matches!(event, ExecEvent::Exit { .. } | ExecEvent::Error { .. });
-                // A closed receiver means the client went away: dropping the connection makes
-                // the agent kill the command.
                 if tx.send(event).await.is_err() || last {
                     break;
                 }

@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Where per-sandbox runtime files live [env: SANDBOXD_RUN_DIR] [default: /run/sandboxd].
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<String>,
+    /// Where templates live [env: SANDBOXD_TEMPLATES_DIR] [default: <state dir>/templates].
+    #[arg(long, value_name = "DIR")]
+    pub templates_dir: Option<String>,
     /// Default sandbox lifetime in seconds, 0 = never [env: SANDBOX_TIMEOUT] [default: 300].
     #[arg(long, value_name = "SECS")]
     pub sandbox_timeout: Option<String>,
@@ -87,7 +90,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 18] = [
+        let all: [(&'static str, &'static str, &Option<String>); 19] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -127,6 +130,11 @@ impl ServeArgs {
             ("SANDBOXD_STATE_DIR", "--state-dir", &self.state_dir),
             ("SANDBOXD_RUN_DIR", "--run-dir", &self.run_dir),
             (
+                "SANDBOXD_TEMPLATES_DIR",
+                "--templates-dir",
+                &self.templates_dir,
+            ),
+            (
                 "SANDBOX_TIMEOUT",
                 "--sandbox-timeout",
                 &self.sandbox_timeout,
@@ -161,6 +169,7 @@ pub const OUR_KEYS: &[&str] = &[
     "MAX_SANDBOX_INSTANCES",
     "SANDBOXD_STATE_DIR",
     "SANDBOXD_RUN_DIR",
+    "SANDBOXD_TEMPLATES_DIR",
     "SANDBOX_TIMEOUT",
     "SANDBOXD_CGROUP_PARENT",
     "SANDBOXD_INIT_BIN",
@@ -303,6 +312,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `SANDBOXD_RUN_DIR`: per-sandbox runtime files.
     pub run_dir: PathBuf,
+    /// `SANDBOXD_TEMPLATES_DIR`: where templates live (default `<state_dir>/templates`).
+    pub templates_dir: Option<PathBuf>,
     /// `SANDBOX_TIMEOUT`: default sandbox lifetime in seconds (0 = never).
     pub sandbox_timeout_secs: u64,
     /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
@@ -335,6 +346,7 @@ impl fmt::Debug for Settings {
             .field("max_sandbox_instances", &self.max_sandbox_instances)
             .field("state_dir", &self.state_dir)
             .field("run_dir", &self.run_dir)
+            .field("templates_dir", &self.templates_dir)
             .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
             .field("cgroup_parent", &self.cgroup_parent)
             .field("init_bin", &self.init_bin)
@@ -362,6 +374,7 @@ impl Default for Settings {
             max_sandbox_instances: 0,
             state_dir: DEFAULT_STATE_DIR.into(),
             run_dir: "/run/sandboxd".into(),
+            templates_dir: None,
             sandbox_timeout_secs: 300,
             cgroup_parent: "sandboxd".into(),
             init_bin: None,
@@ -703,6 +716,11 @@ impl Settings {
         if let Some(r) = get("SANDBOXD_RUN_DIR") {
             s.run_dir = absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_RUN_DIR", r, e))?;
         }
+        if let Some(r) = get("SANDBOXD_TEMPLATES_DIR") {
+            s.templates_dir = Some(
+                absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_TEMPLATES_DIR", r, e))?,
+            );
+        }
         s.default_mount_dir = match get("DEFAULT_MOUNT_DIR") {
             Some(r) => absolute(r.value.trim()).map_err(|e| invalid("DEFAULT_MOUNT_DIR", r, e))?,
             None => s.state_dir.join("workspaces"),
@@ -773,9 +791,11 @@ impl Settings {
             .unwrap_or("base")
     }
 
-    /// Where templates live: `<state_dir>/templates`.
+    /// Where templates live: `SANDBOXD_TEMPLATES_DIR`, else `<state_dir>/templates`.
     pub fn templates_dir(&self) -> PathBuf {
-        self.state_dir.join("templates")
+        self.templates_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("templates"))
     }
 
     /// `host:port` to bind.

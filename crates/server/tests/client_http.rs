@@ -224,7 +224,6 @@ async fn client_covers_every_route() {
 /// `ExecStream`; but `Manager::exec`'s task only notices the closed channel when the next event
 /// arrives, so a silent command keeps its agent connection (and so keeps running).
 #[tokio::test]
-#[ignore = "needs sandboxd-core's Manager::exec to also wait on `tx.closed()`"]
 async fn dropping_an_exec_stream_ends_the_command() {
     let s = server(None).await;
     let c = Client::new(&s.url);

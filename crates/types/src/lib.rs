@@ -91,6 +91,7 @@ pub enum SandboxState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Sandbox {
     /// Its id.
+    #[schema(value_type = String)]
     pub id: SandboxId,
     /// Its type (template name).
     #[serde(rename = "type")]
