@@ -123,7 +123,10 @@ impl NativeBackend {
         }
         let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
         for fs_name in ["overlay", "tmpfs", "proc", "devpts", "sysfs"] {
-            if !filesystems.lines().any(|l| l.split_whitespace().last() == Some(fs_name)) {
+            if !filesystems
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(fs_name))
+            {
                 return Err(unavailable(format!(
                     "the kernel has no {fs_name} file system (for overlay: `modprobe overlay`)"
                 )));
@@ -138,10 +141,14 @@ impl NativeBackend {
         let cgroups = Cgroups::new(layout, &config.cgroup_parent, RealCgroupFs)
             .map_err(|e| unavailable(e.to_string()))?;
         let agent_exe = load_agent(&config.agent_bin).map_err(|e| {
-            unavailable(format!("cannot load the agent {}: {e}", config.agent_bin.display()))
+            unavailable(format!(
+                "cannot load the agent {}: {e}",
+                config.agent_bin.display()
+            ))
         })?;
         for dir in [config.state_dir.join("boxes"), config.run_dir.clone()] {
-            fs::create_dir_all(&dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            fs::create_dir_all(&dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         // Only root may reach the sockets; each box's own directory is 0700 as well.
         let _ = fs::set_permissions(&config.run_dir, fs::Permissions::from_mode(0o700));
@@ -205,7 +212,10 @@ fn load_agent(path: &Path) -> io::Result<OwnedFd> {
     // SAFETY: pread into a 4-byte buffer from an fd we own.
     let n = unsafe { libc::pread(fd.as_raw_fd(), probe.as_mut_ptr().cast(), 4, 0) };
     if n != 4 || &probe != b"\x7fELF" {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an ELF executable"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an ELF executable",
+        ));
     }
     Ok(fd)
 }
@@ -243,22 +253,37 @@ fn validate(spec: &BoxSpec, config: &NativeConfig) -> Result<String, NativeError
         ));
     }
     if !spec.template_rootfs.is_dir() {
-        return bad(format!("template rootfs {} is not a directory", spec.template_rootfs.display()));
+        return bad(format!(
+            "template rootfs {} is not a directory",
+            spec.template_rootfs.display()
+        ));
     }
     for p in [&spec.template_rootfs, &paths.upper, &paths.work] {
         if !overlay_safe(p) {
-            return bad(format!("path {} contains ',', ':' or '\\', which overlayfs cannot take", p.display()));
+            return bad(format!(
+                "path {} contains ',', ':' or '\\', which overlayfs cannot take",
+                p.display()
+            ));
         }
     }
     if !spec.workspace.is_dir() {
-        return bad(format!("workspace {} is not a directory", spec.workspace.display()));
+        return bad(format!(
+            "workspace {} is not a directory",
+            spec.workspace.display()
+        ));
     }
     for m in &spec.readonly_mounts {
         if !init::valid_guest_path(&m.guest) {
-            return bad(format!("read-only mount target {} must be an absolute path below /", m.guest.display()));
+            return bad(format!(
+                "read-only mount target {} must be an absolute path below /",
+                m.guest.display()
+            ));
         }
         if !m.host.exists() {
-            return bad(format!("read-only mount source {} does not exist", m.host.display()));
+            return bad(format!(
+                "read-only mount source {} does not exist",
+                m.host.display()
+            ));
         }
     }
     for (k, v) in &spec.env {
@@ -339,19 +364,27 @@ fn tail_of(path: &Path, max: usize) -> String {
     }
     let text = text.trim();
     let start = text.len().saturating_sub(max);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
     text[start..].to_string()
 }
 
 /// Everything `create` does that blocks, from the first directory to the agent's exec.
-fn create_blocking(inner: &Inner, spec: &BoxSpec) -> Result<(libc::pid_t, OwnedFd), NativeError> {
+fn create_blocking(
+    inner: &Inner,
+    spec: &BoxSpec,
+) -> Result<(libc::pid_t, OwnedFd, OwnedFd), NativeError> {
     let hostname = validate(spec, &inner.config)?;
     let id = spec.id.as_str();
     let paths = BoxPaths::new(&inner.config, id);
     let boxes_dir = inner.config.state_dir.join("boxes");
-    fs::create_dir_all(&boxes_dir).map_err(NativeError::io(format!("create {}", boxes_dir.display())))?;
-    fs::create_dir_all(&inner.config.run_dir)
-        .map_err(NativeError::io(format!("create {}", inner.config.run_dir.display())))?;
+    fs::create_dir_all(&boxes_dir)
+        .map_err(NativeError::io(format!("create {}", boxes_dir.display())))?;
+    fs::create_dir_all(&inner.config.run_dir).map_err(NativeError::io(format!(
+        "create {}",
+        inner.config.run_dir.display()
+    )))?;
     // Creating the box directory claims the id.
     match fs::DirBuilder::new().mode(0o700).create(&paths.dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -389,7 +422,10 @@ fn create_blocking(inner: &Inner, spec: &BoxSpec) -> Result<(libc::pid_t, OwnedF
     let (status_r, status_w) = sys::pipe_cloexec().map_err(NativeError::io("pipe"))?;
     let log_fd: OwnedFd = log.into();
     let stdout = log_fd.try_clone().map_err(NativeError::io("dup"))?;
-    let agent = inner.agent_exe.try_clone().map_err(NativeError::io("dup"))?;
+    let agent = inner
+        .agent_exe
+        .try_clone()
+        .map_err(NativeError::io("dup"))?;
 
     let config = InitConfig {
         id: id.to_string(),
@@ -409,7 +445,14 @@ fn create_blocking(inner: &Inner, spec: &BoxSpec) -> Result<(libc::pid_t, OwnedF
         agent_env: agent_env(&spec.env, &hostname),
         agent_argv: vec![crate::config::AGENT_BIN_NAME.to_string()],
     };
-    let fds = ChildFds([devnull.into(), stdout, log_fd, listener.into(), status_w, agent]);
+    let fds = ChildFds([
+        devnull.into(),
+        stdout,
+        log_fd,
+        listener.into(),
+        status_w,
+        agent,
+    ]);
     let prepared = Prepared::new(&inner.config.init_bin, &config, join.v2_dir.as_deref(), fds)
         .map_err(NativeError::io("prepare the init"))?;
     let (pid, pidfd) = spawn::clone_init(&prepared).map_err(NativeError::io("clone the init"))?;
@@ -418,7 +461,9 @@ fn create_blocking(inner: &Inner, spec: &BoxSpec) -> Result<(libc::pid_t, OwnedF
     // EOF once the child closes its end.
     drop(prepared);
 
-    match spawn::await_init(&status_r, START_TIMEOUT).map_err(NativeError::io("read the init's status"))? {
+    match spawn::await_init(&status_r, START_TIMEOUT)
+        .map_err(NativeError::io("read the init's status"))?
+    {
         InitOutcome::Started => {}
         InitOutcome::Failed(message) => {
             return Err(NativeError::InitFailed {
@@ -438,11 +483,25 @@ fn create_blocking(inner: &Inner, spec: &BoxSpec) -> Result<(libc::pid_t, OwnedF
     if sys::poll_readable(pidfd.as_raw_fd(), 0).unwrap_or(false) {
         return Err(NativeError::InitFailed {
             id: id.to_string(),
-            message: format!("the box died while starting; init.log: {}", tail_of(&paths.log, 2000)),
+            message: format!(
+                "the box died while starting; init.log: {}",
+                tail_of(&paths.log, 2000)
+            ),
         });
     }
+    let reaper_fd = pidfd
+        .try_clone()
+        .map_err(NativeError::io("dup the pidfd"))?;
     guard.armed = false;
-    Ok((pid, pidfd))
+    // The init's last line says what it enforced (landlock's status depends on the kernel).
+    let log = fs::read_to_string(&paths.log).unwrap_or_default();
+    let summary = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("starting agent"))
+        .unwrap_or("");
+    tracing::debug!(box_id = %id, pid, "native box started: {summary}");
+    Ok((pid, pidfd, reaper_fd))
 }
 
 /// Wait for the init to exit, collect it, and publish its wait status.
@@ -492,21 +551,23 @@ impl Backend for NativeBackend {
         }
         let inner = self.inner.clone();
         let id = spec.id.clone();
-        let (pid, pidfd) = tokio::task::spawn_blocking(move || create_blocking(&inner, &spec))
-            .await
-            .map_err(|e| BackendError::StartFailed(format!("create task failed: {e}")))??;
-        let reaper_fd = pidfd
-            .try_clone()
-            .map_err(|e| BackendError::Io { context: "dup pidfd".into(), source: e })?;
-        let (tx, rx) = watch::channel(None);
-        tokio::spawn(reap(pid, reaper_fd, tx));
-        let state = Arc::new(BoxState {
-            pid,
-            pidfd,
-            exited: rx,
-        });
-        self.inner.boxes.lock().unwrap().insert(id.clone(), state);
-        tracing::debug!(box_id = %id, pid, "native box started");
+        let runtime = tokio::runtime::Handle::current();
+        // The box is registered and its reaper started inside the blocking task, so that a
+        // caller that stops waiting (a cancelled request) cannot leave an untracked box.
+        tokio::task::spawn_blocking(move || {
+            let (pid, pidfd, reaper_fd) = create_blocking(&inner, &spec)?;
+            let (tx, rx) = watch::channel(None);
+            runtime.spawn(reap(pid, reaper_fd, tx));
+            let state = Arc::new(BoxState {
+                pid,
+                pidfd,
+                exited: rx,
+            });
+            inner.boxes.lock().unwrap().insert(spec.id.clone(), state);
+            Ok::<_, NativeError>(())
+        })
+        .await
+        .map_err(|e| BackendError::StartFailed(format!("create task failed: {e}")))??;
         Ok(BoxHandle {
             endpoint: AgentEndpoint::Unix {
                 path: BoxPaths::new(&self.inner.config, &id).socket,
@@ -527,9 +588,10 @@ impl Backend for NativeBackend {
         let inner = self.inner.clone();
         let owned_id = id.to_string();
         let kill = tokio::task::spawn_blocking(move || inner.cgroups.kill(&owned_id).map(drop));
-        let killed = kill
-            .await
-            .map_err(|e| BackendError::Io { context: "destroy task".into(), source: io::Error::other(e) })?;
+        let killed = kill.await.map_err(|e| BackendError::Io {
+            context: "destroy task".into(),
+            source: io::Error::other(e),
+        })?;
         if let Some(state) = state {
             let mut rx = state.exited.clone();
             let reaped = tokio::time::timeout(REAP_TIMEOUT, rx.wait_for(|s| s.is_some())).await;
@@ -545,7 +607,10 @@ impl Backend for NativeBackend {
         let owned_id = id.to_string();
         tokio::task::spawn_blocking(move || remove_box_resources(&inner, &owned_id))
             .await
-            .map_err(|e| BackendError::Io { context: "destroy task".into(), source: io::Error::other(e) })??;
+            .map_err(|e| BackendError::Io {
+                context: "destroy task".into(),
+                source: io::Error::other(e),
+            })??;
         tracing::debug!(box_id = %id, "native box destroyed");
         Ok(())
     }
@@ -565,7 +630,10 @@ impl Backend for NativeBackend {
         let inner = self.inner.clone();
         let report = tokio::task::spawn_blocking(move || cleanup_blocking(&inner))
             .await
-            .map_err(|e| BackendError::Io { context: "cleanup task".into(), source: io::Error::other(e) })??;
+            .map_err(|e| BackendError::Io {
+                context: "cleanup task".into(),
+                source: io::Error::other(e),
+            })??;
         Ok(report)
     }
 }

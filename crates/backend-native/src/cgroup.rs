@@ -139,7 +139,9 @@ fn unescape_mountinfo(s: &str) -> String {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let oct = &bytes[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -347,7 +349,9 @@ impl<F: CgroupFs> Cgroups<F> {
             }
         } else if let Some(v2) = &layout.v2 {
             let path = v2.mountpoint.join("cgroup.controllers");
-            let have = fs.read(&path).map_err(|e| CgroupError::io("read", &path, e))?;
+            let have = fs
+                .read(&path)
+                .map_err(|e| CgroupError::io("read", &path, e))?;
             for c in ["memory", "pids"] {
                 if !have.split_whitespace().any(|h| h == c) {
                     return Err(CgroupError::MissingController(c));
@@ -465,7 +469,10 @@ impl<F: CgroupFs> Cgroups<F> {
             }
             if has("cpu") && limits.cpu_millis > 0 {
                 self.write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                self.write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(limits.cpu_millis).to_string())?;
+                self.write(
+                    &dir.join("cpu.cfs_quota_us"),
+                    &cpu_quota_us(limits.cpu_millis).to_string(),
+                )?;
             }
             plan.v1_tasks.push(dir.join("tasks"));
         }
@@ -516,7 +523,10 @@ impl<F: CgroupFs> Cgroups<F> {
         let mut pids = BTreeSet::new();
         for dir in self.box_dirs(id) {
             if let Ok(text) = self.fs.read(&dir.join("cgroup.procs")) {
-                pids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                pids.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
             }
         }
         pids.into_iter().collect()
@@ -567,13 +577,20 @@ impl<F: CgroupFs> Cgroups<F> {
         }
         self.write(&state, "FROZEN")?;
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.fs.read(&state).map(|s| s.trim() != "FROZEN").unwrap_or(false)
+        while self
+            .fs
+            .read(&state)
+            .map(|s| s.trim() != "FROZEN")
+            .unwrap_or(false)
             && Instant::now() < deadline
         {
             self.fs.pause(Duration::from_millis(1));
         }
         if let Ok(text) = self.fs.read(&dir.join("cgroup.procs")) {
-            for pid in text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 let _ = self.fs.kill(pid);
             }
         }
@@ -596,7 +613,9 @@ impl<F: CgroupFs> Cgroups<F> {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         self.fs.pause(Duration::from_millis(5));
                     }
                     Err(e) => return Err(CgroupError::io("rmdir", &dir, e)),
@@ -710,7 +729,10 @@ mod tests {
         let cpu = l.v1_for("cpuacct").unwrap();
         assert_eq!(cpu.mountpoint, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(cpu.controllers, vec!["cpu", "cpuacct"]);
-        assert!(l.v1_for("devices").is_none(), "unused hierarchies are skipped");
+        assert!(
+            l.v1_for("devices").is_none(),
+            "unused hierarchies are skipped"
+        );
     }
 
     #[test]
@@ -764,16 +786,28 @@ mod tests {
     impl CgroupFs for &Fake {
         fn mkdir(&self, path: &Path) -> io::Result<()> {
             if self.dirs.lock().unwrap().insert(path.to_path_buf()) {
-                self.log.lock().unwrap().push(format!("mkdir {}", path.display()));
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("mkdir {}", path.display()));
             }
             Ok(())
         }
         fn rmdir(&self, path: &Path) -> io::Result<()> {
-            if self.dirs.lock().unwrap().iter().any(|d| d.parent() == Some(path)) {
+            if self
+                .dirs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|d| d.parent() == Some(path))
+            {
                 return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
             }
             if self.dirs.lock().unwrap().remove(path) {
-                self.log.lock().unwrap().push(format!("rmdir {}", path.display()));
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("rmdir {}", path.display()));
                 Ok(())
             } else {
                 Err(io::ErrorKind::NotFound.into())
@@ -799,7 +833,8 @@ mod tests {
                 .ok_or_else(|| io::ErrorKind::NotFound.into())
         }
         fn exists(&self, path: &Path) -> bool {
-            self.files.lock().unwrap().contains_key(path) || self.dirs.lock().unwrap().contains(path)
+            self.files.lock().unwrap().contains_key(path)
+                || self.dirs.lock().unwrap().contains(path)
         }
         fn subdirs(&self, path: &Path) -> io::Result<Vec<String>> {
             Ok(self
@@ -840,8 +875,13 @@ mod tests {
         let cg = Cgroups::new(layout, "sbx", &fake).unwrap();
         let plan = cg.create("b1", &LIMITS).unwrap();
         assert_eq!(plan.v1_tasks.len(), 5);
-        assert!(plan.v1_tasks.contains(&PathBuf::from("/sys/fs/cgroup/memory/sbx/b1/tasks")));
-        assert_eq!(plan.v2_dir, Some(PathBuf::from("/sys/fs/cgroup/unified/sbx/b1")));
+        assert!(plan
+            .v1_tasks
+            .contains(&PathBuf::from("/sys/fs/cgroup/memory/sbx/b1/tasks")));
+        assert_eq!(
+            plan.v2_dir,
+            Some(PathBuf::from("/sys/fs/cgroup/unified/sbx/b1"))
+        );
         let log = fake.log();
         let pos = |s: &str| {
             log.iter()
@@ -850,20 +890,28 @@ mod tests {
         };
         let mem = pos("write /sys/fs/cgroup/memory/sbx/b1/memory.limit_in_bytes 33554432");
         let memsw = pos("write /sys/fs/cgroup/memory/sbx/b1/memory.memsw.limit_in_bytes 33554432");
-        assert!(mem < memsw, "memsw may only be set once the limit is below it");
+        assert!(
+            mem < memsw,
+            "memsw may only be set once the limit is below it"
+        );
         pos("write /sys/fs/cgroup/pids/sbx/b1/pids.max 32");
         pos("write /sys/fs/cgroup/cpu/sbx/b1/cpu.cfs_period_us 100000");
         pos("write /sys/fs/cgroup/cpu/sbx/b1/cpu.cfs_quota_us 50000");
         assert!(pos("mkdir /sys/fs/cgroup/memory/sbx") < pos("mkdir /sys/fs/cgroup/memory/sbx/b1"));
         pos("mkdir /sys/fs/cgroup/unified/sbx/b1");
         assert!(!log.iter().any(|l| l.contains("subtree_control")));
-        assert!(!log.iter().any(|l| l.contains("/cpuset/") || l.contains("/devices/")));
+        assert!(!log
+            .iter()
+            .any(|l| l.contains("/cpuset/") || l.contains("/devices/")));
     }
 
     #[test]
     fn pure_v2_create_enables_controllers_and_writes_v2_files() {
         let fake = Fake::with_files(&[
-            ("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids"),
+            (
+                "/sys/fs/cgroup/cgroup.controllers",
+                "cpuset cpu io memory pids",
+            ),
             ("/sys/fs/cgroup/cgroup.subtree_control", "memory"),
             ("/sys/fs/cgroup/a/b/cgroup.controllers", "cpu memory pids"),
             ("/sys/fs/cgroup/a/cgroup.controllers", "cpu memory pids"),
@@ -889,7 +937,8 @@ mod tests {
             assert!(log.iter().any(|l| l == want), "{want} not in {log:#?}");
         }
         assert!(
-            !log.iter().any(|l| l == "write /sys/fs/cgroup/cgroup.subtree_control +memory"),
+            !log.iter()
+                .any(|l| l == "write /sys/fs/cgroup/cgroup.subtree_control +memory"),
             "already enabled controllers are not written again"
         );
     }
@@ -921,7 +970,8 @@ mod tests {
             ("/sys/fs/cgroup/freezer/sbx/b1/freezer.state", "THAWED"),
             ("/sys/fs/cgroup/freezer/sbx/b1/cgroup.procs", "7\n"),
         ]);
-        let cg = Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
+        let cg =
+            Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
         assert_eq!(cg.kill("b1").unwrap(), 1);
         assert_eq!(
             fake.log(),
@@ -936,7 +986,8 @@ mod tests {
     #[test]
     fn remove_and_stale_ids() {
         let fake = Fake::default();
-        let cg = Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
+        let cg =
+            Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
         cg.create("b1", &LIMITS).unwrap();
         cg.create("b2", &LIMITS).unwrap();
         assert_eq!(

@@ -30,8 +30,8 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::security::{self, SecurityError};
 use crate::seccomp::{self, SeccompError};
+use crate::security::{self, SecurityError};
 use crate::sys;
 
 /// The agent's listening socket, as the agent sees it.
@@ -128,8 +128,11 @@ pub fn init_main() -> ! {
 }
 
 fn run() -> Result<Infallible, InitError> {
-    let json = std::env::var(CONFIG_ENV)
-        .map_err(|_| InitError::Config(format!("{CONFIG_ENV} is not set: sandboxd-init is started by the native backend, not by hand")))?;
+    let json = std::env::var(CONFIG_ENV).map_err(|_| {
+        InitError::Config(format!(
+            "{CONFIG_ENV} is not set: sandboxd-init is started by the native backend, not by hand"
+        ))
+    })?;
     let cfg: InitConfig =
         serde_json::from_str(&json).map_err(|e| InitError::Config(e.to_string()))?;
     if sys::getpid() != 1 {
@@ -142,8 +145,14 @@ fn run() -> Result<Infallible, InitError> {
     unsafe { libc::umask(0o022) };
 
     join_cgroups(&cfg.cgroup_join)?;
-    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
-        .map_err(at("make mounts private", "/"))?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
+    .map_err(at("make mounts private", "/"))?;
     mount_overlay(&cfg)?;
     let sources = Sources::open(&cfg)?;
     enter_root(&cfg.rootfs)?;
@@ -180,9 +189,23 @@ fn mount_overlay(cfg: &InitConfig) -> Result<(), InitError> {
     // `volatile` skips syncs of the upper layer, which is thrown away with the box anyway;
     // kernels before 5.10 do not know it.
     let volatile = format!("{data},volatile");
-    sys::mount(Some("overlay"), &cfg.rootfs, Some("overlay"), flags, Some(&volatile))
-        .or_else(|_| sys::mount(Some("overlay"), &cfg.rootfs, Some("overlay"), flags, Some(&data)))
-        .map_err(at("mount overlay on", &cfg.rootfs))
+    sys::mount(
+        Some("overlay"),
+        &cfg.rootfs,
+        Some("overlay"),
+        flags,
+        Some(&volatile),
+    )
+    .or_else(|_| {
+        sys::mount(
+            Some("overlay"),
+            &cfg.rootfs,
+            Some("overlay"),
+            flags,
+            Some(&data),
+        )
+    })
+    .map_err(at("mount overlay on", &cfg.rootfs))
 }
 
 /// Detached copies of the host mounts the box gets, taken while the host's tree is visible.
@@ -206,8 +229,12 @@ fn clone_tree(path: &Path, recursive: bool) -> Result<OwnedFd, InitError> {
 impl Sources {
     fn open(cfg: &InitConfig) -> Result<Self, InitError> {
         let workspace = clone_tree(&cfg.workspace, false)?;
-        sys::mount_setattr(&workspace, false, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
-            .map_err(at("mount_setattr", &cfg.workspace))?;
+        sys::mount_setattr(
+            &workspace,
+            false,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        )
+        .map_err(at("mount_setattr", &cfg.workspace))?;
         let mut readonly = Vec::new();
         for (host, guest) in &cfg.readonly_mounts {
             let fd = clone_tree(host, true)?;
@@ -267,13 +294,18 @@ fn attach(fd: &OwnedFd, target: &Path, is_dir: bool) -> Result<(), InitError> {
 }
 
 fn tmpfs(target: &Path, flags: libc::c_ulong, data: &str) -> Result<(), InitError> {
-    sys::mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data)).map_err(at("mount tmpfs on", target))
+    sys::mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data))
+        .map_err(at("mount tmpfs on", target))
 }
 
 fn mount_dev(devices: &[(OwnedFd, &'static str)], shm_mb: u64) -> Result<(), InitError> {
     let dev = Path::new("/dev");
     mount_point(dev, true)?;
-    tmpfs(dev, libc::MS_NOSUID | libc::MS_NOEXEC, "mode=755,size=65536k")?;
+    tmpfs(
+        dev,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=755,size=65536k",
+    )?;
     for (fd, name) in devices {
         attach(fd, &dev.join(name), false)?;
     }
@@ -324,8 +356,14 @@ const PROC_MASKED_DIRS: [&str; 2] = ["acpi", "scsi"];
 const PROC_READONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
 fn bind_readonly(path: &Path) -> Result<(), InitError> {
-    sys::mount(Some(&path.to_string_lossy()), path, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(at("bind", path))?;
+    sys::mount(
+        Some(&path.to_string_lossy()),
+        path,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(at("bind", path))?;
     let flags = libc::MS_REMOUNT
         | libc::MS_BIND
         | libc::MS_RDONLY
@@ -336,7 +374,11 @@ fn bind_readonly(path: &Path) -> Result<(), InitError> {
 }
 
 fn mask_dir(path: &Path) -> Result<(), InitError> {
-    tmpfs(path, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "mode=555")
+    tmpfs(
+        path,
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "mode=555",
+    )
 }
 
 fn mount_proc() -> Result<(), InitError> {
@@ -355,7 +397,8 @@ fn mount_proc() -> Result<(), InitError> {
     for name in PROC_MASKED_FILES {
         let path = proc.join(name);
         if path.exists() {
-            sys::mount(Some("/dev/null"), &path, None, libc::MS_BIND, None).map_err(at("mask", &path))?;
+            sys::mount(Some("/dev/null"), &path, None, libc::MS_BIND, None)
+                .map_err(at("mask", &path))?;
         }
     }
     for name in PROC_MASKED_DIRS {
@@ -411,7 +454,10 @@ fn mount_tmp(size_mb: u64) -> Result<(), InitError> {
 fn cstrings(items: &[String], what: &'static str) -> Result<Vec<CString>, InitError> {
     items
         .iter()
-        .map(|s| CString::new(s.as_str()).map_err(|_| InitError::Config(format!("{what} contains a NUL byte"))))
+        .map(|s| {
+            CString::new(s.as_str())
+                .map_err(|_| InitError::Config(format!("{what} contains a NUL byte")))
+        })
         .collect()
 }
 

@@ -90,6 +90,7 @@ const DENY_COMMON: &[(&str, i64)] = sys![
     SYS_lookup_dcookie,
     SYS_syslog,
     SYS_vhangup,
+    SYS_fanotify_init,
     SYS_io_uring_setup,
     SYS_io_uring_enter,
     SYS_io_uring_register,
@@ -154,7 +155,12 @@ pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
 }
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
-    Ok(SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)?)
+    Ok(SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?)
 }
 
 fn target_arch() -> Result<TargetArch, SeccompError> {
@@ -174,7 +180,11 @@ pub fn deny_program() -> Result<BpfProgram, SeccompError> {
         .iter()
         .map(|&f| {
             let f = f as u64;
-            Ok(SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(f), f)?])?)
+            Ok(SeccompRule::new(vec![cond(
+                0,
+                SeccompCmpOp::MaskedEq(f),
+                f,
+            )?])?)
         })
         .collect::<Result<Vec<_>, SeccompError>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
@@ -211,8 +221,9 @@ pub fn clone3_program() -> Result<BpfProgram, SeccompError> {
 
 /// The x32 guard: kill on any syscall number with `__X32_SYSCALL_BIT` set.
 pub fn x32_guard_program() -> BpfProgram {
-    const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-    const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JGE | BPF_K, BPF_RET | BPF_K.
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JGE_K: u16 = 0x35;
     const BPF_RET_K: u16 = 0x06;
     const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
@@ -249,7 +260,10 @@ mod tests {
     #[test]
     fn programs_build_and_fit() {
         let progs = programs().unwrap();
-        assert_eq!(progs.len(), if cfg!(target_arch = "x86_64") { 3 } else { 2 });
+        assert_eq!(
+            progs.len(),
+            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+        );
         for p in &progs {
             assert!(!p.is_empty() && p.len() < 4096);
         }
@@ -284,7 +298,10 @@ mod tests {
         ] {
             assert!(names.contains(&must), "{must} is not denied");
         }
-        assert!(!names.contains(&"SYS_sethostname"), "the box has its own UTS namespace");
+        assert!(
+            !names.contains(&"SYS_sethostname"),
+            "the box has its own UTS namespace"
+        );
         let nrs: std::collections::BTreeSet<i64> = denied_syscalls().iter().map(|s| s.1).collect();
         assert_eq!(nrs.len(), names.len(), "no syscall listed twice");
         #[cfg(target_arch = "x86_64")]
@@ -312,7 +329,9 @@ mod tests {
                         len: p.len() as u16,
                         filter: p.as_ptr() as *mut libc::sock_filter,
                     };
-                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0 {
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog)
+                        != 0
+                    {
                         libc::_exit(101);
                     }
                 }
@@ -339,24 +358,36 @@ mod tests {
         let status = in_filtered_child(|| {
             // SAFETY: raw syscalls with harmless arguments; each is refused or does nothing.
             unsafe {
-                let mounted = libc::syscall(libc::SYS_mount, c"none".as_ptr(), c"/".as_ptr(), c"tmpfs".as_ptr(), 0, 0);
+                let mounted = libc::syscall(
+                    libc::SYS_mount,
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    0,
+                );
                 if mounted != -1 || errno() != libc::EPERM {
                     return 1;
                 }
-                if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) != -1 || errno() != libc::EPERM {
+                if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS) != -1
+                    || errno() != libc::EPERM
+                {
                     return 2;
                 }
                 if libc::syscall(libc::SYS_clone3, 0, 0) != -1 || errno() != libc::ENOSYS {
                     return 3;
                 }
                 let flags = libc::CLONE_NEWUSER as libc::c_long | libc::SIGCHLD as libc::c_long;
-                if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
+                if libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) != -1 || errno() != libc::EPERM
+                {
                     return 4;
                 }
                 if libc::syscall(libc::SYS_init_module, 0, 0, 0) != -1 || errno() != libc::EPERM {
                     return 5;
                 }
-                if libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != -1 || errno() != libc::EPERM {
+                if libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) != -1
+                    || errno() != libc::EPERM
+                {
                     return 6;
                 }
                 if libc::personality(0xffff_ffff) == -1 {
@@ -369,7 +400,8 @@ mod tests {
                     return 9;
                 }
                 // An ordinary fork (clone without namespace flags) still works.
-                let child = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
+                let child =
+                    libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
                 if child == 0 {
                     libc::_exit(0);
                 }
@@ -385,7 +417,11 @@ mod tests {
                 0
             }
         });
-        assert!(exited_ok(status), "filtered child failed check {}", libc::WEXITSTATUS(status));
+        assert!(
+            exited_ok(status),
+            "filtered child failed check {}",
+            libc::WEXITSTATUS(status)
+        );
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -11,8 +11,8 @@ use std::fs;
 use std::io;
 
 use landlock::{
-    Access, AccessFs, LandlockStatus, RestrictionStatus, Ruleset, RulesetAttr,
-    RulesetStatus, Scope, ABI,
+    Access, AccessFs, LandlockStatus, RestrictionStatus, Ruleset, RulesetAttr, RulesetStatus,
+    Scope, ABI,
 };
 
 /// Errors of dropping privileges.
@@ -93,8 +93,12 @@ pub fn apply_landlock() -> Result<String, SecurityError> {
         LandlockStatus::Available { effective_abi, .. } => format!("abi {}", effective_abi as i32),
     };
     let what = match status.ruleset {
-        RulesetStatus::FullyEnforced => "fully enforced (no mknod of devices; abstract unix sockets and signals scoped)",
-        RulesetStatus::PartiallyEnforced => "partially enforced (no mknod of devices; no scoping on this kernel)",
+        RulesetStatus::FullyEnforced => {
+            "fully enforced (no mknod of devices; abstract unix sockets and signals scoped)"
+        }
+        RulesetStatus::PartiallyEnforced => {
+            "partially enforced (no mknod of devices; no scoping on this kernel)"
+        }
         RulesetStatus::NotEnforced => "not enforced",
     };
     Ok(format!("landlock {what}, {abi}"))

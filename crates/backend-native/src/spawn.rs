@@ -64,12 +64,17 @@ struct CloneArgs {
 }
 
 fn nul_error(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} contains a NUL byte"),
+    )
 }
 
 fn env_for(config: &InitConfig) -> io::Result<Vec<CString>> {
     let json = serde_json::to_string(config).map_err(io::Error::other)?;
-    Ok(vec![CString::new(format!("{CONFIG_ENV}={json}")).map_err(|_| nul_error("init config"))?])
+    Ok(vec![
+        CString::new(format!("{CONFIG_ENV}={json}")).map_err(|_| nul_error("init config"))?
+    ])
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -92,7 +97,9 @@ impl Prepared {
         let path = sys::cpath(init_bin)?;
         let argv = vec![CString::new("sandboxd-init").map_err(|_| nul_error("argv"))?];
         let mut plain = config.clone();
-        plain.cgroup_join.extend(v2_dir.map(|d| d.join("cgroup.procs")));
+        plain
+            .cgroup_join
+            .extend(v2_dir.map(|d| d.join("cgroup.procs")));
         let envp = [env_for(config)?, env_for(&plain)?];
         let cgroup = v2_dir.map(sys::open_dir_path).transpose()?;
         let mut owned = Vec::with_capacity(6);
@@ -229,7 +236,10 @@ pub(crate) fn await_init(status: &OwnedFd, timeout: Duration) -> io::Result<Init
         if left.is_zero() {
             return Ok(InitOutcome::TimedOut);
         }
-        if !sys::poll_readable(status.as_raw_fd(), left.as_millis().clamp(1, i32::MAX as u128) as i32)? {
+        if !sys::poll_readable(
+            status.as_raw_fd(),
+            left.as_millis().clamp(1, i32::MAX as u128) as i32,
+        )? {
             continue;
         }
         let mut buf = [0u8; 4096];
@@ -250,6 +260,10 @@ pub(crate) fn await_init(status: &OwnedFd, timeout: Duration) -> io::Result<Init
         Ok(InitOutcome::Started)
     } else {
         let text = String::from_utf8_lossy(&message);
-        Ok(InitOutcome::Failed(text.trim().trim_start_matches("sandboxd-init: ").to_string()))
+        Ok(InitOutcome::Failed(
+            text.trim()
+                .trim_start_matches("sandboxd-init: ")
+                .to_string(),
+        ))
     }
 }

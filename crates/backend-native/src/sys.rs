@@ -173,7 +173,10 @@ pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
     let c = cpath(path)?;
     // SAFETY: `c` is a valid NUL-terminated string; open returns a new fd or -1.
     let fd = check(unsafe {
-        libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     })?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -233,7 +236,15 @@ pub fn execveat_fd(fd: RawFd, argv: &[CString], envp: &[CString]) -> io::Error {
 /// `prctl(2)` with integer arguments.
 pub fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
     // SAFETY: the options used by this crate take integer arguments only.
-    check(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+    check(unsafe {
+        libc::prctl(
+            option,
+            arg2,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
 }
 
 /// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
@@ -278,11 +289,7 @@ pub fn capset_empty() -> io::Result<()> {
     // SAFETY: header and the two data structs have the layout capset(2) expects for
     // version 3 and outlive the call.
     check_long(unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut Header,
-            data.as_ptr(),
-        )
+        libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr())
     })
     .map(drop)
 }
@@ -384,13 +391,17 @@ pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Bring a network interface up (`SIOCSIFFLAGS` with `IFF_UP`).
 pub fn interface_up(name: &str) -> io::Result<()> {
     // SAFETY: socket takes no pointers and returns a new fd or -1.
-    let sock = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let sock =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(sock) };
     // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= req.ifr_name.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;

@@ -31,7 +31,10 @@ impl AgentConn {
 
     /// Connect and shake hands, retrying the connection until `deadline` passes: a box's agent
     /// may still be starting. Returns the agent's version string.
-    pub async fn handshake(endpoint: &AgentEndpoint, within: Duration) -> Result<String, CoreError> {
+    pub async fn handshake(
+        endpoint: &AgentEndpoint,
+        within: Duration,
+    ) -> Result<String, CoreError> {
         let attempt = async {
             let mut conn = Self::connect(endpoint).await?;
             let hello = Request::Hello {

@@ -265,7 +265,9 @@ impl Manager {
         }
         for (k, v) in &req.metadata {
             if k.is_empty() || k.len() > 256 || v.len() > MAX_LABEL_LEN {
-                return Err(invalid("metadata keys must be 1..256 bytes, values at most 4096"));
+                return Err(invalid(
+                    "metadata keys must be 1..256 bytes, values at most 4096",
+                ));
             }
         }
         let (limits, resources) = self.resolve_limits(req.resources.as_ref())?;
@@ -306,7 +308,10 @@ impl Manager {
                 StoreError::LimitReached(n) => CoreError::LimitReached(n),
                 e => e.into(),
             })?;
-        match self.start_box(&id, &session_id, rootfs, req.env, limits).await {
+        match self
+            .start_box(&id, &session_id, rootfs, req.env, limits)
+            .await
+        {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
                 let _ = self.backend.destroy(&id).await;
@@ -554,7 +559,9 @@ impl Manager {
                 }
             }
         }
-        Err(CoreError::AgentUnreachable("exec ended without an exit status".into()))
+        Err(CoreError::AgentUnreachable(
+            "exec ended without an exit status".into(),
+        ))
     }
 
     /// Run code in the sandbox's persistent Python interpreter.
@@ -599,23 +606,22 @@ impl Manager {
             Response::Error(e) => return Err(CoreError::Agent(e)),
             other => return Err(unexpected(&other)),
         };
-        let rest = futures::stream::unfold(
-            (conn, last),
-            |(mut conn, done)| async move {
-                if done {
-                    return None;
-                }
-                match conn.recv().await {
-                    Ok(f) => match f.header {
-                        Response::Data { last } => Some((Ok(f.payload), (conn, last))),
-                        Response::Error(e) => Some((Err(CoreError::Agent(e)), (conn, true))),
-                        other => Some((Err(unexpected(&other)), (conn, true))),
-                    },
-                    Err(e) => Some((Err(e), (conn, true))),
-                }
-            },
-        );
-        Ok(Box::pin(futures::stream::once(async { Ok(payload) }).chain(rest)))
+        let rest = futures::stream::unfold((conn, last), |(mut conn, done)| async move {
+            if done {
+                return None;
+            }
+            match conn.recv().await {
+                Ok(f) => match f.header {
+                    Response::Data { last } => Some((Ok(f.payload), (conn, last))),
+                    Response::Error(e) => Some((Err(CoreError::Agent(e)), (conn, true))),
+                    other => Some((Err(unexpected(&other)), (conn, true))),
+                },
+                Err(e) => Some((Err(e), (conn, true))),
+            }
+        });
+        Ok(Box::pin(
+            futures::stream::once(async { Ok(payload) }).chain(rest),
+        ))
     }
 
     /// Write a file from a stream of pieces (replaced atomically when the stream ends).
@@ -701,7 +707,8 @@ impl Manager {
     /// Describe one path.
     pub async fn stat(&self, id: &str, path: &str) -> Result<FileEntry, CoreError> {
         check_text("path", path)?;
-        self.entry_call(id, Request::Stat { path: path.into() }).await
+        self.entry_call(id, Request::Stat { path: path.into() })
+            .await
     }
 
     /// Rename a path.
@@ -747,7 +754,12 @@ impl Manager {
     }
 
     /// Remove a path.
-    pub async fn remove_path(&self, id: &str, path: &str, recursive: bool) -> Result<(), CoreError> {
+    pub async fn remove_path(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), CoreError> {
         check_text("path", path)?;
         match self
             .conn(id)

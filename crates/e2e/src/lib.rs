@@ -115,14 +115,21 @@ impl Server {
         for (k, v) in &self.args {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().with_context(|| format!("start {}", exe.display()))?);
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("start {}", exe.display()))?,
+        );
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if client.health().await.is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("sandboxd serve exited during start-up: {status}");
             }
             if Instant::now() > deadline {

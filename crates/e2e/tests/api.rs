@@ -91,7 +91,13 @@ async fn lifecycle_metadata_timeout_and_limits() {
     assert_eq!(api_code(&err), Some(ErrorCode::LimitReached), "{err}");
 
     let filter = BTreeMap::from([("team".to_string(), "red".to_string())]);
-    let only_a: Vec<String> = c.list(&filter).await.unwrap().into_iter().map(|s| s.id).collect();
+    let only_a: Vec<String> = c
+        .list(&filter)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(only_a, vec![a.id.clone()]);
     assert_eq!(c.list(&BTreeMap::new()).await.unwrap().len(), 2);
 
@@ -102,7 +108,9 @@ async fn lifecycle_metadata_timeout_and_limits() {
     loop {
         match c.get(&a.id).await {
             Err(e) if api_code(&e) == Some(ErrorCode::NotFound) => break,
-            Ok(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             other => panic!("sandbox a was not reaped: {other:?}"),
         }
     }
@@ -145,7 +153,9 @@ async fn files_round_trip_and_stay_confined() {
     let c = server.client();
     let sb = c.create(&create_req()).await.unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    c.write_file(&sb.id, "dir/data.bin", data.clone()).await.unwrap();
+    c.write_file(&sb.id, "dir/data.bin", data.clone())
+        .await
+        .unwrap();
     assert_eq!(c.read_file(&sb.id, "dir/data.bin").await.unwrap(), data);
     // The file is in the session's workspace on the host.
     let on_host = server
@@ -156,9 +166,12 @@ async fn files_round_trip_and_stay_confined() {
         .join("dir/data.bin");
     assert_eq!(std::fs::read(&on_host).unwrap(), data);
     assert!(c.mkdir(&sb.id, "a/b/c", true).await.unwrap());
-    let moved = c.move_path(&sb.id, "dir/data.bin", "a/b/c/d.bin").await.unwrap();
+    let moved = c
+        .move_path(&sb.id, "dir/data.bin", "a/b/c/d.bin")
+        .await
+        .unwrap();
     assert_eq!(moved.path, "/workspace/a/b/c/d.bin");
-    let listing = c.list_files(&sb.id, "a", 3).await.unwrap();
+    let listing = c.list_files(&sb.id, "a", Some(3)).await.unwrap();
     assert!(listing.iter().any(|e| e.name == "d.bin"));
     c.remove(&sb.id, "a", true).await.unwrap();
     assert_eq!(
@@ -166,17 +179,38 @@ async fn files_round_trip_and_stay_confined() {
         Some(ErrorCode::NotFound)
     );
 
-    for escape in ["../../etc/passwd", "/etc/passwd", "../workspace/../etc/hostname"] {
+    for escape in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "../workspace/../etc/hostname",
+    ] {
         let err = c.read_file(&sb.id, escape).await.unwrap_err();
-        assert_eq!(api_code(&err), Some(ErrorCode::PathOutsideSandbox), "{escape}: {err}");
+        assert_eq!(
+            api_code(&err),
+            Some(ErrorCode::PathOutsideSandbox),
+            "{escape}: {err}"
+        );
     }
     // A symlink made inside the sandbox that points out of /workspace is refused too.
-    sh(&c, &sb.id, "ln -s /etc /workspace/out && ln -s ../../etc /workspace/rel").await;
+    sh(
+        &c,
+        &sb.id,
+        "ln -s /etc /workspace/out && ln -s ../../etc /workspace/rel",
+    )
+    .await;
     for p in ["out/passwd", "rel/passwd"] {
         let err = c.read_file(&sb.id, p).await.unwrap_err();
-        assert_eq!(api_code(&err), Some(ErrorCode::PathOutsideSandbox), "{p}: {err}");
+        assert_eq!(
+            api_code(&err),
+            Some(ErrorCode::PathOutsideSandbox),
+            "{p}: {err}"
+        );
         let err = c.write_file(&sb.id, p, b"x".to_vec()).await.unwrap_err();
-        assert_eq!(api_code(&err), Some(ErrorCode::PathOutsideSandbox), "{p}: {err}");
+        assert_eq!(
+            api_code(&err),
+            Some(ErrorCode::PathOutsideSandbox),
+            "{p}: {err}"
+        );
     }
     c.delete(&sb.id).await.unwrap();
 }

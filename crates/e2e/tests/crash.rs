@@ -14,17 +14,28 @@ async fn sigkill_and_restart_leaves_nothing_behind() {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let sb = c.create(&create_req()).await.unwrap();
-        sh(&c, &sb.id, "echo kept > /workspace/kept.txt; (sleep 1000 &) ; true").await;
+        sh(
+            &c,
+            &sb.id,
+            "echo kept > /workspace/kept.txt; (sleep 1000 &) ; true",
+        )
+        .await;
         ids.push(sb);
     }
     let parent = server.cgroup_parent.clone();
     let pids = sandbox_pids(&parent);
-    assert!(pids.len() >= 6, "expected agents and sleeps in the cgroups: {pids:?}");
+    assert!(
+        pids.len() >= 6,
+        "expected agents and sleeps in the cgroups: {pids:?}"
+    );
     assert!(!sandbox_cgroups(&parent).is_empty());
 
     server.kill_hard();
     // The crash itself kills nothing: the sandboxes are orphans now.
-    assert!(pids.iter().all(|p| pid_alive(*p)), "sandboxes died with the server");
+    assert!(
+        pids.iter().all(|p| pid_alive(*p)),
+        "sandboxes died with the server"
+    );
 
     server.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -39,15 +50,23 @@ async fn sigkill_and_restart_leaves_nothing_behind() {
         sandbox_cgroups(&parent)
     );
     let state = server.state.path().to_string_lossy().into_owned();
-    assert!(host_mounts_containing(&state).is_empty(), "host mounts left");
-    let boxes = server.state.path().join("boxes");
+    assert!(
+        host_mounts_containing(&state).is_empty(),
+        "host mounts left"
+    );
+    let boxes = server.state.path().join("native/boxes");
     let left: Vec<_> = std::fs::read_dir(&boxes)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "box directories left: {left:?}");
     // The user's files survive in the workspaces.
     for sb in &ids {
-        let f = server.state.path().join("workspaces").join(&sb.session_id).join("kept.txt");
+        let f = server
+            .state
+            .path()
+            .join("workspaces")
+            .join(&sb.session_id)
+            .join("kept.txt");
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "kept\n");
     }
     // And the restarted server works.
@@ -70,6 +89,9 @@ async fn graceful_stop_removes_every_sandbox() {
     let status = server.stop().expect("server was running");
     assert!(status.success(), "server exited with {status}");
     let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
-    assert!(alive.is_empty(), "sandbox processes outlived the server: {alive:?}");
+    assert!(
+        alive.is_empty(),
+        "sandbox processes outlived the server: {alive:?}"
+    );
     assert!(sandbox_cgroups(&parent).is_empty());
 }

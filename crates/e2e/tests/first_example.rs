@@ -20,12 +20,22 @@ async fn create_exec_rm_through_the_cli() {
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(sandboxd_types::is_valid_sandbox_id(&id), "printed {id:?}");
 
-    let out = sandboxd(&server.url, &["exec", &id, "--", "python3", "-c", "print(6*7)"]);
+    let out = sandboxd(
+        &server.url,
+        &["exec", &id, "--", "python3", "-c", "print(6*7)"],
+    );
     assert!(out.status.success(), "exec: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
 
-    let out = sandboxd(&server.url, &["exec", &id, "--", "sh", "-c", "echo oops >&2; exit 3"]);
-    assert_eq!(out.status.code(), Some(3), "exit code passes through: {out:?}");
+    let out = sandboxd(
+        &server.url,
+        &["exec", &id, "--", "sh", "-c", "echo oops >&2; exit 3"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code passes through: {out:?}"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 
     let out = sandboxd(&server.url, &["ls"]);

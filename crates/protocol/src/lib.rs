@@ -394,7 +394,9 @@ pub fn write_frame<T: Serialize, W: Write>(
 
 /// Read one frame from a blocking reader. Returns [`FrameError::Closed`] on a clean end of
 /// stream before the first byte.
-pub fn read_frame<T: for<'de> Deserialize<'de>, R: Read>(r: &mut R) -> Result<Frame<T>, FrameError> {
+pub fn read_frame<T: for<'de> Deserialize<'de>, R: Read>(
+    r: &mut R,
+) -> Result<Frame<T>, FrameError> {
     let mut prefix = [0u8; 8];
     let mut got = 0;
     while got < 8 {

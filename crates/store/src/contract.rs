@@ -51,10 +51,15 @@ async fn insert_get_remove<S: SandboxStore>(store: &S) {
     let got = store.get("sb-a").await.unwrap().unwrap();
     assert_eq!(got.version, 1);
     assert!(matches!(
-        store.insert(record("sb-a", SandboxState::Running), None).await,
+        store
+            .insert(record("sb-a", SandboxState::Running), None)
+            .await,
         Err(StoreError::Exists(_))
     ));
-    assert_eq!(store.remove("sb-a").await.unwrap().unwrap().sandbox.id, "sb-a");
+    assert_eq!(
+        store.remove("sb-a").await.unwrap().unwrap().sandbox.id,
+        "sb-a"
+    );
     assert!(store.get("sb-a").await.unwrap().is_none());
     assert!(store.remove("sb-a").await.unwrap().is_none());
 }
@@ -70,14 +75,20 @@ async fn updates_compare_and_set<S: SandboxStore>(store: &S) {
     let a2 = store.update(a).await.unwrap();
     assert_eq!(a2.version, 2);
     b.sandbox.state = SandboxState::Error;
-    assert!(matches!(store.update(b).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.update(b).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(
         store.get("sb-b").await.unwrap().unwrap().sandbox.state,
         SandboxState::Running
     );
     let mut gone = record("sb-missing", SandboxState::Running);
     gone.version = 1;
-    assert!(matches!(store.update(gone).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.update(gone).await,
+        Err(StoreError::NotFound(_))
+    ));
     store.remove("sb-b").await.unwrap();
 }
 
@@ -95,7 +106,9 @@ async fn limit_counts_live_records<S: SandboxStore>(store: &S) {
         .await
         .unwrap();
     assert!(matches!(
-        store.insert(record("sb-l3", SandboxState::Running), Some(2)).await,
+        store
+            .insert(record("sb-l3", SandboxState::Running), Some(2))
+            .await,
         Err(StoreError::LimitReached(2))
     ));
     for id in ["sb-l1", "sb-dead", "sb-l2"] {

@@ -34,7 +34,11 @@ impl MemoryStore {
 
 #[async_trait]
 impl SandboxStore for MemoryStore {
-    async fn insert(&self, mut record: SandboxRecord, limit: Option<usize>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        mut record: SandboxRecord,
+        limit: Option<usize>,
+    ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().await;
         let id = record.sandbox.id.clone();
         if inner.records.contains_key(&id) {
@@ -54,7 +58,13 @@ impl SandboxStore for MemoryStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
-        Ok(self.inner.lock().await.records.get(id).map(|(_, r)| r.clone()))
+        Ok(self
+            .inner
+            .lock()
+            .await
+            .records
+            .get(id)
+            .map(|(_, r)| r.clone()))
     }
 
     async fn update(&self, mut record: SandboxRecord) -> Result<SandboxRecord, StoreError> {
@@ -95,7 +105,9 @@ mod tests {
 mod concurrency {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_limit_holds_under_concurrency() {
-        super::contract::limit_holds_under_concurrency(std::sync::Arc::new(super::MemoryStore::new()))
-            .await;
+        super::contract::limit_holds_under_concurrency(std::sync::Arc::new(
+            super::MemoryStore::new(),
+        ))
+        .await;
     }
 }

@@ -26,8 +26,7 @@ pub fn is_valid_session_id(s: &str) -> bool {
         && s.len() <= 128
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 

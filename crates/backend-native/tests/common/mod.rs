@@ -21,7 +21,11 @@ use sandboxd_protocol::{read_frame, write_frame, ExecSpec, Request, Response, PR
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SANDBOXD_AGENT_BIN") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "SANDBOXD_AGENT_BIN={} does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "SANDBOXD_AGENT_BIN={} does not exist",
+            p.display()
+        );
         return p;
     }
     // target/<profile>/deps/<test binary> -> target/<profile>/sandboxd-agent
@@ -57,7 +61,17 @@ fn shared_libs(exe: &Path) -> Vec<PathBuf> {
 /// A busybox root file system in `dir`, plus whatever libraries the agent needs if it is
 /// dynamically linked (the agent runs from inside the box's root).
 pub fn make_template(dir: &Path) {
-    for d in ["bin", "etc", "root", "tmp", "proc", "dev", "sys", "workspace", "mnt"] {
+    for d in [
+        "bin",
+        "etc",
+        "root",
+        "tmp",
+        "proc",
+        "dev",
+        "sys",
+        "workspace",
+        "mnt",
+    ] {
         fs::create_dir_all(dir.join(d)).unwrap();
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -162,7 +176,10 @@ impl Drop for Fixture {
         // A failed test: clean up from another thread with its own runtime.
         let config = self.config.clone();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(b) = NativeBackend::new(config) {
                     let _ = b.cleanup_stale().await;
@@ -179,9 +196,13 @@ pub fn assert_no_leftovers(backend: &NativeBackend, config: &NativeConfig) {
         assert!(!dir.exists(), "cgroup {} left behind", dir.display());
     }
     let boxes = config.state_dir.join("boxes");
-    let left: Vec<_> = fs::read_dir(&boxes).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = fs::read_dir(&boxes)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "box directories left: {left:?}");
-    let left: Vec<_> = fs::read_dir(&config.run_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = fs::read_dir(&config.run_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "run directories left: {left:?}");
 }
 
@@ -201,7 +222,12 @@ pub fn process_running(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         Ok(stat) => {
-            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
             state != Some("Z") && state != Some("X")
         }
     }
@@ -246,12 +272,21 @@ impl Agent {
     pub fn connect(handle: &BoxHandle) -> Agent {
         let AgentEndpoint::Unix { path } = &handle.endpoint;
         let stream = UnixStream::connect(path).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         Agent { stream }
     }
 
     pub fn hello(&mut self) -> Response {
-        write_frame(&mut self.stream, &Request::Hello { version: PROTOCOL_VERSION }, b"").unwrap();
+        write_frame(
+            &mut self.stream,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            b"",
+        )
+        .unwrap();
         read_frame::<Response, _>(&mut self.stream).unwrap().header
     }
 
@@ -262,8 +297,12 @@ impl Agent {
             let frame = read_frame::<Response, _>(&mut self.stream).unwrap();
             match frame.header {
                 Response::Started { .. } => {}
-                Response::Stdout => out.stdout.push_str(&String::from_utf8_lossy(&frame.payload)),
-                Response::Stderr => out.stderr.push_str(&String::from_utf8_lossy(&frame.payload)),
+                Response::Stdout => out
+                    .stdout
+                    .push_str(&String::from_utf8_lossy(&frame.payload)),
+                Response::Stderr => out
+                    .stderr
+                    .push_str(&String::from_utf8_lossy(&frame.payload)),
                 Response::Exited {
                     code,
                     signal,

@@ -61,9 +61,14 @@ async fn main() -> Result<()> {
             server.client()
         }
     };
-    let rootfs = sandboxd_e2e::templates_dir().join(&args.r#type).join("rootfs");
+    let rootfs = sandboxd_e2e::templates_dir()
+        .join(&args.r#type)
+        .join("rootfs");
 
-    eprintln!("create → first output, sandboxd ({} samples) …", args.creates);
+    eprintln!(
+        "create → first output, sandboxd ({} samples) …",
+        args.creates
+    );
     let create = CreateSandboxRequest {
         sandbox_type: Some(args.r#type.clone()),
         timeout_secs: Some(120),
@@ -90,7 +95,10 @@ async fn main() -> Result<()> {
         client.delete(&sb.id).await?;
     }
 
-    eprintln!("exec round-trip of `true`, sandboxd ({} samples) …", args.execs);
+    eprintln!(
+        "exec round-trip of `true`, sandboxd ({} samples) …",
+        args.execs
+    );
     let sb = client.create(&create).await?;
     let truth = ExecRequest {
         cmd: Some(vec!["true".into()]),
@@ -220,7 +228,9 @@ fn bwrap_samples(
     let mut rtt = Vec::with_capacity(execs);
     for _ in 0..execs {
         let t0 = Instant::now();
-        let s = bwrap_cmd(rootfs, &["true"]).stdout(Stdio::null()).status()?;
+        let s = bwrap_cmd(rootfs, &["true"])
+            .stdout(Stdio::null())
+            .status()?;
         rtt.push(t0.elapsed());
         if !s.success() {
             bail!("bwrap true failed: {s}");
