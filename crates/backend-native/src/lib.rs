@@ -124,6 +124,12 @@
 //! use of the overlay upper directory is not limited (only `/tmp` and `/dev/shm`, which
 //! count against memory). `init.log` (the agent's stderr) is on the host disk.
 //!
+//! Cgroups are made at `<hierarchy root>/<cgroup_parent>/<id>`, not below the server's own
+//! group (as Docker's cgroupfs driver does): a box's usage is charged to the box alone, and
+//! pure v2's "no processes in inner groups" rule never meets the server. Mount points are
+//! created inside the box after `pivot_root`, and a mount onto a final-component symlink is
+//! refused (`move_mount` does not follow it), so a template cannot redirect the workspace.
+//!
 //! Minimum kernel: 5.12 (`open_tree`, `move_mount`, `mount_setattr`, `pidfd_open`,
 //! `close_range`).
 
