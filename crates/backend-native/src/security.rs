@@ -11,8 +11,8 @@ use std::fs;
 use std::io;
 
 use landlock::{
-    Access, AccessFs, LandlockStatus, RestrictionStatus, Ruleset, RulesetAttr, RulesetStatus,
-    Scope, ABI,
+    Access, AccessFs, LandlockStatus, PathBeneath, PathFd, RestrictionStatus, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 /// Errors of dropping privileges.
@@ -77,15 +77,24 @@ pub fn drop_privileges() -> Result<(), SecurityError> {
 }
 
 /// Apply the landlock ruleset, best effort: no device nodes may be created anywhere (every
-/// other file access stays allowed: the mount namespace already decides what is visible),
+/// other file access, renames across directories included, stays allowed: the mount namespace
+/// already decides what is visible),
 /// and where the kernel has scoping (ABI 6), no abstract unix socket or signal may reach
 /// outside the box's landlock domain. Returns a one-line description of what the kernel
 /// enforced.
 pub fn apply_landlock() -> Result<String, SecurityError> {
+    // Landlock denies moving a file to another directory (EXDEV) unless the domain handles
+    // and grants `Refer`; granting it on the whole tree keeps rename(2) working, and cannot
+    // widen anything since every directory carries the same rights.
+    let root = PathFd::new("/").map_err(|e| SecurityError::Syscall {
+        step: "open / for landlock",
+        source: io::Error::other(e.to_string()),
+    })?;
     let status: RestrictionStatus = Ruleset::default()
-        .handle_access(AccessFs::MakeChar | AccessFs::MakeBlock)?
+        .handle_access(AccessFs::MakeChar | AccessFs::MakeBlock | AccessFs::Refer)?
         .scope(Scope::from_all(ABI::V6))?
         .create()?
+        .add_rule(PathBeneath::new(root, AccessFs::Refer))?
         .restrict_self()?;
     let abi = match status.landlock {
         LandlockStatus::NotEnabled => "disabled at boot".to_string(),
