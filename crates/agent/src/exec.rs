@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 use sandboxd_protocol::{AgentError, AgentErrorKind, ExecSpec, Response};
 
@@ -56,7 +56,19 @@ fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentError> {
             let Some((program, args)) = argv.split_first() else {
                 return Err(invalid("exec: argv is empty"));
             };
-            let mut cmd = Command::new(program);
+            let path = spec
+                .env
+                .get("PATH")
+                .map(|p| p.as_ref())
+                .or_else(|| config.env_var("PATH"));
+            let mut cmd = match resolve_in_path(program, path) {
+                Some(found) => {
+                    let mut c = Command::new(found);
+                    c.arg0(program);
+                    c
+                }
+                None => Command::new(program),
+            };
             cmd.args(args);
             cmd
         }
@@ -100,6 +112,26 @@ fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentError> {
         .current_dir(cwd);
     process::isolate(&mut cmd);
     Ok(cmd)
+}
+
+/// The executable `program` names in `path`, when it has no slash. The child would search
+/// `PATH` itself, but each miss there is a failed `execve` after the fork, which costs far more
+/// than a `stat(2)` here (a third of the round-trip of `true`).
+fn resolve_in_path(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    path?
+        .as_bytes()
+        .split(|b| *b == b':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(std::ffi::OsStr::from_bytes(dir)).join(program))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn program_name(spec: &ExecSpec, config: &Config) -> PathBuf {

@@ -37,6 +37,13 @@ pub fn setup_process() -> io::Result<()> {
     // then the handler and mask set) and only read by sigaction. The handler is an
     // async-signal-safe no-op.
     unsafe {
+        // Ignored dispositions survive exec: drop any inherited from whoever started the agent,
+        // once here, so that spawning a command only has SIGPIPE to restore.
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

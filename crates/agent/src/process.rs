@@ -8,7 +8,6 @@ use std::process::Command;
 /// and the highest OOM score, so that under a memory limit the kernel kills user processes
 /// before the agent.
 pub fn isolate(cmd: &mut Command) {
-    let sigrtmax = libc::SIGRTMAX();
     // SAFETY: the hook runs in the forked child of a multi-threaded parent, where only
     // async-signal-safe functions may be called. It uses only setsid, sigprocmask, signal,
     // open, write and close (all async-signal-safe), touches no lock and allocates nothing: the
@@ -21,13 +20,10 @@ pub fn isolate(cmd: &mut Command) {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // Handlers are reset by exec anyway; ignored signals (SIGPIPE) would be inherited.
-            // glibc refuses to touch its reserved real-time signals; those calls just fail.
-            for sig in 1..=sigrtmax {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
+            // Handlers are reset by exec anyway; an ignored signal would be inherited, and
+            // SIGPIPE is the only one the agent ignores (`init::setup_process` resets the rest
+            // at start).
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             let fd = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
                 libc::O_WRONLY | libc::O_CLOEXEC,

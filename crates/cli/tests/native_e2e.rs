@@ -130,7 +130,9 @@ async fn serve(state: &Path, run: &Path, agent: &Path, cgroup: &str) -> (Child, 
 async fn native_end_to_end() {
     let agent = match prerequisites() {
         Ok(a) => a,
-        Err(why) => panic!("native_end_to_end cannot run: {why} (scripts/test sets all of this up)"),
+        Err(why) => {
+            panic!("native_end_to_end cannot run: {why} (scripts/test sets all of this up)")
+        }
     };
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");

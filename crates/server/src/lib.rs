@@ -317,6 +317,13 @@ pub async fn start_with_backend(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app = router(state);
     let task = tokio::spawn(async move {
+        // Streamed replies are many small writes: without TCP_NODELAY, Nagle's algorithm holds
+        // each one back until the client's delayed ACK (40 ms) arrives.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
