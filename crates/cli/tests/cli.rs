@@ -3,46 +3,13 @@
 //! copies, errors.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sandboxd_server::testing::FakeBackend;
-use sandboxd_server::{start_with_backend, RunningServer, Settings};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sandboxd");
-
-struct Server {
-    server: RunningServer,
-    backend: Arc<FakeBackend>,
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-async fn server(token: Option<&str>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(state.join("templates/base/rootfs")).unwrap();
-    std::fs::write(state.join("templates/base/ready"), "").unwrap();
-    std::fs::create_dir_all(state.join("socks")).unwrap();
-    let backend = FakeBackend::new(state.join("socks"));
-    let settings = Settings {
-        port: 0,
-        bearer_token: token.map(String::from),
-        default_mount_dir: state.join("workspaces"),
-        state_dir: state,
-        ..Settings::default()
-    };
-    let server = start_with_backend(settings, backend.clone()).await.unwrap();
-    let url = format!("http://{}", server.local_addr());
-    Server {
-        server,
-        backend,
-        url,
-        dir,
-    }
-}
+use sandboxd_server::testing::fake_server as server;
 
 /// A `sandboxd` command aimed at `url`, with a clean environment for the settings it reads.
 fn cmd(url: &str, args: &[&str]) -> Command {

@@ -387,3 +387,44 @@ async fn serve_conn(
         }
     }
 }
+
+/// A real server on a free loopback port over a [`FakeBackend`], with an empty `base` template,
+/// all in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct FakeServer {
+    /// The running server.
+    pub server: crate::RunningServer,
+    /// Its backend, to look at the boxes.
+    pub backend: Arc<FakeBackend>,
+    /// Its base URL.
+    pub url: String,
+    /// Scratch directory of the test; the server's state is in `state/` below it.
+    pub dir: tempfile::TempDir,
+}
+
+/// Start a [`FakeServer`], requiring `token` when given.
+pub async fn fake_server(token: Option<&str>) -> FakeServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("templates/base/rootfs")).expect("template dir");
+    std::fs::write(state.join("templates/base/ready"), "").expect("ready marker");
+    std::fs::create_dir_all(state.join("socks")).expect("socket dir");
+    let backend = FakeBackend::new(state.join("socks"));
+    let settings = crate::Settings {
+        port: 0,
+        bearer_token: token.map(String::from),
+        default_mount_dir: state.join("workspaces"),
+        state_dir: state,
+        ..crate::Settings::default()
+    };
+    let server = crate::start_with_backend(settings, backend.clone())
+        .await
+        .expect("start the server");
+    let url = format!("http://{}", server.local_addr());
+    FakeServer {
+        server,
+        backend,
+        url,
+        dir,
+    }
+}

@@ -9,39 +9,7 @@ use sandboxd_client::types::{
     CreateSandboxRequest, EntryKind, ErrorCode, ExecEvent, ExecRequest, PythonRequest,
 };
 use sandboxd_client::{Client, Error};
-use sandboxd_server::testing::FakeBackend;
-use sandboxd_server::{start_with_backend, Settings};
-
-struct Server {
-    server: sandboxd_server::RunningServer,
-    backend: std::sync::Arc<FakeBackend>,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn server(token: Option<&str>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().to_path_buf();
-    std::fs::create_dir_all(state.join("templates/base/rootfs")).unwrap();
-    std::fs::write(state.join("templates/base/ready"), "").unwrap();
-    std::fs::create_dir_all(state.join("socks")).unwrap();
-    let backend = FakeBackend::new(state.join("socks"));
-    let settings = Settings {
-        port: 0,
-        bearer_token: token.map(String::from),
-        default_mount_dir: state.join("workspaces"),
-        state_dir: state,
-        ..Settings::default()
-    };
-    let server = start_with_backend(settings, backend.clone()).await.unwrap();
-    let url = format!("http://{}", server.local_addr());
-    Server {
-        server,
-        backend,
-        url,
-        _dir: dir,
-    }
-}
+use sandboxd_server::testing::fake_server as server;
 
 fn shell(cmd: &[&str]) -> ExecRequest {
     ExecRequest {
