@@ -403,7 +403,17 @@ impl Manager {
     pub async fn delete(&self, id: &str) -> Result<(), CoreError> {
         self.modify(id, |r| r.sandbox.state = SandboxState::Stopping)
             .await?;
-        self.backend.destroy(id).await?;
+        if let Err(e) = self.backend.destroy(id).await {
+            // Keep the record, visibly failed, so that a retry (or the operator) can find it.
+            let reason = format!("could not be removed: {e}");
+            let _ = self
+                .modify(id, |r| {
+                    r.sandbox.state = SandboxState::Error;
+                    r.sandbox.reason = Some(reason.clone());
+                })
+                .await;
+            return Err(e.into());
+        }
         self.store.remove(id).await?;
         Ok(())
     }
@@ -425,7 +435,11 @@ impl Manager {
         let now = now_ms();
         for rec in records {
             let id = &rec.sandbox.id;
-            if rec.sandbox.state != SandboxState::Running {
+            // Creating and stopping sandboxes belong to the request working on them.
+            if !matches!(
+                rec.sandbox.state,
+                SandboxState::Running | SandboxState::Error
+            ) {
                 continue;
             }
             if rec.sandbox.expires_at_ms.is_some_and(|t| t <= now) {
@@ -433,7 +447,8 @@ impl Manager {
                 if let Err(e) = self.delete(id).await {
                     tracing::warn!(sandbox = %id, error = %e, "could not remove expired sandbox");
                 }
-            } else if !self.backend.is_alive(id).await {
+            } else if rec.sandbox.state == SandboxState::Running && !self.backend.is_alive(id).await
+            {
                 tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
                 let _ = self.backend.destroy(id).await;
                 let _ = self

@@ -95,3 +95,42 @@ async fn graceful_stop_removes_every_sandbox() {
     );
     assert!(sandbox_cgroups(&parent).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_that_dies_is_reported_and_can_be_removed() {
+    let server = common::server().await;
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    let pids = sandbox_pids(&server.cgroup_parent);
+    assert!(!pids.is_empty());
+    for p in &pids {
+        // SAFETY: kill(2) with a pid read from the sandbox's own cgroup.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let s = c.get(&sb.id).await.unwrap();
+        if s.state == sandboxd_types::SandboxState::Error || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.state, sandboxd_types::SandboxState::Error, "{dead:?}");
+    assert!(dead.reason.is_some());
+    let err = c
+        .exec(
+            &sb.id,
+            &sandboxd_types::ExecRequest {
+                cmd: Some(vec!["true".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        common::api_code(&err),
+        Some(sandboxd_types::ErrorCode::NotRunning)
+    );
+    c.delete(&sb.id).await.unwrap();
+    assert!(sandbox_cgroups(&server.cgroup_parent).is_empty());
+}
