@@ -51,6 +51,9 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .is_some_and(|t| constant_time_eq(t, expected.as_bytes()));
     if ok {
         next.run(req).await
+    } else if crate::agentscope::is_agentscope_path(req.uri().path()) {
+        // AgentScope's clients get FastAPI's shape: `{"detail": ...}`.
+        crate::agentscope::error::DetailError(ApiError::unauthorized()).into_response()
     } else {
         ApiError::unauthorized().into_response()
     }

@@ -27,6 +27,10 @@
 //! | GET | `/v1/sandboxes/{id}/files/stat?path=` | `FileEntry` |
 //! | POST | `/v1/sandboxes/{id}/files/mkdir` | `MkdirResult` |
 //! | POST | `/v1/sandboxes/{id}/files/move` | `FileEntry` |
+//!
+//! Beside it, AgentScope Runtime's protocol ([`agentscope`]): `POST /<method>[_async]` with a
+//! `{"data": ...}` envelope, and `/proxy/{identity}/workspace/...`; its errors are FastAPI's
+//! `{"detail": ...}` shape.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +48,7 @@ use sandboxd_store::MemoryStore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod agentscope;
 pub mod auth;
 mod backends;
 pub mod error;
@@ -71,6 +76,8 @@ pub struct AppState {
     pub manager: Arc<Manager>,
     /// The token API requests must carry (`BEARER_TOKEN`), if any.
     pub bearer_token: Option<Arc<str>>,
+    /// Prefix of AgentScope container names (`CONTAINER_PREFIX_KEY`).
+    pub container_prefix: Arc<str>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,6 +88,7 @@ impl std::fmt::Debug for AppState {
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("container_prefix", &self.container_prefix)
             .finish()
     }
 }
@@ -91,7 +99,14 @@ impl AppState {
         AppState {
             manager,
             bearer_token: None,
+            container_prefix: Arc::from(Settings::default().container_prefix_key.as_str()),
         }
+    }
+
+    /// Name AgentScope containers `<prefix><sandbox id>` (`CONTAINER_PREFIX_KEY`).
+    pub fn with_container_prefix(mut self, prefix: &str) -> Self {
+        self.container_prefix = Arc::from(prefix);
+        self
     }
 
     /// Require `Authorization: Bearer <token>` (an empty token means none).
@@ -127,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sandboxes/{id}/files/stat", get(files::stat))
         .route("/v1/sandboxes/{id}/files/mkdir", post(files::mkdir))
         .route("/v1/sandboxes/{id}/files/move", post(files::move_path))
+        .merge(agentscope::router())
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
@@ -296,7 +312,9 @@ pub async fn start_with_backend(
         manager_config(&settings),
     )
     .await?;
-    let state = AppState::new(manager.clone()).with_token(settings.bearer_token.clone());
+    let state = AppState::new(manager.clone())
+        .with_token(settings.bearer_token.clone())
+        .with_container_prefix(&settings.container_prefix_key);
     let addr = settings.bind_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

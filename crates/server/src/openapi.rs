@@ -3,6 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::agentscope::openapi::AgentScopePaths;
 use crate::routes::{exec, files, meta, sandboxes};
 
 /// The API description served at `/openapi.json`.
@@ -39,12 +40,14 @@ use crate::routes::{exec, files, meta, sandboxes};
         sandboxd_types::ErrorCode,
         sandboxd_types::ExecEvent,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &AgentScopePaths),
     tags(
         (name = "sandboxes", description = "Sandbox lifecycle"),
         (name = "exec", description = "Commands and Python"),
         (name = "files", description = "Files under /workspace"),
         (name = "meta", description = "The server itself"),
+        (name = "agentscope", description = "AgentScope Runtime's sandbox-server protocol \
+                                             (errors are `{\"detail\": ...}`)"),
     )
 )]
 pub struct ApiDoc;

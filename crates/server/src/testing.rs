@@ -3,7 +3,8 @@
 //! Enough to drive the HTTP API (and the client, and the CLI) end to end in one process, on any
 //! machine.
 //!
-//! The fake agent's commands (`cmd[0]`, or `sh -c <shell>`): `echo ARGS` prints its
+//! The fake agent's commands (`cmd[0]`, or the words of `LINE` in `sh -c LINE` and
+//! `bash -c LINE`, also what a `shell` request runs): `echo ARGS` prints its
 //! arguments, `cat` echoes stdin, `env NAME` prints a variable, `fail` writes `oops` to stderr
 //! and exits 3, `gate` prints `one`, waits for [`FakeBackend::gate`], then prints `two`,
 //! `sleep` waits until killed; anything else exits 127. Python code containing `1/0` raises
@@ -200,9 +201,17 @@ async fn serve_conn(
                 if !send(&mut conn, &AResp::Started { pid: 42 }, &[]).await {
                     return;
                 }
-                let argv = spec.argv.unwrap_or_else(|| {
+                let mut argv = spec.argv.unwrap_or_else(|| {
                     vec!["sh".into(), "-c".into(), spec.shell.unwrap_or_default()]
                 });
+                // `sh -c LINE` / `bash -c LINE`: LINE's words are the command (no quoting).
+                let shells = ["sh", "bash", "/bin/sh", "/bin/bash"];
+                if argv.len() == 3 && shells.contains(&argv[0].as_str()) && argv[1] == "-c" {
+                    argv = argv[2].split_whitespace().map(String::from).collect();
+                }
+                if argv.is_empty() {
+                    argv.push(String::new());
+                }
                 let (code, timed_out) = match argv[0].as_str() {
                     // echo ARGS...: prints its arguments.
                     "echo" => {

@@ -1,0 +1,149 @@
+//! AgentScope Runtime compatibility: the wire protocol of AgentScope's `runtime-sandbox-server`,
+//! so that the `agentscope-runtime` Python client (`BaseSandbox(base_url=..., bearer_token=...)`,
+//! `SandboxManager(base_url=...)`) works against `sandboxd serve` unchanged.
+//!
+//! Kept apart from the `/v1` routes: every handler here translates AgentScope's request into
+//! [`Manager`](sandboxd_core::Manager) calls and the answer back into AgentScope's shapes. Auth
+//! is the server's (`BEARER_TOKEN`); errors are the server's [`ApiError`](crate::ApiError),
+//! rendered the FastAPI way by [`error`].
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /<method>`, `POST /<method>_async` | the manager's RPC ([`rpc`]): `{"data": ...}` or 500 `{"detail": "Error in <method>: ..."}` |
+//! | `/proxy/{identity}/workspace/...` | the sandbox's files ([`proxy`]), served from the guest agent |
+//! | `/proxy/{identity}/tools/run_shell_command`, `.../tools/run_ipython_cell`, `.../healthz` | the runtime's own tool routes |
+//!
+//! Identities: a sandbox is named `CONTAINER_PREFIX_KEY` + its sandbox id (its "container
+//! name"); the bare id works too, as AgentScope's session ids do. A sandbox made through `/v1`
+//! is visible here as well.
+//!
+//! Sessions: `meta.session_ctx_id` of a create is kept in the sandbox's metadata
+//! ([`META_SESSION_CTX_ID`]), so it lives wherever sandbox records live (and a Redis store will
+//! share it between processes for free).
+//!
+//! Not here yet (later phases), and where they plug in:
+//! - warm pools: `create_from_pool` does a cold create ([`rpc`]);
+//! - heartbeat reaping and recycle → restore: [`touch`] is the one place every "activity" goes
+//!   through; for now it only pushes the sandbox's expiry forward (an idle timeout);
+//! - custom types (`--extension`) and the `filesystem` type: [`tools`] knows only the generic
+//!   tools of a base sandbox;
+//! - MCP servers: `add_mcp_servers` answers with an error.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::routing::{any, post};
+use axum::Router;
+use sandboxd_types::{is_valid_sandbox_id, Sandbox};
+
+use crate::AppState;
+
+pub mod error;
+pub mod openapi;
+pub mod proxy;
+pub mod record;
+pub mod rpc;
+pub mod tools;
+
+/// Metadata key holding the AgentScope session (`meta.session_ctx_id`) a sandbox is bound to.
+pub const META_SESSION_CTX_ID: &str = "agentscope.session_ctx_id";
+/// Metadata key holding the whole `meta` object of the create request, as JSON.
+pub const META_META: &str = "agentscope.meta";
+/// Metadata key holding the sandbox type the client asked for (e.g. `base_async`, whose
+/// template is `base`).
+pub const META_SANDBOX_TYPE: &str = "agentscope.sandbox_type";
+
+/// The AgentScope routes, to be merged into the server's router (which adds auth and limits).
+pub fn router() -> Router<AppState> {
+    let mut r = Router::new();
+    for &method in rpc::Method::ALL {
+        for asynchronous in [false, true] {
+            let name = method.route_name(asynchronous);
+            r = r.route(
+                &format!("/{name}"),
+                post(move |state, headers, body| rpc::handle(method, name, state, headers, body)),
+            );
+        }
+    }
+    r.route("/proxy/{identity}/{*path}", any(proxy::handle))
+}
+
+/// Whether a request path belongs to the AgentScope routes (for the FastAPI-shaped 401).
+pub fn is_agentscope_path(path: &str) -> bool {
+    if path.starts_with("/proxy/") {
+        return true;
+    }
+    let name = path.strip_prefix('/').unwrap_or(path);
+    let name = name.strip_suffix("_async").unwrap_or(name);
+    rpc::Method::ALL.iter().any(|m| m.route_name(false) == name)
+}
+
+/// The sandbox id an identity names: `<prefix><id>` or a bare id. `None` when it cannot name
+/// any sandbox.
+pub fn sandbox_id_of<'a>(prefix: &str, identity: &'a str) -> Option<&'a str> {
+    if !prefix.is_empty() {
+        if let Some(rest) = identity.strip_prefix(prefix) {
+            if is_valid_sandbox_id(rest) {
+                return Some(rest);
+            }
+        }
+    }
+    is_valid_sandbox_id(identity).then_some(identity)
+}
+
+/// A sandbox's AgentScope container name.
+pub fn container_name(prefix: &str, id: &str) -> String {
+    format!("{prefix}{id}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Record activity on a sandbox (AgentScope's heartbeat: `check_health`, `list_tools`,
+/// `call_tool`, `add_mcp_servers`). For now this moves a sandbox's expiry to
+/// `SANDBOX_TIMEOUT` from now when that is later than its current one, so that a sandbox in use
+/// is not reaped under its client; a sandbox that never expires is left alone. Failures are
+/// ignored, as upstream ignores them: activity is best effort.
+///
+/// Later phases hook heartbeat bookkeeping and restore-on-touch in here.
+pub(crate) async fn touch(state: &AppState, sandbox: &Sandbox) {
+    let secs = state.manager.config().default_timeout_secs;
+    let Some(expires) = sandbox.expires_at_ms else {
+        return;
+    };
+    let wanted = now_ms().saturating_add((secs.min(i64::MAX as u64 / 1000) * 1000) as i64);
+    if secs > 0 && wanted > expires {
+        if let Err(e) = state.manager.set_timeout(&sandbox.id, secs).await {
+            tracing::debug!(sandbox = %sandbox.id, error = %e, "touch failed (ignored)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities() {
+        let id = "sb-0123456789abcdef";
+        let name = container_name("sandboxd-", id);
+        assert_eq!(sandbox_id_of("sandboxd-", &name), Some(id));
+        assert_eq!(sandbox_id_of("sandboxd-", id), Some(id));
+        assert_eq!(sandbox_id_of("", id), Some(id));
+        assert_eq!(sandbox_id_of("sandboxd-", "sandboxd-nope"), None);
+        assert_eq!(sandbox_id_of("sandboxd-", "../etc"), None);
+    }
+
+    #[test]
+    fn agentscope_paths() {
+        assert!(is_agentscope_path("/create_from_pool"));
+        assert!(is_agentscope_path("/release_async"));
+        assert!(is_agentscope_path("/proxy/x/workspace/file"));
+        assert!(!is_agentscope_path("/v1/sandboxes"));
+        assert!(!is_agentscope_path("/health"));
+        assert!(!is_agentscope_path("/nope"));
+    }
+}

@@ -1,0 +1,737 @@
+//! AgentScope Runtime's protocol driven in process (`Router::oneshot`) over the fake backend:
+//! the `{"data": ...}` envelope, `_async` twins and the `args` alias, the FastAPI error shapes,
+//! the generic tools' CallToolResults, and the `/proxy/{identity}/workspace/...` file routes.
+//! The real Python client runs against a real server in `tests/agentscope/` (repository root).
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::{json_req, Harness};
+use serde_json::{json, Value};
+
+/// POST an RPC; returns the status and the parsed reply.
+async fn rpc(h: &Harness, method: &str, body: Value) -> (StatusCode, Value) {
+    h.json(Method::POST, &format!("/{method}"), Some(body))
+        .await
+}
+
+/// POST an RPC that must succeed; returns its `data`.
+async fn data(h: &Harness, method: &str, body: Value) -> Value {
+    let (status, v) = rpc(h, method, body).await;
+    assert_eq!(status, StatusCode::OK, "{method}: {v}");
+    let obj = v.as_object().expect("an object");
+    assert_eq!(obj.len(), 1, "{v}");
+    v["data"].clone()
+}
+
+/// POST an RPC that must fail; returns its `detail`.
+async fn detail(h: &Harness, method: &str, body: Value) -> String {
+    let (status, v) = rpc(h, method, body).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method}: {v}");
+    let d = v["detail"].as_str().expect("a detail").to_string();
+    assert!(d.starts_with(&format!("Error in {method}: ")), "{d}");
+    d
+}
+
+async fn create(h: &Harness, session: &str) -> String {
+    let name = data(
+        h,
+        "create_from_pool",
+        json!({"sandbox_type": "base", "meta": {"session_ctx_id": session}}),
+    )
+    .await;
+    name.as_str().expect("a name").to_string()
+}
+
+#[tokio::test]
+async fn lifecycle_envelope_aliases_and_sessions() {
+    let h = Harness::new(None).await;
+    let name = create(&h, "s1").await;
+    assert!(name.starts_with("sandboxd-sb-"), "{name}");
+    let id = name.trim_start_matches("sandboxd-");
+
+    // get_info by name, by bare id, with `args`, and through the async twin.
+    for body in [
+        json!({"identity": name}),
+        json!({"identity": id}),
+        json!({"args": name}),
+        json!({"identity": name, "_redirect_depth": 0}),
+    ] {
+        for m in ["get_info", "get_info_async"] {
+            let info = data(&h, m, body.clone()).await;
+            assert_eq!(info["container_name"], name.as_str());
+            assert_eq!(info["container_id"], id);
+            assert_eq!(info["session_id"], id);
+            assert_eq!(info["sandbox_type"], "base");
+            assert_eq!(info["state"], "running");
+            assert_eq!(info["session_ctx_id"], "s1");
+            assert_eq!(info["meta"], json!({"session_ctx_id": "s1"}));
+            assert!(info["version"].as_str().unwrap().contains("sandbox-base"));
+            assert_eq!(info["ports"], json!([]));
+            assert!(info["url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/proxy/{name}")));
+            for key in [
+                "mount_dir",
+                "storage_path",
+                "runtime_token",
+                "timeout",
+                "last_active_at",
+                "recycled_at",
+                "released_at",
+                "updated_at",
+                "recycle_reason",
+                "redirect_to",
+            ] {
+                assert!(info.get(key).is_some(), "{key} missing in {info}");
+            }
+        }
+    }
+
+    // The async client's types run from the same template.
+    let other = data(&h, "create_async", json!({"sandbox_type": "base_async"})).await;
+    let info = data(&h, "get_info", json!({"identity": other})).await;
+    assert_eq!(info["sandbox_type"], "base_async");
+    assert!(info["version"].as_str().unwrap().contains("sandbox-base"));
+    assert_eq!(info["session_ctx_id"], Value::Null);
+
+    // Sessions.
+    assert_eq!(
+        data(&h, "get_session_mapping", json!({"session_ctx_id": "s1"})).await,
+        json!([name])
+    );
+    assert_eq!(
+        data(&h, "get_session_mapping_async", json!({"args": "s1"})).await,
+        json!([name])
+    );
+    assert_eq!(
+        data(&h, "get_session_mapping", json!({"session_ctx_id": "nope"})).await,
+        json!([])
+    );
+    assert_eq!(
+        data(&h, "list_session_keys", json!({})).await,
+        json!(["s1"])
+    );
+
+    // Status, start, stop, health.
+    assert_eq!(
+        data(&h, "get_status", json!({"identity": name})).await,
+        "running"
+    );
+    assert_eq!(
+        data(
+            &h,
+            "get_status_async",
+            json!({"args": "sandboxd-sb-0000000000000000"})
+        )
+        .await,
+        Value::Null
+    );
+    assert_eq!(data(&h, "start", json!({"identity": name})).await, true);
+    assert_eq!(data(&h, "stop", json!({"identity": name})).await, false);
+    assert_eq!(
+        data(&h, "check_health", json!({"identity": name})).await,
+        true
+    );
+    assert_eq!(
+        data(&h, "check_health_async", json!({"identity": id})).await,
+        true
+    );
+
+    // Release: true, also for what is gone or never was.
+    assert_eq!(data(&h, "release", json!({"identity": name})).await, true);
+    assert_eq!(
+        data(&h, "release_async", json!({"identity": name})).await,
+        true
+    );
+    assert_eq!(
+        data(&h, "release", json!({"identity": "whatever"})).await,
+        true
+    );
+    let d = detail(&h, "get_info", json!({"identity": name})).await;
+    assert_eq!(
+        d,
+        format!("Error in get_info: No container found with id: {name}.")
+    );
+    assert_eq!(
+        data(&h, "list_session_keys_async", json!({})).await,
+        json!([])
+    );
+
+    // Cleanup removes every sandbox.
+    create(&h, "s2").await;
+    assert_eq!(data(&h, "cleanup", json!({})).await, Value::Null);
+    assert!(h
+        .manager
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(h.backend.live_boxes(), 0);
+    // An empty body is `{}`.
+    let (status, _, body) = h
+        .call(Request::post("/cleanup_async").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"data": null})
+    );
+}
+
+#[tokio::test]
+async fn tools_and_call_results() {
+    let h = Harness::new(None).await;
+    let name = create(&h, "t").await;
+
+    let tools = data(
+        &h,
+        "list_tools",
+        json!({"identity": name, "tool_type": null}),
+    )
+    .await;
+    let generic = tools["generic"].as_object().unwrap();
+    assert_eq!(tools.as_object().unwrap().len(), 1);
+    let mut names: Vec<&String> = generic.keys().collect();
+    names.sort();
+    assert_eq!(names, ["run_ipython_cell", "run_shell_command"]);
+    assert_eq!(
+        generic["run_shell_command"],
+        json!({"name": "run_shell_command", "json_schema": {"type": "function", "function": {
+            "name": "run_shell_command", "description": "Run a shell command.",
+            "parameters": {"type": "object", "properties": {"command": {
+                "type": "string", "description": "Shell command to execute"}},
+                "required": ["command"]}}}})
+    );
+    assert_eq!(
+        data(
+            &h,
+            "list_tools_async",
+            json!({"identity": name, "tool_type": "generic"})
+        )
+        .await,
+        json!({"generic": tools["generic"]})
+    );
+    assert_eq!(
+        data(
+            &h,
+            "list_tools",
+            json!({"identity": name, "tool_type": "mcp"})
+        )
+        .await,
+        json!({"mcp": {}})
+    );
+
+    // The exact CallToolResult of a shell command.
+    let call =
+        |tool: &str, args: Value| json!({"identity": name, "tool_name": tool, "arguments": args});
+    let r = data(
+        &h,
+        "call_tool",
+        call("run_shell_command", json!({"command": "echo hi there"})),
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({"meta": null, "content": [
+            {"type": "text", "text": "hi there\n", "annotations": null, "meta": null, "description": "stdout"},
+            {"type": "text", "text": "0", "annotations": null, "meta": null, "description": "returncode"},
+        ], "structuredContent": null, "isError": false})
+    );
+    // stderr makes it an error; the return code is reported.
+    let r = data(
+        &h,
+        "call_tool_async",
+        call("run_shell_command", json!({"command": "fail"})),
+    )
+    .await;
+    assert_eq!(r["isError"], true);
+    let descriptions: Vec<&str> = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(descriptions, ["stdout", "stderr", "returncode"]);
+    assert_eq!(r["content"][1]["text"], "oops\n");
+    assert_eq!(r["content"][2]["text"], "3");
+
+    // Python: stdout, then the final value; an exception goes to stderr.
+    let r = data(
+        &h,
+        "call_tool",
+        call("run_ipython_cell", json!({"code": "x = 1"})),
+    )
+    .await;
+    assert_eq!(r["isError"], false);
+    assert_eq!(r["content"].as_array().unwrap().len(), 1);
+    assert_eq!(r["content"][0]["text"], "ran x = 1\n2\n");
+    assert_eq!(r["content"][0]["description"], "stdout");
+    let r = data(
+        &h,
+        "call_tool",
+        call("run_ipython_cell", json!({"code": "1/0"})),
+    )
+    .await;
+    assert_eq!(r["isError"], true);
+    assert_eq!(r["content"][1]["description"], "stderr");
+
+    // Tool failures are isError results, not HTTP errors.
+    for (tool, args) in [
+        ("nope", json!({})),
+        ("run_shell_command", json!({})),
+        ("run_shell_command", json!({"command": ""})),
+        ("run_shell_command", json!({"cmd": "ls"})),
+        ("run_ipython_cell", json!({"code": 5})),
+    ] {
+        let r = data(&h, "call_tool", call(tool, args.clone())).await;
+        assert_eq!(r["isError"], true, "{tool} {args}: {r}");
+        assert!(!r["content"][0]["text"].as_str().unwrap().is_empty());
+    }
+
+    // A sandbox that does not exist is an RPC error.
+    let d = detail(
+        &h,
+        "call_tool",
+        json!({"identity": "sandboxd-sb-0000000000000000", "tool_name": "run_shell_command",
+               "arguments": {"command": "echo"}}),
+    )
+    .await;
+    assert!(d.contains("No container found"), "{d}");
+
+    // MCP servers: a clear error, not a pretended success.
+    let d = detail(
+        &h,
+        "add_mcp_servers",
+        json!({"identity": name, "server_configs": {"mcpServers": {}}, "overwrite": false}),
+    )
+    .await;
+    assert!(d.contains("MCP servers are not supported"), "{d}");
+}
+
+#[tokio::test]
+async fn errors_and_auth() {
+    let h = Harness::new(Some("s3cret")).await;
+
+    // A missing or wrong token: 401, FastAPI's shape on AgentScope routes.
+    for (path, method) in [
+        ("/create", Method::POST),
+        ("/list_session_keys_async", Method::POST),
+        (
+            "/proxy/sandboxd-sb-0000000000000000/workspace/list?path=.",
+            Method::GET,
+        ),
+    ] {
+        for token in [None, Some("nope")] {
+            let (status, headers, body) = h
+                .call(json_req(method.clone(), path, Some(json!({})), token))
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(headers["www-authenticate"], "Bearer");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["detail"].as_str().is_some(), "{v}");
+            assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
+        }
+    }
+    // /v1 keeps its own shape.
+    let (status, _, body) = h
+        .call(json_req(Method::GET, "/v1/sandboxes", None, Some("nope")))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    // The right token.
+    let (status, _, body) = h
+        .call(json_req(
+            Method::POST,
+            "/list_session_keys",
+            Some(json!({})),
+            Some("s3cret"),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!({"data": []})
+    );
+
+    // Malformed requests are RPC errors.
+    let h = Harness::new(None).await;
+    let (status, _, body) = h
+        .call(
+            Request::post("/create")
+                .header("content-type", "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error in create: "),
+        "{v}"
+    );
+    let d = detail(&h, "create", json!({"sandbox_type": "base", "bogus": 1})).await;
+    assert!(d.contains("bogus"), "{d}");
+    let d = detail(&h, "release_async", json!({})).await;
+    assert!(d.contains("identity"), "{d}");
+    let d = detail(&h, "create", json!({"sandbox_type": "browser"})).await;
+    assert!(d.contains("browser"), "{d}");
+    // Only POST.
+    let (status, _) = h.json(Method::GET, "/create", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn instance_limit_gives_null() {
+    let h = Harness::with_config(None, |c| c.max_instances = 1).await;
+    let first = data(&h, "create", json!({})).await;
+    assert!(first.is_string());
+    assert_eq!(data(&h, "create", json!({})).await, Value::Null);
+    assert_eq!(
+        data(&h, "create_from_pool_async", json!({})).await,
+        Value::Null
+    );
+    assert_eq!(data(&h, "release", json!({"identity": first})).await, true);
+    assert!(data(&h, "create", json!({})).await.is_string());
+}
+
+/// A request to the proxy; returns status, content type and body.
+async fn proxy(
+    h: &Harness,
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, String, Vec<u8>) {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    let (status, headers, bytes) = h.call(b.body(Body::from(body)).unwrap()).await;
+    let ct = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, ct, bytes.to_vec())
+}
+
+fn parse(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+}
+
+#[tokio::test]
+async fn proxy_file_routes() {
+    let h = Harness::new(None).await;
+    let name = create(&h, "f").await;
+    let base = format!("/proxy/{name}/workspace");
+
+    // Write, then read as text and as bytes.
+    let (status, _, body) = proxy(
+        &h,
+        Method::PUT,
+        &format!("{base}/file?path=a.txt"),
+        Some("text/plain; charset=utf-8"),
+        b"hello".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let e = parse(&body);
+    assert_eq!(e["path"], "/workspace/a.txt");
+    assert_eq!(e["name"], "a.txt");
+    assert_eq!(e["type"], "file");
+    assert_eq!(e["size"], 5);
+    assert!(e["mtime_ms"].is_i64());
+    let (status, ct, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("{base}/file?path=a.txt"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_str(), body.as_slice()),
+        (StatusCode::OK, "text/plain; charset=utf-8", &b"hello"[..])
+    );
+    let (status, ct, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("{base}/file?path=/workspace/a.txt&format=bytes"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, ct.as_str(), body.as_slice()),
+        (StatusCode::OK, "application/octet-stream", &b"hello"[..])
+    );
+    let (status, _, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("{base}/file?path=missing"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(parse(&body), json!({"detail": "not found"}));
+
+    // Exists.
+    for (path, want) in [("a.txt", true), ("nope", false)] {
+        let (status, _, body) = proxy(
+            &h,
+            Method::GET,
+            &format!("{base}/exists?path={path}"),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(parse(&body), json!({"exists": want}));
+    }
+
+    // Mkdir: created, then not.
+    for want in [true, false] {
+        let (status, _, body) = proxy(
+            &h,
+            Method::POST,
+            &format!("{base}/mkdir"),
+            Some("application/json"),
+            br#"{"path": "d"}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(parse(&body), json!({"created": want}));
+    }
+    let (status, _, _) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/mkdir"),
+        Some("application/json"),
+        br#"{"path": "a.txt"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Move.
+    let (status, _, body) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/move"),
+        Some("application/json"),
+        br#"{"source": "a.txt", "destination": "d/b.txt"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(parse(&body)["path"], "/workspace/d/b.txt");
+    let (status, _, body) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/move"),
+        Some("application/json"),
+        br#"{"source": "gone", "destination": "x"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(parse(&body), json!({"detail": "source not found"}));
+
+    // Batch upload, paths before their files (the async client's order) and all paths first
+    // (requests' order).
+    let boundary = "XyZ";
+    let part_path = |p: &str| {
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"paths\"\r\n\r\n{p}\r\n")
+    };
+    let part_file = |n: &str, data: &str| {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{n}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n{data}\r\n"
+        )
+    };
+    let bodies = [
+        format!(
+            "{}{}{}{}--{boundary}--\r\n",
+            part_path("m/one.txt"),
+            part_file("one.txt", "1"),
+            part_path("two.txt"),
+            part_file("two.txt", "22")
+        ),
+        format!(
+            "{}{}{}{}--{boundary}--\r\n",
+            part_path("m/one.txt"),
+            part_path("two.txt"),
+            part_file("one.txt", "1"),
+            part_file("two.txt", "22")
+        ),
+        // Files before paths: held until their paths come.
+        format!(
+            "{}{}{}{}--{boundary}--\r\n",
+            part_file("one.txt", "1"),
+            part_file("two.txt", "22"),
+            part_path("m/one.txt"),
+            part_path("two.txt")
+        ),
+    ];
+    for body in bodies {
+        let (status, _, reply) = proxy(
+            &h,
+            Method::POST,
+            &format!("{base}/files:batch"),
+            Some(&format!("multipart/form-data; boundary={boundary}")),
+            body.into_bytes(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        let v = parse(&reply);
+        let paths: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/workspace/m/one.txt", "/workspace/two.txt"]);
+        assert_eq!(v[1]["size"], 2);
+    }
+    let mismatched = format!("{}{}--{boundary}--\r\n", part_path("a"), part_path("b"));
+    let (status, _, _) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/files:batch"),
+        Some(&format!("multipart/form-data; boundary={boundary}")),
+        mismatched.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // List (flat entries).
+    let (status, _, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("{base}/list?path=.&depth=1"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v = parse(&body);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"two.txt") && names.contains(&"d"), "{v}");
+    let dir = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "d")
+        .unwrap();
+    assert_eq!(dir["type"], "dir");
+    assert_eq!(dir["size"], Value::Null);
+    // (A missing directory is 404 on a real agent; the fake one lists nothing: see the Python
+    // suite.)
+
+    // Remove: 204, also when already gone.
+    for _ in 0..2 {
+        let (status, _, _) = proxy(
+            &h,
+            Method::DELETE,
+            &format!("{base}/entry?path=two.txt"),
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (_, _, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("{base}/exists?path=two.txt"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(parse(&body), json!({"exists": false}));
+
+    // Escapes are 403; an unknown sandbox 404; an unknown route 404; a wrong method 405.
+    for uri in [
+        format!("{base}/file?path=../etc/passwd"),
+        format!("{base}/exists?path=/etc/passwd"),
+        format!("{base}/list?path=.."),
+    ] {
+        let (status, _, body) = proxy(&h, Method::GET, &uri, None, vec![]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+        assert!(parse(&body)["detail"].is_string());
+    }
+    let (status, _, body) = proxy(
+        &h,
+        Method::PUT,
+        &format!("{base}/file?path=../x"),
+        None,
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, _, body) = proxy(
+        &h,
+        Method::GET,
+        "/proxy/sandboxd-sb-0000000000000000/workspace/list?path=.",
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        parse(&body),
+        json!({"detail": "sandbox not found: sandboxd-sb-0000000000000000"})
+    );
+    let (status, _, _) = proxy(&h, Method::GET, &format!("{base}/nope"), None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = proxy(
+        &h,
+        Method::PATCH,
+        &format!("{base}/file?path=a"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // The runtime's own routes.
+    let (status, _, body) = proxy(
+        &h,
+        Method::GET,
+        &format!("/proxy/{name}/healthz"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"OK"[..]));
+    let (status, _, body) = proxy(
+        &h,
+        Method::POST,
+        &format!("/proxy/{name}/tools/run_shell_command"),
+        Some("application/json"),
+        br#"{"command": "echo x"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse(&body)["content"][0]["text"], "x\n");
+}
