@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,11 +18,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::watch;
 
-use crate::cgroup::{CgroupLayout, Cgroups, RealCgroupFs};
+use crate::cgroup::{self, CgroupLayout, Cgroups, RealCgroupFs};
 use crate::config::NativeConfig;
 use crate::error::NativeError;
 use crate::init::{self, InitConfig};
-use crate::spawn::{self, ChildFds, InitOutcome, Prepared};
+use crate::spawn::{self, ChildFds, IdMap, InitOutcome, Prepared};
 use crate::sys;
 
 /// Default `PATH` of the agent (and so of every command it runs).
@@ -57,6 +57,11 @@ struct Inner {
     /// The agent executable every init `execveat`s.
     agent_exe: OwnedFd,
     boxes: Mutex<HashMap<String, Arc<BoxState>>>,
+    /// Rootless mode: the server's effective ids, which the box's root maps to.
+    rootless: Option<IdMap>,
+    /// Groups directly under the cgroup parent that hold the server itself (a rootless
+    /// server's `.server`): never a box, never cleaned up.
+    own_groups: BTreeSet<String>,
 }
 
 /// A running box as the backend tracks it.
@@ -100,14 +105,15 @@ fn unavailable(msg: impl Into<String>) -> BackendError {
 
 impl NativeBackend {
     /// Check the host and make the backend. Fails with [`BackendError::Unavailable`] naming
-    /// what is missing: root, a binary, overlayfs, a namespace kind, a cgroup controller.
+    /// what is missing: a binary, overlayfs, a namespace kind, a cgroup controller; when not
+    /// root (rootless mode), also user namespaces or the delegated cgroup subtree, with the
+    /// commands that set it up.
     pub fn new(config: NativeConfig) -> Result<Self, BackendError> {
-        if sys::geteuid() != 0 {
-            return Err(unavailable(
-                "needs root (the rootless, user-namespace mode is not implemented); \
-                 run sandboxd as root or choose another backend",
-            ));
-        }
+        let euid = sys::geteuid();
+        let rootless = (euid != 0).then(|| IdMap {
+            uid: euid,
+            gid: sys::getegid(),
+        });
         let is_file = |p: &Path| fs::metadata(p).map(|m| m.is_file()).unwrap_or(false);
         if !is_file(&config.init_bin) {
             return Err(unavailable(format!(
@@ -121,6 +127,13 @@ impl NativeBackend {
                 config.agent_bin.display()
             )));
         }
+        // Root may execute any file with an x bit; a rootless server needs the usual rights.
+        if rootless.is_some() && !sys::access_effective(&config.init_bin, libc::X_OK) {
+            return Err(unavailable(format!(
+                "init binary {} is not executable by uid {euid}",
+                config.init_bin.display()
+            )));
+        }
         let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
         for fs_name in ["overlay", "tmpfs", "proc", "devpts", "sysfs"] {
             if !filesystems
@@ -132,14 +145,41 @@ impl NativeBackend {
                 )));
             }
         }
-        for ns in ["mnt", "pid", "net", "uts", "ipc", "cgroup"] {
+        let mut namespaces = vec!["mnt", "pid", "net", "uts", "ipc", "cgroup"];
+        if rootless.is_some() {
+            namespaces.push("user");
+        }
+        for ns in namespaces {
             if !Path::new("/proc/self/ns").join(ns).exists() {
                 return Err(unavailable(format!("the kernel has no {ns} namespaces")));
             }
         }
+        if rootless.is_some() {
+            sys::probe_user_namespace().map_err(|e| {
+                unavailable(format!(
+                    "rootless mode (uid {euid}) needs unprivileged user namespaces, and \
+                     clone(CLONE_NEWUSER) failed: {e}; check `sysctl user.max_user_namespaces` \
+                     (must be above 0) and, where they exist, \
+                     `kernel.unprivileged_userns_clone` (must be 1) and \
+                     `kernel.apparmor_restrict_unprivileged_userns` (must be 0), or run \
+                     sandboxd as root"
+                ))
+            })?;
+        }
         let layout = CgroupLayout::detect().map_err(|e| unavailable(e.to_string()))?;
         let cgroups = Cgroups::new(layout, &config.cgroup_parent, RealCgroupFs)
             .map_err(|e| unavailable(e.to_string()))?;
+        let self_cgroup = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        if let Some(ids) = rootless {
+            cgroups
+                .check_delegation(
+                    ids.uid,
+                    ids.gid,
+                    cgroup::own_v2_path(&self_cgroup).as_deref(),
+                )
+                .map_err(unavailable)?;
+        }
+        let own_groups = cgroup::own_group_names(&config.cgroup_parent, &self_cgroup);
         let agent_exe = load_agent(&config.agent_bin).map_err(|e| {
             unavailable(format!(
                 "cannot load the agent {}: {e}",
@@ -150,16 +190,47 @@ impl NativeBackend {
             fs::create_dir_all(&dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        // Only root may reach the sockets; each box's own directory is 0700 as well.
-        let _ = fs::set_permissions(&config.run_dir, fs::Permissions::from_mode(0o700));
+        // Only the server's user may reach the sockets; each box's own directory is 0700 as
+        // well.
+        let private = fs::set_permissions(&config.run_dir, fs::Permissions::from_mode(0o700));
+        if rootless.is_some() {
+            // A rootless default run_dir may sit in a shared place such as /tmp, where another
+            // user could have made it first.
+            let owner = fs::metadata(&config.run_dir).map(|m| m.uid());
+            if !matches!(owner, Ok(uid) if uid == euid) || private.is_err() {
+                let found = match owner {
+                    Ok(uid) => format!("it is owned by uid {uid}"),
+                    Err(e) => format!("stat: {e}"),
+                };
+                return Err(unavailable(format!(
+                    "run_dir {} must be a directory owned by uid {euid}, mode 0700 ({found})",
+                    config.run_dir.display(),
+                )));
+            }
+        }
+        if let Some(ids) = rootless {
+            tracing::info!(
+                uid = ids.uid,
+                gid = ids.gid,
+                "native backend: rootless mode, each box gets its own user namespace"
+            );
+        }
         Ok(NativeBackend {
             inner: Arc::new(Inner {
                 config,
                 cgroups,
                 agent_exe,
                 boxes: Mutex::new(HashMap::new()),
+                rootless,
+                own_groups,
             }),
         })
+    }
+
+    /// Whether the backend runs rootless (the server is not root): each box then has its own
+    /// user namespace, whose uid 0 and gid 0 are the server's effective ids on the host.
+    pub fn is_rootless(&self) -> bool {
+        self.inner.rootless.is_some()
     }
 
     /// The configuration this backend was made with.
@@ -344,17 +415,46 @@ impl Drop for CreateGuard<'_> {
 /// Kill whatever is left of a box through its cgroups and remove its cgroups and
 /// directories. Returns (processes found, resources removed).
 fn remove_box_resources(inner: &Inner, id: &str) -> Result<(usize, usize), NativeError> {
+    if inner.own_groups.contains(id) {
+        // The server's own group: killing it would kill the server.
+        return Ok((0, 0));
+    }
     let killed = inner.cgroups.kill(id)?;
     let mut removed = inner.cgroups.remove(id)?;
     let paths = BoxPaths::new(&inner.config, id);
     for dir in [&paths.dir, &paths.run] {
-        match fs::remove_dir_all(dir) {
+        match remove_tree(dir) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(NativeError::io(format!("remove {}", dir.display()))(e)),
         }
     }
     Ok((killed, removed))
+}
+
+/// `remove_dir_all`, and if that is refused, again after making every directory of the tree
+/// `0700`. A rootless server has no `CAP_DAC_OVERRIDE`: a directory that a box (or overlayfs,
+/// whose `work/work` is mode 0) left without write or search permission stops the removal,
+/// though the server owns it. Only called once the box's processes are dead, so nothing
+/// swaps a directory for a symlink meanwhile.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            // Iterative: a box can nest directories deeper than any stack.
+            let mut stack = vec![dir.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o700));
+                for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+                    // DirEntry::file_type does not follow symlinks.
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+            fs::remove_dir_all(dir)
+        }
+        r => r,
+    }
 }
 
 fn tail_of(path: &Path, max: usize) -> String {
@@ -377,6 +477,11 @@ fn create_blocking(
 ) -> Result<(libc::pid_t, OwnedFd, OwnedFd), NativeError> {
     let hostname = validate(spec, &inner.config)?;
     let id = spec.id.as_str();
+    if inner.own_groups.contains(id) {
+        return Err(NativeError::InvalidSpec(format!(
+            "id {id:?} names the server's own cgroup under the cgroup parent"
+        )));
+    }
     let paths = BoxPaths::new(&inner.config, id);
     let boxes_dir = inner.config.state_dir.join("boxes");
     fs::create_dir_all(&boxes_dir)
@@ -444,6 +549,7 @@ fn create_blocking(
         cgroup_join: join.v1_tasks.clone(),
         agent_env: agent_env(&spec.env, &hostname),
         agent_argv: vec![crate::config::AGENT_BIN_NAME.to_string()],
+        rootless: inner.rootless.is_some(),
     };
     let fds = ChildFds([
         devnull.into(),
@@ -453,8 +559,14 @@ fn create_blocking(
         status_w,
         agent,
     ]);
-    let prepared = Prepared::new(&inner.config.init_bin, &config, join.v2_dir.as_deref(), fds)
-        .map_err(NativeError::io("prepare the init"))?;
+    let prepared = Prepared::new(
+        &inner.config.init_bin,
+        &config,
+        join.v2_dir.as_deref(),
+        fds,
+        inner.rootless,
+    )
+    .map_err(NativeError::io("prepare the init"))?;
     let (pid, pidfd) = spawn::clone_init(&prepared).map_err(NativeError::io("clone the init"))?;
     guard.pid = Some(pid);
     // The listener and the pipe's write end now live in the child only: the pipe must read
@@ -582,7 +694,7 @@ impl Backend for NativeBackend {
             // SIGKILL to PID 1 of a pid namespace kills every process in it.
             let _ = sys::pidfd_send_signal(state.pidfd.as_raw_fd(), libc::SIGKILL);
         }
-        if !valid_id(id) {
+        if !valid_id(id) || self.inner.own_groups.contains(id) {
             return Ok(());
         }
         let inner = self.inner.clone();
@@ -657,7 +769,12 @@ fn cleanup_blocking(inner: &Inner) -> Result<CleanupReport, NativeError> {
     let mut ids = inner.cgroups.stale_ids()?;
     ids.extend(subdir_names(&inner.config.state_dir.join("boxes"))?);
     ids.extend(subdir_names(&inner.config.run_dir)?);
-    let live: BTreeSet<String> = inner.boxes.lock().unwrap().keys().cloned().collect();
+    let mut live: BTreeSet<String> = inner.boxes.lock().unwrap().keys().cloned().collect();
+    // The parents go too when no box is left, except when rootless (the server could not
+    // make the delegated parents again) or when they hold the server itself.
+    let remove_parents = live.is_empty() && inner.own_groups.is_empty() && inner.rootless.is_none();
+    // Not boxes: the groups that hold the server itself.
+    live.extend(inner.own_groups.iter().cloned());
     let mut report = CleanupReport::default();
     for id in ids.difference(&live) {
         let (killed, removed) = remove_box_resources(inner, id)?;
@@ -666,7 +783,7 @@ fn cleanup_blocking(inner: &Inner) -> Result<CleanupReport, NativeError> {
         }
         report.resources_removed += removed;
     }
-    if live.is_empty() {
+    if remove_parents {
         report.resources_removed += inner.cgroups.remove_parents();
     }
     tracing::info!(

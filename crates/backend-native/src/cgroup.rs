@@ -21,6 +21,29 @@
 //!
 //! All file system access goes through [`CgroupFs`], so the logic is unit-tested against a
 //! recording fake and run for real on the host.
+//!
+//! # Rootless: a delegated subtree
+//!
+//! A server that is not root can only use cgroups delegated to it: `<hierarchy>/<parent>`
+//! must exist in every hierarchy above and be writable by its user (the kernel makes each new
+//! group's directory and files owned by its creator, so everything below the parent is the
+//! server's own). Checked by [`Cgroups::check_delegation`], whose error says which commands
+//! set it up. What the kernel then allows, measured on a hybrid host:
+//!
+//! - v1: making groups and writing their limits; a box's init (uid 0 of its user namespace,
+//!   the server's uid on the host) joins them by writing `0` to their `tasks` files, which
+//!   the kernel allows because the files are writable by that uid and the writer's host euid
+//!   equals the task's uid;
+//! - v2: moving a process into a group (by `CLONE_INTO_CGROUP` or through `cgroup.procs`)
+//!   needs write access to `cgroup.procs` of the *common ancestor* of its current group and
+//!   the target. The server must therefore itself run inside the delegated v2 tree (say in
+//!   `<parent>/.server`, a name no box id can take); from the root group it gets `EACCES`.
+//!   Such a group of the server's own under the parent is never taken for a stale box
+//!   ([`own_group_names`]);
+//! - `cgroup.kill`, `freezer.state`, `rmdir` of the boxes' groups: the server owns them.
+//!
+//! The parent groups themselves are never removed in rootless mode: the server could not
+//! make them again.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -247,6 +270,9 @@ pub trait CgroupFs: Send + Sync {
     fn subdirs(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Send SIGKILL to a host pid listed in a cgroup.
     fn kill(&self, pid: i32) -> io::Result<()>;
+    /// Whether this process may write to a file, or create entries in a directory (judged by
+    /// its effective ids, like an open).
+    fn writable(&self, path: &Path) -> bool;
     /// Pause while waiting for the kernel (a no-op in fakes).
     fn pause(&self, dur: Duration);
 }
@@ -295,9 +321,50 @@ impl CgroupFs for RealCgroupFs {
     fn kill(&self, pid: i32) -> io::Result<()> {
         crate::sys::kill(pid, libc::SIGKILL)
     }
+    fn writable(&self, path: &Path) -> bool {
+        crate::sys::access_effective(path, libc::W_OK)
+    }
     fn pause(&self, dur: Duration) {
         std::thread::sleep(dur)
     }
+}
+
+/// The calling process's group in the v2 hierarchy, from the text of `/proc/self/cgroup`
+/// (the `0::<path>` line), e.g. `/sandboxd/.server`.
+pub fn own_v2_path(proc_self_cgroup: &str) -> Option<String> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Names of the groups directly under `parent` that hold the calling process in any
+/// hierarchy, from the text of `/proc/self/cgroup` (`<parent>/.server` for a rootless server
+/// placed as [`Cgroups::check_delegation`] suggests). They are not boxes: never clean them
+/// up, never make a box of that name.
+pub fn own_group_names(parent: &str, proc_self_cgroup: &str) -> BTreeSet<String> {
+    let parent = Path::new(parent.trim_matches('/'));
+    proc_self_cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter_map(|p| {
+            let rel = Path::new(p.trim_start_matches('/'));
+            let below = rel.strip_prefix(parent).ok()?;
+            let first = below.components().next()?;
+            Some(first.as_os_str().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// The longest common leading path of two cgroup paths (relative to one hierarchy's root,
+/// with or without a leading `/`).
+pub fn common_ancestor(a: &str, b: &str) -> PathBuf {
+    Path::new(a.trim_start_matches('/'))
+        .components()
+        .zip(Path::new(b.trim_start_matches('/')).components())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
 }
 
 /// How a new box's process joins its groups.
@@ -435,6 +502,122 @@ impl<F: CgroupFs> Cgroups<F> {
             }
         }
         Ok(())
+    }
+
+    /// Rootless mode: check that the parent groups are delegated to this process's user (they
+    /// exist and are writable in every hierarchy; on pure v2 the controllers are enabled for
+    /// them), and that `own_v2` (this process's v2 group, see [`own_v2_path`]) shares with the
+    /// v2 parent an ancestor whose `cgroup.procs` it can write, which the kernel requires to
+    /// start a process in a box's group. The error lists what is wrong and the commands (for
+    /// root) that fix it.
+    pub fn check_delegation(
+        &self,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+        own_v2: Option<&str>,
+    ) -> Result<(), String> {
+        let dirs = self.parent_dirs();
+        let mut problems = Vec::new();
+        for dir in &dirs {
+            if !self.fs.exists(dir) {
+                problems.push(format!("{} does not exist", dir.display()));
+            } else if !self.fs.writable(dir) {
+                problems.push(format!("{} is not writable by uid {uid}", dir.display()));
+            }
+        }
+        let mut place_server = None;
+        let mut enable_controllers = Vec::new();
+        if let Some(v2) = &self.layout.v2 {
+            let parent_dir = v2.mountpoint.join(&self.parent);
+            let own = own_v2.unwrap_or("/");
+            let ancestor = v2
+                .mountpoint
+                .join(common_ancestor(own, &self.parent))
+                .join("cgroup.procs");
+            if !self.fs.writable(&ancestor) {
+                problems.push(format!(
+                    "this process is in the v2 group {own}, and the kernel only lets it start a \
+                     box in {} if it can write {}, the cgroup.procs of their common ancestor",
+                    parent_dir.display(),
+                    ancestor.display()
+                ));
+                place_server = Some(parent_dir.join(".server"));
+            }
+            if self.layout.kind == LayoutKind::V2 && own.trim_matches('/') == self.parent {
+                // Pure v2 allows no process in a group that hands controllers to children.
+                problems.push(format!(
+                    "this process is in {} itself, where the v2 rule \"no processes in inner \
+                     groups\" keeps the controllers from being enabled for the boxes",
+                    parent_dir.display()
+                ));
+                place_server = Some(parent_dir.join(".server"));
+            }
+            if self.layout.kind == LayoutKind::V2 && self.fs.exists(&parent_dir) {
+                let have = self
+                    .fs
+                    .read(&parent_dir.join("cgroup.controllers"))
+                    .unwrap_or_default();
+                let missing: Vec<&str> = ["memory", "pids"]
+                    .into_iter()
+                    .filter(|c| !have.split_whitespace().any(|h| h == *c))
+                    .collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "the {} controllers are not enabled for {}",
+                        missing.join(" and "),
+                        parent_dir.display()
+                    ));
+                    let mut level = v2.mountpoint.clone();
+                    enable_controllers.push(level.clone());
+                    let parts: Vec<_> = Path::new(&self.parent).components().collect();
+                    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+                        level.push(part);
+                        enable_controllers.push(level.clone());
+                    }
+                }
+                let control = parent_dir.join("cgroup.subtree_control");
+                if !self.fs.writable(&control) {
+                    problems.push(format!("{} is not writable", control.display()));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let list = |v: &[PathBuf]| {
+            v.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut make = dirs.clone();
+        make.extend(place_server.clone());
+        let mut msg = format!(
+            "rootless mode (uid {uid}, gid {gid}) needs the cgroup parent `{parent}` delegated \
+             to this user in every hierarchy the backend uses, with the server itself inside \
+             the delegated v2 tree; {problems}. To set it up, as root: `mkdir -p {make} && \
+             chown -R {uid}:{gid} {dirs}`",
+            parent = self.parent,
+            problems = problems.join("; "),
+            make = list(&make),
+            dirs = list(&dirs),
+        );
+        for level in &enable_controllers {
+            msg.push_str(&format!(
+                ", `echo '+memory +pids +cpu' > {}`",
+                level.join("cgroup.subtree_control").display()
+            ));
+        }
+        if let Some(server) = place_server {
+            msg.push_str(&format!(
+                ", then start sandboxd from a process in that v2 group: `echo <pid of the shell \
+                 that starts sandboxd> > {}` (its children inherit the group), or run it as a \
+                 systemd unit with `Delegate=yes` and a cgroup parent inside the unit's own \
+                 cgroup",
+                server.join("cgroup.procs").display()
+            ));
+        }
+        Err(msg)
     }
 
     /// Create the box's groups and apply its limits. Returns how the box's init joins them.
@@ -768,6 +951,8 @@ mod tests {
         files: Mutex<BTreeMap<PathBuf, String>>,
         dirs: Mutex<BTreeSet<PathBuf>>,
         log: Mutex<Vec<String>>,
+        /// Paths `writable` says yes to.
+        writable: Mutex<BTreeSet<PathBuf>>,
     }
 
     impl Fake {
@@ -855,6 +1040,9 @@ mod tests {
                 }
             }
             Ok(())
+        }
+        fn writable(&self, path: &Path) -> bool {
+            self.writable.lock().unwrap().contains(path)
         }
         fn pause(&self, _: Duration) {}
     }
@@ -1000,6 +1188,102 @@ mod tests {
         assert_eq!(cg.remove_parents(), 0, "a parent with a box left is kept");
         cg.remove("b2").unwrap();
         assert_eq!(cg.remove_parents(), 4);
+    }
+
+    #[test]
+    fn own_groups_and_common_ancestors() {
+        let text = "4:memory:/process_api/x\n2:cpu,cpuacct:/sbx/.server\n0::/sbx/.server\n";
+        assert_eq!(own_v2_path(text).as_deref(), Some("/sbx/.server"));
+        assert_eq!(
+            own_group_names("sbx", text).into_iter().collect::<Vec<_>>(),
+            vec![".server"]
+        );
+        assert_eq!(
+            own_group_names("/a/b/", "0::/a/b/srv/deeper\n1:name=systemd:/a/bc\n"),
+            BTreeSet::from(["srv".to_string()])
+        );
+        assert!(own_group_names("sbx", "0::/\n").is_empty());
+        assert!(own_group_names("sbx", "0::/sbx\n").is_empty());
+        assert_eq!(common_ancestor("/sbx/.server", "sbx"), PathBuf::from("sbx"));
+        assert_eq!(common_ancestor("/a/b/c", "a/b/d"), PathBuf::from("a/b"));
+        assert_eq!(common_ancestor("/", "sbx"), PathBuf::new());
+        assert_eq!(common_ancestor("/sbxy", "sbx"), PathBuf::new());
+    }
+
+    #[test]
+    fn delegation_check_names_every_problem_and_the_fix() {
+        let layout = CgroupLayout::from_mountinfo(HYBRID).unwrap();
+        let fake = Fake::default();
+        let cg = Cgroups::new(layout.clone(), "sbx", &fake).unwrap();
+        let err = cg.check_delegation(4242, 4243, Some("/")).unwrap_err();
+        for want in [
+            "/sys/fs/cgroup/memory/sbx does not exist",
+            "/sys/fs/cgroup/unified/sbx does not exist",
+            "this process is in the v2 group /",
+            "/sys/fs/cgroup/unified/cgroup.procs",
+            "mkdir -p /sys/fs/cgroup/cpu/sbx /sys/fs/cgroup/cpuacct/sbx \
+             /sys/fs/cgroup/memory/sbx /sys/fs/cgroup/freezer/sbx /sys/fs/cgroup/pids/sbx \
+             /sys/fs/cgroup/unified/sbx /sys/fs/cgroup/unified/sbx/.server && chown -R \
+             4242:4243 /sys/fs/cgroup/cpu/sbx",
+            "echo <pid of the shell that starts sandboxd> > \
+             /sys/fs/cgroup/unified/sbx/.server/cgroup.procs",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err}");
+        }
+
+        // Delegated, and the server runs in <parent>/.server: fine.
+        for dir in cg.parent_dirs() {
+            fake.dirs.lock().unwrap().insert(dir.clone());
+            fake.writable.lock().unwrap().insert(dir);
+        }
+        let procs = PathBuf::from("/sys/fs/cgroup/unified/sbx/cgroup.procs");
+        fake.writable.lock().unwrap().insert(procs);
+        cg.check_delegation(4242, 4243, Some("/sbx/.server"))
+            .unwrap();
+        // Delegated, but the server is outside the delegated v2 tree.
+        let err = cg
+            .check_delegation(4242, 4243, Some("/user.slice"))
+            .unwrap_err();
+        assert!(!err.contains("does not exist"), "{err}");
+        assert!(err.contains("the v2 group /user.slice"), "{err}");
+
+        // Pure v2: the controllers must be enabled for the parent.
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids"),
+            ("/sys/fs/cgroup/a/b/cgroup.controllers", "cpu"),
+        ]);
+        fake.dirs
+            .lock()
+            .unwrap()
+            .insert("/sys/fs/cgroup/a/b".into());
+        for w in ["/sys/fs/cgroup/a/b", "/sys/fs/cgroup/a/b/cgroup.procs"] {
+            fake.writable.lock().unwrap().insert(w.into());
+        }
+        let cg =
+            Cgroups::new(CgroupLayout::from_mountinfo(PURE_V2).unwrap(), "a/b", &fake).unwrap();
+        let err = cg
+            .check_delegation(1000, 1000, Some("/a/b/.server"))
+            .unwrap_err();
+        for want in [
+            "the memory and pids controllers are not enabled for /sys/fs/cgroup/a/b",
+            "/sys/fs/cgroup/a/b/cgroup.subtree_control is not writable",
+            "`echo '+memory +pids +cpu' > /sys/fs/cgroup/cgroup.subtree_control`",
+            "`echo '+memory +pids +cpu' > /sys/fs/cgroup/a/cgroup.subtree_control`",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err}");
+        }
+        assert!(!err.contains("a/b/cgroup.subtree_control`"), "{err}");
+        assert!(!err.contains(".server/cgroup.procs"), "{err}");
+        // ... and the server may not sit in the parent itself.
+        let err = cg.check_delegation(1000, 1000, Some("/a/b")).unwrap_err();
+        assert!(
+            err.contains("this process is in /sys/fs/cgroup/a/b itself"),
+            "{err}"
+        );
+        assert!(
+            err.contains("/sys/fs/cgroup/a/b/.server/cgroup.procs"),
+            "{err}"
+        );
     }
 
     #[test]

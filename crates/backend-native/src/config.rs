@@ -1,5 +1,6 @@
 //! Configuration of the native backend.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Name of the init binary, looked for next to the running executable by default.
@@ -11,7 +12,12 @@ pub const AGENT_BIN_NAME: &str = "sandboxd-agent";
 ///
 /// The backend owns `state_dir/boxes`, `run_dir` and the cgroups named `cgroup_parent`:
 /// [`cleanup_stale`](sandboxd_core::backend::Backend::cleanup_stale) removes everything it
-/// finds there.
+/// finds there, except a group under the parent that holds the server itself (a rootless
+/// server's `.server`) and, in rootless mode, the parent groups.
+///
+/// The defaults depend on who runs the server (see [`NativeConfig::default`]): root gets
+/// system directories, any other user per-user ones and a cgroup parent that must be
+/// delegated to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeConfig {
     /// Per-box directories: `<state_dir>/boxes/<id>/{upper,work,rootfs,init.log}`.
@@ -20,7 +26,10 @@ pub struct NativeConfig {
     /// path has at most 107 bytes.
     pub run_dir: PathBuf,
     /// Cgroup path (relative to each hierarchy's root) under which boxes' groups are made,
-    /// e.g. `sandboxd`; may be nested (`sandboxd/native`).
+    /// e.g. `sandboxd`; may be nested (`sandboxd/native`). In rootless mode it must exist and
+    /// be writable by the server's user in every hierarchy the backend uses, and the server
+    /// must run inside the delegated v2 tree;
+    /// [`NativeBackend::new`](crate::NativeBackend::new) says what to set up otherwise.
     pub cgroup_parent: String,
     /// The `sandboxd-init` binary.
     pub init_bin: PathBuf,
@@ -42,6 +51,48 @@ impl NativeConfig {
         }
     }
 
+    /// The default `(state_dir, run_dir)` for a process with effective uid `euid` and the
+    /// environment `env`:
+    ///
+    /// - root: `/var/lib/sandboxd/native` and `/run/sandboxd/native`;
+    /// - any other user (rootless mode), as XDG prescribes for per-user data and runtime
+    ///   files: `$XDG_DATA_HOME/sandboxd/native` (else `$HOME/.local/share/sandboxd/native`)
+    ///   and `$XDG_RUNTIME_DIR/sandboxd/native`; without those variables (only absolute
+    ///   values count), `/tmp/sandboxd-<euid>/state/native` and `/tmp/sandboxd-<euid>/run/native`.
+    ///   [`NativeBackend::new`](crate::NativeBackend::new) refuses a run_dir that another user
+    ///   owns, so a directory planted in `/tmp` is not used.
+    pub fn default_dirs(
+        euid: libc::uid_t,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> (PathBuf, PathBuf) {
+        if euid == 0 {
+            return (
+                PathBuf::from("/var/lib/sandboxd/native"),
+                PathBuf::from("/run/sandboxd/native"),
+            );
+        }
+        let var = |k: &str| env(k).map(PathBuf::from).filter(|p| p.is_absolute());
+        let fallback = PathBuf::from(format!("/tmp/sandboxd-{euid}"));
+        let state = var("XDG_DATA_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".local/share")))
+            .map_or_else(|| fallback.join("state"), |d| d.join("sandboxd"))
+            .join("native");
+        let run = var("XDG_RUNTIME_DIR")
+            .map_or_else(|| fallback.join("run"), |d| d.join("sandboxd"))
+            .join("native");
+        (state, run)
+    }
+
+    /// The default cgroup parent: `sandboxd` for root, `sandboxd-<euid>` for any other user,
+    /// so that rootless servers of several users each get their own delegated subtree.
+    pub fn default_cgroup_parent(euid: libc::uid_t) -> String {
+        if euid == 0 {
+            "sandboxd".to_string()
+        } else {
+            format!("sandboxd-{euid}")
+        }
+    }
+
     /// `sandboxd-init` and `sandboxd-agent` next to the running executable (falling back to
     /// bare names, which [`NativeBackend::new`](crate::NativeBackend::new) will report as
     /// missing).
@@ -55,17 +106,75 @@ impl NativeConfig {
 }
 
 impl Default for NativeConfig {
-    /// `/var/lib/sandboxd/native`, `/run/sandboxd/native`, cgroup parent `sandboxd`,
-    /// binaries next to the running executable, 256 MiB `/tmp`.
+    /// As root: `/var/lib/sandboxd/native`, `/run/sandboxd/native`, cgroup parent `sandboxd`.
+    /// As any other user (rootless mode): per-user directories (see
+    /// [`NativeConfig::default_dirs`]) and cgroup parent `sandboxd-<euid>`, which must be
+    /// delegated to that user (see [`Cgroups::check_delegation`](crate::cgroup::Cgroups::check_delegation)).
+    /// Either way: binaries next to the running executable, 256 MiB `/tmp`.
     fn default() -> Self {
         let (init_bin, agent_bin) = Self::default_binaries();
+        let euid = crate::sys::geteuid();
+        let (state_dir, run_dir) = Self::default_dirs(euid, |k| std::env::var_os(k));
         NativeConfig {
-            state_dir: PathBuf::from("/var/lib/sandboxd/native"),
-            run_dir: PathBuf::from("/run/sandboxd/native"),
-            cgroup_parent: "sandboxd".to_string(),
+            state_dir,
+            run_dir,
+            cgroup_parent: Self::default_cgroup_parent(euid),
             init_bin,
             agent_bin,
             tmp_size_mb: 256,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn default_dirs_for_root_and_other_users() {
+        let all = [
+            ("XDG_DATA_HOME", "/home/u/.data"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(
+            NativeConfig::default_dirs(0, env(&all)),
+            (
+                PathBuf::from("/var/lib/sandboxd/native"),
+                PathBuf::from("/run/sandboxd/native")
+            )
+        );
+        assert_eq!(
+            NativeConfig::default_dirs(1000, env(&all)),
+            (
+                PathBuf::from("/home/u/.data/sandboxd/native"),
+                PathBuf::from("/run/user/1000/sandboxd/native")
+            )
+        );
+        assert_eq!(
+            NativeConfig::default_dirs(1000, env(&[("HOME", "/home/u")])),
+            (
+                PathBuf::from("/home/u/.local/share/sandboxd/native"),
+                PathBuf::from("/tmp/sandboxd-1000/run/native")
+            )
+        );
+        // Relative values are ignored, as the XDG spec says.
+        assert_eq!(
+            NativeConfig::default_dirs(42, env(&[("HOME", "rel"), ("XDG_RUNTIME_DIR", "x")])),
+            (
+                PathBuf::from("/tmp/sandboxd-42/state/native"),
+                PathBuf::from("/tmp/sandboxd-42/run/native")
+            )
+        );
+        assert_eq!(NativeConfig::default_cgroup_parent(0), "sandboxd");
+        assert_eq!(NativeConfig::default_cgroup_parent(1000), "sandboxd-1000");
     }
 }

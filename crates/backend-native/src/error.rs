@@ -10,7 +10,8 @@ use crate::cgroup::CgroupError;
 /// Errors of [`NativeBackend`](crate::NativeBackend).
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
-    /// A prerequisite is missing on this host (a binary, a kernel feature, root, cgroups).
+    /// A prerequisite is missing on this host (a binary, a kernel feature, cgroups; in
+    /// rootless mode user namespaces or a delegated cgroup subtree).
     #[error("{0}")]
     Unavailable(String),
     /// The box spec cannot be honoured (bad id, host name, path or environment).

@@ -6,15 +6,30 @@
 //! and does, in order (see the crate docs for why):
 //!
 //! 1. join the box's v1 cgroups (the v2 one it was born in), then `unshare(CLONE_NEWCGROUP)`;
-//! 2. make every mount private, mount the overlay root, and take detached copies
-//!    (`open_tree`) of everything it will bind from the host: the workspace, the read-only
-//!    mounts, six device nodes;
+//! 2. make every mount private, mount the overlay root, take detached copies (`open_tree`)
+//!    of everything it will bind from the host: the workspace, the read-only mounts, six
+//!    device nodes, and make the box's procfs and sysfs as detached mounts (`fsmount`);
 //! 3. `pivot_root` into the overlay and drop the host's tree: from here on every path
 //!    resolves inside the box, so a symlink in a template cannot aim a mount at the host;
-//! 4. mount `/dev`, `/proc` (with Docker's masking), `/sys` (read-only), `/tmp`, attach the
-//!    workspace and read-only mounts;
+//! 4. mount `/dev`, attach `/proc` (with Docker's masking) and `/sys` (read-only), mount
+//!    `/tmp`, attach the workspace and read-only mounts;
 //! 5. set the host name and bring `lo` up;
 //! 6. close stray fds, drop privileges, apply landlock and seccomp, and `execveat` the agent.
+//!
+//! In rootless mode (the server is not root) it is root of a user namespace created by the
+//! same clone, with every capability *in that namespace*, which owns all the other
+//! namespaces; the steps are the same, with two differences the kernel imposes (and a third
+//! that shaped step 2 for both modes: in a user namespace procfs and sysfs can only be
+//! mounted while a fully visible instance is in the mount namespace, so they are made before
+//! the host's tree goes, and attached after):
+//!
+//! - the overlay is mounted with `userxattr`: in a user namespace overlayfs cannot use its
+//!   `trusted.overlay.*` xattrs (they need `CAP_SYS_ADMIN` in the host's namespace), and
+//!   without xattrs removing or renaming a directory of the template fails with `EIO`; with
+//!   `userxattr` it keeps them as `user.overlay.*` on the upper layer (Linux 5.11);
+//! - `/dev/pts` is mounted without `gid=5`: gid 5 (`tty`) is not mapped in the box's user
+//!   namespace, so the kernel refuses the option; pseudo-terminals then belong to the group of
+//!   the process that opens them (root's, inside the box).
 //!
 //! Failures are written to stderr (the box's `init.log` on the host) and to the status pipe
 //! (fd 4), which the host reads until it closes: it closes on the successful `execveat`
@@ -71,6 +86,10 @@ pub struct InitConfig {
     pub agent_env: Vec<String>,
     /// The agent's `argv`.
     pub agent_argv: Vec<String>,
+    /// Rootless mode: the init is root of its own user namespace, which maps only uid 0 and
+    /// gid 0 (to the server's ids); changes two mount options (see the module docs).
+    #[serde(default)]
+    pub rootless: bool,
 }
 
 /// Errors of the init. Each names the step that failed.
@@ -156,9 +175,9 @@ fn run() -> Result<Infallible, InitError> {
     mount_overlay(&cfg)?;
     let sources = Sources::open(&cfg)?;
     enter_root(&cfg.rootfs)?;
-    mount_dev(&sources.devices, cfg.tmp_size_mb)?;
-    mount_proc()?;
-    mount_sys()?;
+    mount_dev(&sources.devices, cfg.tmp_size_mb, cfg.rootless)?;
+    mount_proc(&sources.proc)?;
+    mount_sys(&sources.sysfs)?;
     mount_tmp(cfg.tmp_size_mb)?;
     attach(&sources.workspace, Path::new("/workspace"), true)?;
     for (fd, guest, is_dir) in &sources.readonly {
@@ -179,12 +198,16 @@ fn join_cgroups(files: &[PathBuf]) -> Result<(), InitError> {
 }
 
 fn mount_overlay(cfg: &InitConfig) -> Result<(), InitError> {
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         cfg.template.display(),
         cfg.upper.display(),
         cfg.work.display()
     );
+    if cfg.rootless {
+        // trusted.* xattrs are out of reach in a user namespace (see the module docs).
+        data.push_str(",userxattr");
+    }
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
     // `volatile` skips syncs of the upper layer, which is thrown away with the box anyway;
     // kernels before 5.10 do not know it.
@@ -208,11 +231,14 @@ fn mount_overlay(cfg: &InitConfig) -> Result<(), InitError> {
     .map_err(at("mount overlay on", &cfg.rootfs))
 }
 
-/// Detached copies of the host mounts the box gets, taken while the host's tree is visible.
+/// Detached copies of the host mounts the box gets, taken while the host's tree is visible,
+/// and the box's own procfs and sysfs, made (not yet attached) at the same time.
 struct Sources {
     workspace: OwnedFd,
     readonly: Vec<(OwnedFd, PathBuf, bool)>,
     devices: Vec<(OwnedFd, &'static str)>,
+    proc: OwnedFd,
+    sysfs: OwnedFd,
 }
 
 /// Device nodes bind-mounted from the host: all harmless, none gives access to hardware.
@@ -254,10 +280,36 @@ impl Sources {
                 .map_err(at("mount_setattr", &path))?;
             devices.push((fd, name));
         }
+        // procfs and sysfs are made now but attached only inside the box. In a user namespace
+        // the kernel mounts them only while a fully visible instance of the same file system
+        // is in the mount namespace ("mount_too_revealing"), i.e. only before the host's tree
+        // is detached; with the mount API the check happens at fsmount, and the mount point is
+        // still chosen after pivot_root, inside the box. As root the order makes no
+        // difference. The instances belong to the box's pid and net namespaces (those of this
+        // process when fsopen is called).
+        let proc = sys::fs_mount_detached(
+            c"proc",
+            &[],
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(at("make a procfs for", "/proc"))?;
+        // Read-only, and in a new net namespace it lists only the box's own interfaces. The
+        // cgroup file systems are not mounted under it: the box has no business with them.
+        let sysfs = sys::fs_mount_detached(
+            c"sysfs",
+            &[c"ro"],
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(at("make a sysfs for", "/sys"))?;
         Ok(Sources {
             workspace,
             readonly,
             devices,
+            proc,
+            sysfs,
         })
     }
 }
@@ -298,7 +350,11 @@ fn tmpfs(target: &Path, flags: libc::c_ulong, data: &str) -> Result<(), InitErro
         .map_err(at("mount tmpfs on", target))
 }
 
-fn mount_dev(devices: &[(OwnedFd, &'static str)], shm_mb: u64) -> Result<(), InitError> {
+fn mount_dev(
+    devices: &[(OwnedFd, &'static str)],
+    shm_mb: u64,
+    rootless: bool,
+) -> Result<(), InitError> {
     let dev = Path::new("/dev");
     mount_point(dev, true)?;
     tmpfs(
@@ -314,12 +370,18 @@ fn mount_dev(devices: &[(OwnedFd, &'static str)], shm_mb: u64) -> Result<(), Ini
         .mode(0o755)
         .create(&pts)
         .map_err(at("mkdir", &pts))?;
+    // Rootless: gid 5 is not mapped in the box's user namespace (see the module docs).
+    let options = if rootless {
+        "newinstance,ptmxmode=0666,mode=0620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    };
     sys::mount(
         Some("devpts"),
         &pts,
         Some("devpts"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(options),
     )
     .map_err(at("mount devpts on", &pts))?;
     let shm = dev.join("shm");
@@ -381,19 +443,11 @@ fn mask_dir(path: &Path) -> Result<(), InitError> {
     )
 }
 
-fn mount_proc() -> Result<(), InitError> {
+fn mount_proc(procfs: &OwnedFd) -> Result<(), InitError> {
     let proc = Path::new("/proc");
-    mount_point(proc, true)?;
-    // A fresh procfs: this process is PID 1 of the new pid namespace, so only the box's
-    // processes are listed.
-    sys::mount(
-        Some("proc"),
-        proc,
-        Some("proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        None,
-    )
-    .map_err(at("mount proc on", proc))?;
+    // A fresh procfs (see `Sources`): this process is PID 1 of the new pid namespace, so
+    // only the box's processes are listed.
+    attach(procfs, proc, true)?;
     for name in PROC_MASKED_FILES {
         let path = proc.join(name);
         if path.exists() {
@@ -419,19 +473,10 @@ fn mount_proc() -> Result<(), InitError> {
 /// Parts of sysfs Docker hides: firmware tables and the RAPL energy counters (a side channel).
 const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 
-fn mount_sys() -> Result<(), InitError> {
+fn mount_sys(sysfs: &OwnedFd) -> Result<(), InitError> {
     let sys_dir = Path::new("/sys");
-    mount_point(sys_dir, true)?;
-    // Read-only, and in a new net namespace it lists only the box's own interfaces. The
-    // cgroup file systems are not mounted under it: the box has no business with them.
-    sys::mount(
-        Some("sysfs"),
-        sys_dir,
-        Some("sysfs"),
-        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        None,
-    )
-    .map_err(at("mount sysfs on", sys_dir))?;
+    // Made read-only in `Sources`.
+    attach(sysfs, sys_dir, true)?;
     for name in SYS_MASKED_DIRS {
         let path = sys_dir.join(name);
         if path.is_dir() {

@@ -3,10 +3,36 @@
 //!
 //! The server is multi-threaded, so between `clone` and `execve` the child may only make
 //! async-signal-safe calls (another thread may have held the allocator's lock at the moment
-//! of the clone). Everything the child needs (paths, argv, envp, fd numbers) is therefore
-//! built before the clone, and the child only `dup2`s, unblocks signals and `execve`s.
+//! of the clone). Everything the child needs (paths, argv, envp, fd numbers, id maps) is
+//! therefore built before the clone, and the child only `dup2`s, (rootless) writes its id
+//! maps, unblocks signals and `execve`s.
+//!
+//! # Rootless: the user namespace and its id maps
+//!
+//! When the server is not root, the clone also carries `CLONE_NEWUSER`. The kernel creates
+//! the user namespace first, so it owns the other namespaces made by the same clone, and the
+//! child holds every capability in it. Its uid and gid stay unmapped (shown as the overflow
+//! id) until `uid_map`/`gid_map` are written, and the init must not run before that.
+//!
+//! The child writes its own maps, before `execve`: `deny` to `/proc/self/setgroups`, then
+//! `0 <euid> 1` to `uid_map` and `0 <egid> 1` to `gid_map`. user_namespaces(7) allows this
+//! single-id map from a process inside the new namespace (it holds `CAP_SETUID`/`CAP_SETGID`
+//! there and maps exactly its own effective id in the parent namespace; `setgroups` must be
+//! denied first for the gid map). Compared with the parent writing the maps while the child
+//! blocks on a pipe, this needs no pipe, no round trip and no clean-up of a half-started child
+//! on the parent's side, and the order "maps, then exec" holds by construction.
+//!
+//! One kernel detail forces an extra step: `/proc/<pid>/{uid_map,gid_map,setgroups}` of a
+//! non-dumpable process are owned by host root, so neither the child nor the server could open
+//! them. A server that changed its uids (started as root and dropped privileges) is
+//! non-dumpable, and the child inherits that. The child therefore sets itself dumpable
+//! (`PR_SET_DUMPABLE`, affecting only its own copy of the address space) first; the `execve`
+//! a few syscalls later recomputes the flag anyway. In that window another process of the
+//! server's uid on the host could ptrace the child (where Yama allows it), which holds a copy
+//! of the server's memory; such a process could ptrace a dumpable server as well. Boxes
+//! cannot: the child's pid does not exist in their pid namespaces.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -33,6 +59,23 @@ pub(crate) struct Prepared {
     _fds: Vec<OwnedFd>,
     /// The box's v2 cgroup directory, for `CLONE_INTO_CGROUP`.
     cgroup: Option<OwnedFd>,
+    /// Rootless: the id maps the child writes for its new user namespace.
+    userns: Option<UsernsMaps>,
+}
+
+/// The host ids that uid 0 and gid 0 of a rootless box map to (the server's effective ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdMap {
+    /// Host uid of the box's root.
+    pub uid: libc::uid_t,
+    /// Host gid of the box's root group.
+    pub gid: libc::gid_t,
+}
+
+/// The contents of the child's id map files, formatted before the clone.
+struct UsernsMaps {
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
 }
 
 /// Namespaces the init is born in. The cgroup namespace is not among them: the init joins
@@ -93,6 +136,7 @@ impl Prepared {
         config: &InitConfig,
         v2_dir: Option<&Path>,
         fds: ChildFds,
+        userns: Option<IdMap>,
     ) -> io::Result<Self> {
         let path = sys::cpath(init_bin)?;
         let argv = vec![CString::new("sandboxd-init").map_err(|_| nul_error("argv"))?];
@@ -118,7 +162,130 @@ impl Prepared {
             sources,
             _fds: owned,
             cgroup,
+            userns: userns.map(|m| UsernsMaps {
+                uid_map: format!("0 {} 1\n", m.uid).into_bytes(),
+                gid_map: format!("0 {} 1\n", m.gid).into_bytes(),
+            }),
         })
+    }
+
+    /// The namespaces to create: [`CLONE_FLAGS`], plus a user namespace when rootless.
+    fn clone_flags(&self) -> libc::c_int {
+        if self.userns.is_some() {
+            CLONE_FLAGS | libc::CLONE_NEWUSER
+        } else {
+            CLONE_FLAGS
+        }
+    }
+}
+
+/// Report a failure of the child before `execve` on stderr (the box's `init.log`) and the
+/// status pipe, as `prefix` and the errno in decimal, then exit.
+///
+/// # Safety
+///
+/// Only for the cloned child after its `dup2`s; async-signal-safe (no allocation).
+unsafe fn child_fail(prefix: &[u8], errno: i32) -> ! {
+    let mut buf = [0u8; 160];
+    let mut len = 0;
+    for &b in prefix.iter().take(buf.len() - 16) {
+        buf[len] = b;
+        len += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut n = errno.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &digits[i..] {
+        buf[len] = b;
+        len += 1;
+    }
+    buf[len] = b'\n';
+    len += 1;
+    for fd in [libc::STDERR_FILENO, crate::init::STATUS_FD] {
+        // SAFETY: writing a stack buffer to an fd; write is async-signal-safe. A failed
+        // write leaves nobody to tell.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), len) };
+    }
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(125) }
+}
+
+/// Write `data` to the file `path` with one `write(2)`; returns the errno on failure.
+///
+/// # Safety
+///
+/// Async-signal-safe (raw `open`, `write`, `close`), for the cloned child.
+unsafe fn child_write_file(path: &CStr, data: &[u8]) -> Result<(), i32> {
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd == -1 {
+        return Err(errno());
+    }
+    // SAFETY: the pointer and length describe `data`; `fd` was just opened.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let result = if n == data.len() as isize {
+        Ok(())
+    } else if n == -1 {
+        Err(errno())
+    } else {
+        Err(libc::EIO)
+    };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Rootless: make the child uid 0 / gid 0 of its new user namespace (see the module docs).
+///
+/// # Safety
+///
+/// Only for the cloned child, after its `dup2`s; async-signal-safe. Exits on failure.
+unsafe fn child_write_id_maps(maps: &UsernsMaps) {
+    let one: libc::c_ulong = 1;
+    let zero: libc::c_ulong = 0;
+    // SAFETY: PR_SET_DUMPABLE takes integer arguments only; it changes this process alone.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, one, zero, zero, zero) } == -1 {
+        let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // SAFETY: we are the child, after the dup2s.
+        unsafe {
+            child_fail(
+                b"sandboxd-init: rootless: prctl(PR_SET_DUMPABLE): errno ",
+                e,
+            )
+        };
+    }
+    let steps: [(&CStr, &[u8], &[u8]); 3] = [
+        (
+            c"/proc/self/setgroups",
+            b"deny",
+            b"sandboxd-init: rootless: write deny to /proc/self/setgroups: errno ",
+        ),
+        (
+            c"/proc/self/uid_map",
+            &maps.uid_map,
+            b"sandboxd-init: rootless: write /proc/self/uid_map: errno ",
+        ),
+        (
+            c"/proc/self/gid_map",
+            &maps.gid_map,
+            b"sandboxd-init: rootless: write /proc/self/gid_map: errno ",
+        ),
+    ];
+    for (path, data, what) in steps {
+        // SAFETY: async-signal-safe file write in the child.
+        if let Err(e) = unsafe { child_write_file(path, data) } {
+            // SAFETY: we are the child, after the dup2s.
+            unsafe { child_fail(what, e) };
+        }
     }
 }
 
@@ -137,6 +304,11 @@ unsafe fn child_exec(p: &Prepared, born_in_cgroup: bool) -> ! {
             // SAFETY: _exit is async-signal-safe.
             unsafe { libc::_exit(126) };
         }
+    }
+    if let Some(maps) = &p.userns {
+        // SAFETY: we are the cloned child, after the dup2s (the failure report needs fds 2
+        // and 4).
+        unsafe { child_write_id_maps(maps) };
     }
     // The calling thread's signal mask survives execve; a tokio worker's may not be empty.
     let empty: u64 = 0;
@@ -167,7 +339,7 @@ pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
     if let Some(cgroup) = &p.cgroup {
         let mut pidfd: libc::c_int = -1;
         let args = CloneArgs {
-            flags: CLONE_FLAGS as u64 | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
+            flags: p.clone_flags() as u64 | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
             exit_signal: libc::SIGCHLD as u64,
             cgroup: cgroup.as_raw_fd() as u64,
@@ -195,7 +367,7 @@ pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
             }
         }
     }
-    let flags = (CLONE_FLAGS | libc::SIGCHLD) as libc::c_ulong;
+    let flags = (p.clone_flags() | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: clone without CLONE_VM and with a null stack behaves like fork (see above).
     let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     let pid = match ret {

@@ -21,6 +21,17 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 /// `MOUNT_ATTR_NOEXEC` from `<linux/mount.h>`.
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
 
+/// `FSOPEN_CLOEXEC` from `<linux/mount.h>`.
+const FSOPEN_CLOEXEC: libc::c_uint = 0x0000_0001;
+/// `FSMOUNT_CLOEXEC` from `<linux/mount.h>`.
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x0000_0001;
+/// `FSCONFIG_SET_FLAG` from `<linux/mount.h>` (`enum fsconfig_command`).
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+/// `FSCONFIG_SET_STRING` from `<linux/mount.h>` (`enum fsconfig_command`).
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+/// `FSCONFIG_CMD_CREATE` from `<linux/mount.h>` (`enum fsconfig_command`).
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+
 /// `struct mount_attr` from `<linux/mount.h>`.
 #[repr(C)]
 struct MountAttr {
@@ -148,6 +159,65 @@ pub fn mount_setattr(fd: &OwnedFd, recursive: bool, attr_set: u64) -> io::Result
         )
     })
     .map(drop)
+}
+
+/// A new instance of the file system `fstype` as a detached mount (`fsopen`, `fsconfig` with
+/// the source name `fstype`, as `mount -t <fstype> <fstype>` shows it, and each of `flags`
+/// set, `FSCONFIG_CMD_CREATE`, `fsmount` with the `MOUNT_ATTR_*` bits `attr`), to be attached
+/// later with [`move_mount`].
+pub fn fs_mount_detached(fstype: &CStr, flags: &[&CStr], attr: u64) -> io::Result<OwnedFd> {
+    // SAFETY: `fstype` is a valid NUL-terminated string; fsopen returns a new fd or -1.
+    let fs =
+        check_long(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    // SAFETY: FSCONFIG_SET_STRING takes a key and a value, both valid NUL-terminated strings,
+    // and aux 0.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"source".as_ptr(),
+            fstype.as_ptr(),
+            0,
+        )
+    })?;
+    for flag in flags {
+        // SAFETY: FSCONFIG_SET_FLAG takes a key string, a null value and aux 0.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                flag.as_ptr(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            )
+        })?;
+    }
+    // SAFETY: FSCONFIG_CMD_CREATE takes null key and value and aux 0.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: fsmount takes integer arguments only and returns a new fd or -1.
+    let mnt = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            attr as libc::c_uint,
+        )
+    })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as RawFd) })
 }
 
 /// `move_mount(2)`: attach the detached tree `fd` at `target`.
@@ -454,6 +524,43 @@ pub fn write_all_raw(fd: RawFd, mut buf: &[u8]) {
 pub fn geteuid() -> libc::uid_t {
     // SAFETY: geteuid cannot fail and takes no arguments.
     unsafe { libc::geteuid() }
+}
+
+/// Effective gid.
+pub fn getegid() -> libc::gid_t {
+    // SAFETY: getegid cannot fail and takes no arguments.
+    unsafe { libc::getegid() }
+}
+
+/// Whether this process may access `path` in `mode` (`libc::W_OK`, ...), judged by its
+/// *effective* ids (`faccessat(AT_EACCESS)`), as an open would be.
+pub fn access_effective(path: &Path, mode: libc::c_int) -> bool {
+    let Ok(c) = cpath(path) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string; faccessat takes no other pointers.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+/// Check that this process may create a user namespace: `clone(CLONE_NEWUSER)` a child that
+/// exits at once, and reap it.
+pub fn probe_user_namespace() -> io::Result<()> {
+    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork; the child only
+    // calls _exit, which is async-signal-safe, so a multi-threaded parent is no problem.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: we are the freshly cloned child; _exit ends it without running any code of
+        // the parent's (no atexit handlers, no buffered output).
+        0 => unsafe { libc::_exit(0) },
+        pid => {
+            let mut status = 0;
+            // SAFETY: reaping our own child; `status` is a valid int to write to.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            Ok(())
+        }
+    }
 }
 
 /// This process's pid.

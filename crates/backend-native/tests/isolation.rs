@@ -146,6 +146,16 @@ async fn template_and_host_files_are_out_of_reach() {
     assert_eq!(fs::read_to_string(upper.join("bin/x")).unwrap(), "new\n");
     // The box's /tmp is its own.
     assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    // The box's own procfs and sysfs, with their flags.
+    let out = agent.sh("grep -E '^[a-z]+ /(proc|sys) ' /proc/mounts");
+    assert!(
+        out.stdout
+            .contains("proc /proc proc rw,nosuid,nodev,noexec")
+            && out
+                .stdout
+                .contains("sysfs /sys sysfs ro,nosuid,nodev,noexec"),
+        "{out:?}"
+    );
     // Writing into a read-only /proc/sys fails, and the masked files are empty.
     let out = agent.sh("echo 1 > /proc/sys/kernel/hostname; echo rc=$?");
     assert!(
@@ -191,8 +201,9 @@ async fn host_loopback_is_unreachable() {
     );
     // The box's own loopback works.
     let out = agent.sh(
-        "(nc -l -p 7777 > /tmp/got &); for i in $(seq 50); do echo ping | nc -w 1 127.0.0.1 7777 && break; sleep 0.1; done; \
-         for i in $(seq 50); do [ -s /tmp/got ] && break; sleep 0.1; done; cat /tmp/got",
+        // Generous waits: on a loaded machine the listener can take seconds to start.
+        "(nc -l -p 7777 > /tmp/got &); for i in $(seq 300); do echo ping | nc -w 1 127.0.0.1 7777 && break; sleep 0.1; done; \
+         for i in $(seq 300); do [ -s /tmp/got ] && break; sleep 0.1; done; cat /tmp/got",
     );
     assert!(
         out.stdout.contains("ping"),
@@ -270,8 +281,10 @@ async fn memory_limit_kills_the_hog_not_the_agent() {
     // `tail` keeps the whole (newline-free) input in memory.
     let out = agent.sh("head -c 200m /dev/zero | tail | wc -c");
     let killed = out.signal == Some(9) || out.code == Some(137) || out.stderr.contains("Killed");
+    // `wc` prints 0 once `tail` is killed, unless a second OOM kill takes `wc` too: the kernel
+    // may kill again before the first victim's memory is freed (seen in about 1 run in 10).
     assert!(
-        killed && out.stdout.trim() == "0",
+        killed && matches!(out.stdout.trim(), "0" | ""),
         "the hog survived: {out:?}"
     );
     assert_hello(agent.hello());
