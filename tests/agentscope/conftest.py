@@ -147,3 +147,17 @@ def limited_server():
     s = Server(MAX_SANDBOX_INSTANCES="1")
     yield s
     s.stop()
+
+
+@pytest.fixture()
+def pooled_server():
+    s = Server(POOL_SIZE="2")
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def heartbeat_server():
+    s = Server(HEARTBEAT_TIMEOUT="2", HEARTBEAT_SCAN_INTERVAL="1")
+    yield s
+    s.stop()

@@ -1,6 +1,7 @@
 """The real `agentscope-runtime` client (remote mode) against a real `sandboxd serve`."""
 
 import asyncio
+import time
 
 import pytest
 import requests
@@ -252,3 +253,77 @@ def test_instance_limit(limited_server):
     # Released: room again.
     with BaseSandbox(base_url=s.url, bearer_token=s.token) as again:
         assert texts(again.run_shell_command(command="echo two"))["stdout"] == "two\n"
+
+
+def _warm(server, n: int) -> list:
+    """Container names of the server's warm sandboxes, once there are exactly `n`."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = requests.get(
+            f"{server.url}/v1/sandboxes",
+            headers={"Authorization": f"Bearer {server.token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        warm = ["sandboxd-" + s["id"] for s in r.json()["sandboxes"] if s["state"] == "warm"]
+        if len(warm) == n:
+            return warm
+        assert time.monotonic() < deadline, f"{len(warm)} warm, want {n}"
+        time.sleep(0.05)
+
+
+def test_pool_hand_out(pooled_server):
+    s = pooled_server
+    warm = _warm(s, 2)
+    mgr = SandboxManager(base_url=s.url, bearer_token=s.token)
+    assert mgr.get_info(warm[0])["state"] == "warm"
+    # BaseSandbox takes its sandbox with create_from_pool.
+    with BaseSandbox(base_url=s.url, bearer_token=s.token) as sandbox:
+        assert sandbox.sandbox_id in warm
+        info = sandbox.get_info()
+        assert info["state"] == "running" and info["session_ctx_id"]
+        r = sandbox.run_shell_command(command="echo pooled; pwd")
+        assert texts(r)["stdout"] == "pooled\n/workspace\n"
+        # Refilled in the background, never past POOL_SIZE.
+        refilled = _warm(s, 2)
+        assert sandbox.sandbox_id not in refilled
+
+    async def async_client():
+        # The async twin type runs on the `base` template, so it comes from the same pool.
+        async with BaseSandboxAsync(base_url=s.url, bearer_token=s.token) as sb:
+            assert sb.sandbox_id in refilled
+            r = await sb.run_shell_command("echo async")
+            assert texts(r)["stdout"] == "async\n"
+
+    asyncio.run(async_client())
+    name = mgr.create_from_pool(sandbox_type="base", meta={"session_ctx_id": "pool-s"})
+    assert mgr.get_session_mapping("pool-s") == [name]
+    assert mgr.get_info(name)["state"] == "running"
+    assert mgr.release(name) is True
+
+
+def test_heartbeat_reap_then_restore(heartbeat_server):
+    s = heartbeat_server
+    mgr = SandboxManager(base_url=s.url, bearer_token=s.token)
+    with BaseSandbox(base_url=s.url, bearer_token=s.token) as sandbox:
+        old = sandbox.sandbox_id
+        sandbox.fs.write("notes/keep.txt", "still here")
+        r = sandbox.run_shell_command(command="echo shell > made-by-shell.txt")
+        assert r["isError"] is False
+        # No touch for HEARTBEAT_TIMEOUT: the scanner recycles the session.
+        deadline = time.monotonic() + 30
+        while mgr.get_info(old)["state"] != "recycled":
+            assert time.monotonic() < deadline, mgr.get_info(old)
+            time.sleep(0.2)
+        info = mgr.get_info(old)
+        assert info["recycle_reason"] == "heartbeat timeout"
+        # The next touch restores it: a new sandbox on the same workspace.
+        r = sandbox.run_shell_command(command="cat notes/keep.txt made-by-shell.txt")
+        assert texts(r)["stdout"] == "still hereshell\n"
+        info = sandbox.get_info()  # the old name follows the redirect
+        assert info["state"] == "running"
+        assert info["container_name"] != old
+        assert sandbox.fs.read("notes/keep.txt") == "still here"
+        assert mgr.check_health(old) is True
+        session = info["session_ctx_id"]
+        assert mgr.get_session_mapping(session) == [info["container_name"]]

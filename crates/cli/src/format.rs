@@ -55,9 +55,12 @@ fn state_name(s: SandboxState) -> &'static str {
     match s {
         SandboxState::Creating => "creating",
         SandboxState::Running => "running",
+        SandboxState::Warm => "warm",
         SandboxState::Stopping => "stopping",
         SandboxState::Stopped => "stopped",
         SandboxState::Error => "error",
+        SandboxState::Recycled => "recycled",
+        SandboxState::Replaced => "replaced",
     }
 }
 
@@ -144,6 +147,7 @@ mod tests {
             resources: Resources::default(),
             metadata: [("team".to_string(), "red".to_string())].into(),
             reason: None,
+            replaced_by: None,
         };
         let never = Sandbox {
             expires_at_ms: None,

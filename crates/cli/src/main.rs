@@ -101,6 +101,10 @@ struct CreateArgs {
     /// Session whose workspace is mounted at /workspace (default: the sandbox's own id).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
+    /// Take a warm sandbox from the server's pool (POOL_SIZE) when one fits (no --env,
+    /// --session or limits); else create one.
+    #[arg(long)]
+    from_pool: bool,
     /// Print the whole sandbox record as JSON.
     #[arg(long)]
     json: bool,
@@ -298,6 +302,7 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         timeout_secs: a.timeout,
         metadata: a.metadata.into_iter().collect(),
         session_id: a.session,
+        from_pool: a.from_pool,
     };
     let sb = c.create(&req).await?;
     if a.json {

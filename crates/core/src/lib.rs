@@ -5,6 +5,7 @@
 //! - [`agent`]: the async client of the guest agent's protocol.
 //! - [`manager`]: [`Manager`](manager::Manager), which creates, tracks, reaps and removes
 //!   sandboxes and routes work to their agents.
+//! - [`pool`]: warm pools (started sandboxes waiting to be handed out) and their rules.
 //! - [`templates`]: where sandbox types' root file systems are found.
 //!
 //! Invariant: this crate never knows HTTP, Redis, Docker or any concrete backend.
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod backend;
 pub mod error;
 pub mod manager;
+pub mod pool;
 pub mod store;
 pub mod templates;
 

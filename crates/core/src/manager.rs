@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::{unexpected, AgentConn};
 use crate::backend::{AgentEndpoint, Backend, BoxSpec, Limits, ReadonlyMount};
+use crate::pool::{self, Pools};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
 use crate::CoreError;
@@ -41,6 +42,13 @@ pub struct ManagerConfig {
     pub reap_interval: Duration,
     /// How long a new sandbox's agent may take to answer.
     pub start_timeout: Duration,
+    /// Warm sandboxes kept per pooled type (`POOL_SIZE`; 0 = no pool).
+    pub pool_size: usize,
+    /// Types that get a warm pool (`DEFAULT_SANDBOX_TYPE`'s list).
+    pub pool_types: Vec<String>,
+    /// How long the record of a recycled or replaced sandbox is kept (a recycled one can be
+    /// restored until then; a replaced one redirects until then).
+    pub retired_keep: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -58,6 +66,9 @@ impl Default for ManagerConfig {
             },
             reap_interval: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
+            pool_size: 0,
+            pool_types: Vec::new(),
+            retired_keep: Duration::from_secs(3600),
         }
     }
 }
@@ -83,6 +94,9 @@ pub struct Manager {
     templates: Templates,
     config: ManagerConfig,
     shutting_down: AtomicBool,
+    pools: Pools,
+    /// Serializes restores, so that two touches of a recycled sandbox make one successor.
+    restoring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -115,6 +129,20 @@ fn check_text(what: &str, s: &str) -> Result<(), CoreError> {
     }
     if s.len() > MAX_LABEL_LEN * 32 {
         return Err(invalid(format!("{what} is too long")));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), CoreError> {
+    if metadata.len() > MAX_METADATA {
+        return Err(invalid(format!("at most {MAX_METADATA} metadata entries")));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.len() > 256 || v.len() > MAX_LABEL_LEN {
+            return Err(invalid(
+                "metadata keys must be 1..256 bytes, values at most 4096",
+            ));
+        }
     }
     Ok(())
 }
@@ -164,6 +192,8 @@ impl Manager {
             templates,
             config,
             shutting_down: AtomicBool::new(false),
+            pools: Pools::default(),
+            restoring: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&manager);
         let interval = manager.config.reap_interval;
@@ -179,6 +209,27 @@ impl Manager {
                 m.reap_once().await;
             }
         });
+        if manager.pools_enabled() {
+            let weak = Arc::downgrade(&manager);
+            let wake = manager.pools.wake.clone();
+            wake.notify_one();
+            tokio::spawn(async move {
+                loop {
+                    {
+                        let Some(m) = weak.upgrade() else { break };
+                        if m.pools.stopped.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        m.refill_once().await;
+                    }
+                    // Wait without holding the manager, so that dropping it ends this task.
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(pool::RETRY_INTERVAL) => {}
+                    }
+                }
+            });
+        }
         Ok(manager)
     }
 
@@ -235,10 +286,34 @@ impl Manager {
         ))
     }
 
-    /// Create a sandbox and wait until its agent answers.
+    /// Create a sandbox and wait until its agent answers; with `from_pool`, hand out a warm one
+    /// instead when one fits (see [`CreateSandboxRequest::from_pool`](sandboxd_types::CreateSandboxRequest::from_pool)).
     pub async fn create(
         &self,
         req: sandboxd_types::CreateSandboxRequest,
+    ) -> Result<Sandbox, CoreError> {
+        let fits_warm = req.session_id.is_none() && req.env.is_empty() && req.resources.is_none();
+        if req.from_pool && fits_warm {
+            let sandbox_type = req
+                .sandbox_type
+                .clone()
+                .unwrap_or_else(|| self.config.default_type.clone());
+            if let Some(sb) = self
+                .create_from_pool(&sandbox_type, req.metadata.clone(), req.timeout_secs)
+                .await?
+            {
+                return Ok(sb);
+            }
+        }
+        self.create_inner(req, false).await
+    }
+
+    /// Create a sandbox; a `warm` one waits in its type's pool (state `warm`, no expiry) and
+    /// does not make room for itself by removing other warm ones.
+    async fn create_inner(
+        &self,
+        req: sandboxd_types::CreateSandboxRequest,
+        warm: bool,
     ) -> Result<Sandbox, CoreError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(CoreError::ShuttingDown);
@@ -260,16 +335,7 @@ impl Manager {
             CoreError::UnknownType(sandbox_type.clone(), hint)
         })?;
         check_env(&req.env)?;
-        if req.metadata.len() > MAX_METADATA {
-            return Err(invalid(format!("at most {MAX_METADATA} metadata entries")));
-        }
-        for (k, v) in &req.metadata {
-            if k.is_empty() || k.len() > 256 || v.len() > MAX_LABEL_LEN {
-                return Err(invalid(
-                    "metadata keys must be 1..256 bytes, values at most 4096",
-                ));
-            }
-        }
+        check_metadata(&req.metadata)?;
         let (limits, resources) = self.resolve_limits(req.resources.as_ref())?;
         let id = new_id();
         let session_id = match req.session_id {
@@ -290,10 +356,11 @@ impl Manager {
             session_id: session_id.clone(),
             backend: self.backend.name().to_string(),
             created_at_ms: created,
-            expires_at_ms: expiry(created, timeout),
+            expires_at_ms: if warm { None } else { expiry(created, timeout) },
             resources,
             metadata: req.metadata,
             reason: None,
+            replaced_by: None,
         };
         let limit = (self.config.max_instances > 0).then_some(self.config.max_instances);
         let record = SandboxRecord {
@@ -301,15 +368,22 @@ impl Manager {
             endpoint: None,
             version: 0,
         };
-        self.store
-            .insert(record, limit)
-            .await
-            .map_err(|e| match e {
-                StoreError::LimitReached(n) => CoreError::LimitReached(n),
-                e => e.into(),
-            })?;
+        loop {
+            match self.store.insert(record.clone(), limit).await {
+                Ok(()) => break,
+                // Warm sandboxes only use room nobody else wants: give one up and retry.
+                Err(StoreError::LimitReached(_)) if !warm && self.evict_one_warm().await => {}
+                Err(StoreError::LimitReached(n)) => return Err(CoreError::LimitReached(n)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let state = if warm {
+            SandboxState::Warm
+        } else {
+            SandboxState::Running
+        };
         match self
-            .start_box(&id, &session_id, rootfs, req.env, limits)
+            .start_box(&id, &session_id, rootfs, req.env, limits, state)
             .await
         {
             Ok(sandbox) => Ok(sandbox),
@@ -328,6 +402,7 @@ impl Manager {
         template_rootfs: PathBuf,
         env: BTreeMap<String, String>,
         limits: Limits,
+        state: SandboxState,
     ) -> Result<Sandbox, CoreError> {
         let workspace = self.config.mount_dir.join(session_id);
         tokio::fs::create_dir_all(&workspace).await.map_err(|e| {
@@ -349,7 +424,7 @@ impl Manager {
         AgentConn::handshake(&handle.endpoint, self.config.start_timeout).await?;
         let updated = self
             .modify(id, |r| {
-                r.sandbox.state = SandboxState::Running;
+                r.sandbox.state = state;
                 r.endpoint = Some(handle.endpoint.clone());
             })
             .await?;
@@ -415,6 +490,10 @@ impl Manager {
             return Err(e.into());
         }
         self.store.remove(id).await?;
+        // Room under the instance limit may let the pools refill.
+        if self.pools_enabled() {
+            self.pools.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -427,6 +506,99 @@ impl Manager {
         Ok(rec.sandbox)
     }
 
+    /// Add or replace metadata pairs of a sandbox.
+    pub async fn set_metadata(
+        &self,
+        id: &str,
+        pairs: BTreeMap<String, String>,
+    ) -> Result<Sandbox, CoreError> {
+        let mut merged = self.get(id).await?.metadata;
+        merged.extend(pairs.clone());
+        check_metadata(&merged)?;
+        let rec = self
+            .modify(id, |r| r.sandbox.metadata.extend(pairs.clone()))
+            .await?;
+        Ok(rec.sandbox)
+    }
+
+    /// Remove a running sandbox's box but keep its record (state `recycled`, with `reason`) and
+    /// its workspace, so that [`Manager::restore`] can bring it back. The record is kept for
+    /// `retired_keep`.
+    pub async fn recycle(&self, id: &str, reason: &str) -> Result<Sandbox, CoreError> {
+        let mut claimed = false;
+        self.modify(id, |r| {
+            claimed = r.sandbox.state == SandboxState::Running;
+            if claimed {
+                r.sandbox.state = SandboxState::Stopping;
+            }
+        })
+        .await?;
+        if !claimed {
+            return Err(CoreError::NotRunning(id.to_string()));
+        }
+        if let Err(e) = self.backend.destroy(id).await {
+            let reason = format!("could not be recycled: {e}");
+            let _ = self
+                .modify(id, |r| {
+                    r.sandbox.state = SandboxState::Error;
+                    r.sandbox.reason = Some(reason.clone());
+                })
+                .await;
+            return Err(e.into());
+        }
+        let keep_until = now_ms().saturating_add(self.config.retired_keep.as_millis() as i64);
+        let rec = self
+            .modify(id, |r| {
+                r.sandbox.state = SandboxState::Recycled;
+                r.sandbox.reason = Some(reason.to_string());
+                r.sandbox.expires_at_ms = Some(keep_until);
+                r.endpoint = None;
+            })
+            .await?;
+        if self.pools_enabled() {
+            self.pools.wake.notify_one();
+        }
+        Ok(rec.sandbox)
+    }
+
+    /// Bring a recycled sandbox back: a new sandbox of the same type, resources and metadata on
+    /// the same session (so the same `/workspace`), living `timeout_secs` (else the default).
+    /// The old record becomes `replaced` with `replaced_by` the new id, kept for
+    /// `retired_keep`. Restoring a replaced sandbox gives its successor; restores are
+    /// serialized, so two concurrent ones make one successor. Environment variables of the
+    /// original create are not kept, so the new sandbox starts without them.
+    pub async fn restore(&self, id: &str, timeout_secs: Option<u64>) -> Result<Sandbox, CoreError> {
+        let _one_at_a_time = self.restoring.lock().await;
+        let old = self.get(id).await?;
+        match (old.state, &old.replaced_by) {
+            (SandboxState::Replaced, Some(next)) => return self.get(next).await,
+            (SandboxState::Recycled, _) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "sandbox {id} is not recycled; only a recycled sandbox can be restored"
+                )))
+            }
+        }
+        let req = sandboxd_types::CreateSandboxRequest {
+            sandbox_type: Some(old.sandbox_type.clone()),
+            resources: Some(old.resources.clone()),
+            timeout_secs,
+            metadata: old.metadata.clone(),
+            session_id: Some(old.session_id.clone()),
+            ..Default::default()
+        };
+        let new = self.create_inner(req, false).await?;
+        let keep_until = now_ms().saturating_add(self.config.retired_keep.as_millis() as i64);
+        self.modify(id, |r| {
+            r.sandbox.state = SandboxState::Replaced;
+            r.sandbox.replaced_by = Some(new.id.clone());
+            r.sandbox.expires_at_ms = Some(keep_until);
+        })
+        .await?;
+        tracing::info!(sandbox = %id, replaced_by = %new.id, "recycled sandbox restored");
+        Ok(new)
+    }
+
     /// One pass of the reaper: kill expired sandboxes, mark dead ones.
     pub async fn reap_once(&self) {
         let Ok(records) = self.store.list().await else {
@@ -435,6 +607,24 @@ impl Manager {
         let now = now_ms();
         for rec in records {
             let id = &rec.sandbox.id;
+            if matches!(
+                rec.sandbox.state,
+                SandboxState::Recycled | SandboxState::Replaced
+            ) {
+                // Their box is gone already: only the record goes.
+                if rec.sandbox.expires_at_ms.is_some_and(|t| t <= now) {
+                    let _ = self.store.remove(id).await;
+                }
+                continue;
+            }
+            if rec.sandbox.state == SandboxState::Warm {
+                if !self.backend.is_alive(id).await {
+                    tracing::warn!(sandbox = %id, "warm sandbox exited; dropping it from the pool");
+                    self.discard_warm(id).await;
+                    self.pools.wake.notify_one();
+                }
+                continue;
+            }
             // Creating and stopping sandboxes belong to the request working on them.
             if !matches!(
                 rec.sandbox.state,
@@ -463,7 +653,7 @@ impl Manager {
 
     /// Remove every sandbox; refuse new ones. Called when the server stops.
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.stop_pools().await;
         let records = self.store.list().await.unwrap_or_default();
         let tasks = records.into_iter().map(|r| async move {
             let id = r.sandbox.id;
@@ -473,6 +663,185 @@ impl Manager {
             let _ = self.store.remove(&id).await;
         });
         futures::future::join_all(tasks).await;
+    }
+
+    /// Stop refilling the pools and refuse new sandboxes; waits for a warm create in flight,
+    /// so that every sandbox made so far is in the store afterwards.
+    async fn stop_pools(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.pools.stopped.store(true, Ordering::Relaxed);
+        self.pools.wake.notify_one();
+        let _done = self.pools.refilling.lock().await;
+    }
+
+    /// Remove the warm sandboxes only, and refuse new ones: the server stops but keeps the
+    /// sandboxes in use (`AUTO_CLEANUP=false`). Warm ones belong to nobody, so they go.
+    pub async fn shutdown_pools(&self) {
+        self.stop_pools().await;
+        let records = self.store.list().await.unwrap_or_default();
+        let warm = records
+            .into_iter()
+            .filter(|r| r.sandbox.state == SandboxState::Warm)
+            .map(|r| async move { self.discard_warm(&r.sandbox.id).await });
+        futures::future::join_all(warm).await;
+    }
+
+    fn pools_enabled(&self) -> bool {
+        self.config.pool_size > 0 && !self.config.pool_types.is_empty()
+    }
+
+    /// Hand out a warm sandbox of `sandbox_type` (a template name): bind `metadata` (which
+    /// replaces the warm sandbox's own), set the state to `running` and start its timeout
+    /// (`timeout_secs`, else the default). `None` when the type's pool is empty (or not
+    /// pooled): the caller then creates one cold. The sandbox keeps its own session (see
+    /// [`crate::pool`]). Costs a few store operations and the backend's `is_alive`, no
+    /// agent round-trip; the pool refills in the background.
+    pub async fn create_from_pool(
+        &self,
+        sandbox_type: &str,
+        metadata: BTreeMap<String, String>,
+        timeout_secs: Option<u64>,
+    ) -> Result<Option<Sandbox>, CoreError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(CoreError::ShuttingDown);
+        }
+        check_metadata(&metadata)?;
+        let started = Instant::now();
+        let timeout = timeout_secs.unwrap_or(self.config.default_timeout_secs);
+        let handed = loop {
+            let Some(id) = self.pools.pop(sandbox_type) else {
+                break None;
+            };
+            if !self.backend.is_alive(&id).await {
+                tracing::warn!(sandbox = %id, "warm sandbox exited; dropping it from the pool");
+                self.discard_warm(&id).await;
+                continue;
+            }
+            // Compare-and-set from warm: a concurrent delete or reaper wins over the hand-out.
+            let Some(mut rec) = self.store.get(&id).await? else {
+                continue;
+            };
+            if rec.sandbox.state != SandboxState::Warm {
+                continue;
+            }
+            rec.sandbox.state = SandboxState::Running;
+            rec.sandbox.metadata = metadata.clone();
+            rec.sandbox.expires_at_ms = expiry(now_ms(), timeout);
+            match self.store.update(rec).await {
+                Ok(r) => break Some(r.sandbox),
+                Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(sb) = &handed {
+            tracing::debug!(
+                sandbox = %sb.id,
+                r#type = sandbox_type,
+                micros = started.elapsed().as_micros() as u64,
+                "warm sandbox handed out"
+            );
+        }
+        if self.pools_enabled() {
+            self.pools.wake.notify_one();
+        }
+        Ok(handed)
+    }
+
+    /// Remove one warm sandbox to make room under the instance limit; false when there is
+    /// none.
+    async fn evict_one_warm(&self) -> bool {
+        while let Some(id) = self.pools.pop_any() {
+            if self.claim_warm(&id).await {
+                tracing::info!(sandbox = %id, "warm sandbox removed to make room under the instance limit");
+                let _ = self.backend.destroy(&id).await;
+                let _ = self.store.remove(&id).await;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Take a warm sandbox out of the pool for removal (compare-and-set warm → stopping).
+    async fn claim_warm(&self, id: &str) -> bool {
+        loop {
+            let Ok(Some(mut rec)) = self.store.get(id).await else {
+                return false;
+            };
+            if rec.sandbox.state != SandboxState::Warm {
+                return false;
+            }
+            rec.sandbox.state = SandboxState::Stopping;
+            match self.store.update(rec).await {
+                Ok(_) => return true,
+                Err(StoreError::Conflict(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Remove a warm sandbox (dead, or at shutdown) if it still is warm.
+    async fn discard_warm(&self, id: &str) {
+        if self.claim_warm(id).await {
+            if let Err(e) = self.backend.destroy(id).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not remove warm sandbox");
+            }
+            let _ = self.store.remove(id).await;
+        }
+    }
+
+    /// One round of the refill: create what [`pool::plan`] says is missing, one sandbox at a
+    /// time. Stops at the instance limit (quietly: warm sandboxes only use spare room) and at
+    /// a type's first failure (retried next round).
+    pub async fn refill_once(&self) {
+        if !self.pools_enabled() {
+            return;
+        }
+        let mut warm: std::collections::HashMap<String, usize> = Default::default();
+        let Ok(records) = self.store.list().await else {
+            return;
+        };
+        for r in records {
+            if r.sandbox.state == SandboxState::Warm {
+                *warm.entry(r.sandbox.sandbox_type).or_default() += 1;
+            }
+        }
+        for (sandbox_type, missing) in
+            pool::plan(&self.config.pool_types, self.config.pool_size, &warm)
+        {
+            for _ in 0..missing {
+                let _refilling = self.pools.refilling.lock().await;
+                if self.pools.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let req = sandboxd_types::CreateSandboxRequest {
+                    sandbox_type: Some(sandbox_type.clone()),
+                    ..Default::default()
+                };
+                match self.create_inner(req, true).await {
+                    Ok(sb) => {
+                        if self.pools.failing.lock().unwrap().remove(&sandbox_type) {
+                            tracing::info!(r#type = %sandbox_type, "warm pool refills again");
+                        }
+                        tracing::debug!(sandbox = %sb.id, r#type = %sandbox_type, "warm sandbox ready");
+                        self.pools.push(&sandbox_type, sb.id);
+                    }
+                    Err(CoreError::LimitReached(_)) => return,
+                    Err(CoreError::ShuttingDown) => return,
+                    Err(e) => {
+                        if self
+                            .pools
+                            .failing
+                            .lock()
+                            .unwrap()
+                            .insert(sandbox_type.clone())
+                        {
+                            tracing::warn!(r#type = %sandbox_type, error = %e, "cannot fill the warm pool (retrying)");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     async fn endpoint(&self, id: &str) -> Result<AgentEndpoint, CoreError> {

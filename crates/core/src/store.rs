@@ -21,11 +21,15 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
-    /// Whether the sandbox counts against the instance limit.
+    /// Whether the sandbox counts against the instance limit. Warm (pooled) sandboxes do: they
+    /// hold a box's memory and processes like any other.
     pub fn is_live(&self) -> bool {
         matches!(
             self.sandbox.state,
-            SandboxState::Creating | SandboxState::Running | SandboxState::Stopping
+            SandboxState::Creating
+                | SandboxState::Running
+                | SandboxState::Warm
+                | SandboxState::Stopping
         )
     }
 }

@@ -78,6 +78,8 @@ pub struct AppState {
     pub bearer_token: Option<Arc<str>>,
     /// Prefix of AgentScope container names (`CONTAINER_PREFIX_KEY`).
     pub container_prefix: Arc<str>,
+    /// AgentScope's heartbeat (`HEARTBEAT_*`); by default no scanner.
+    pub heartbeat: agentscope::heartbeat::HeartbeatConfig,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +91,7 @@ impl std::fmt::Debug for AppState {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("container_prefix", &self.container_prefix)
+            .field("heartbeat", &self.heartbeat)
             .finish()
     }
 }
@@ -100,7 +103,17 @@ impl AppState {
             manager,
             bearer_token: None,
             container_prefix: Arc::from(Settings::default().container_prefix_key.as_str()),
+            heartbeat: Default::default(),
         }
+    }
+
+    /// Reap sessions idle for `timeout_secs`, scanning every `scan_interval_secs` (0 = never).
+    pub fn with_heartbeat(mut self, timeout_secs: u64, scan_interval_secs: u64) -> Self {
+        self.heartbeat = agentscope::heartbeat::HeartbeatConfig {
+            timeout_secs,
+            scan_interval_secs,
+        };
+        self
     }
 
     /// Name AgentScope containers `<prefix><sandbox id>` (`CONTAINER_PREFIX_KEY`).
@@ -210,6 +223,8 @@ pub struct RunningServer {
     auto_cleanup: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The heartbeat scanner, if any; stopped first at shutdown.
+    scanner: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -224,10 +239,13 @@ impl RunningServer {
     }
 
     /// Stop accepting, let running requests finish (for a while), then remove every sandbox
-    /// when `AUTO_CLEANUP` is on.
+    /// when `AUTO_CLEANUP` is on (else only the warm ones).
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(scanner) = self.scanner.take() {
+            scanner.abort();
         }
         let served = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
             Ok(joined) => Some(joined),
@@ -250,6 +268,9 @@ impl RunningServer {
                 "removing every sandbox (AUTO_CLEANUP)"
             );
             self.manager.shutdown().await;
+        } else {
+            // Sandboxes in use stay; warm ones belong to nobody.
+            self.manager.shutdown_pools().await;
         }
         if served.is_none() {
             self.task.abort();
@@ -278,6 +299,8 @@ fn manager_config(settings: &Settings) -> ManagerConfig {
         max_instances: settings.max_sandbox_instances,
         mount_dir: settings.default_mount_dir.clone(),
         readonly_mounts: settings.readonly_mounts.clone(),
+        pool_size: settings.pool_size as usize,
+        pool_types: settings.default_sandbox_types.clone(),
         ..d
     }
 }
@@ -314,7 +337,12 @@ pub async fn start_with_backend(
     .await?;
     let state = AppState::new(manager.clone())
         .with_token(settings.bearer_token.clone())
-        .with_container_prefix(&settings.container_prefix_key);
+        .with_container_prefix(&settings.container_prefix_key)
+        .with_heartbeat(
+            settings.heartbeat_timeout_secs,
+            settings.heartbeat_scan_interval_secs,
+        );
+    let scanner = agentscope::heartbeat::spawn_scanner(state.clone());
     let addr = settings.bind_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -354,6 +382,7 @@ pub async fn start_with_backend(
         auto_cleanup: settings.auto_cleanup,
         stop: Some(stop_tx),
         task,
+        scanner,
     })
 }
 
@@ -371,8 +400,13 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
         }
         Some(failed) => {
             // Serving ended by itself: still remove the sandboxes.
+            if let Some(scanner) = server.scanner.take() {
+                scanner.abort();
+            }
             if server.auto_cleanup {
                 server.manager.shutdown().await;
+            } else {
+                server.manager.shutdown_pools().await;
             }
             failed.map_or(Ok(()), |e| Err(ServerError::Serve(e)))
         }

@@ -4,7 +4,7 @@
 //! a `--config FILE.env` file (`KEY=VALUE` lines, `#` comments, optional quotes, optional
 //! `export `), then defaults. A key in the file that is neither ours nor AgentScope's, and any
 //! malformed value, is an error naming the setting and where it came from. AgentScope settings we
-//! do not implement yet (Redis, heartbeat, OSS, Kubernetes, ...) are accepted and reported in
+//! do not implement yet (Redis, OSS, Kubernetes, ...) are accepted and reported in
 //! [`Settings::warnings`].
 
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ pub struct ServeArgs {
     /// Sandbox type used when a request names none [env: DEFAULT_SANDBOX_TYPE] [default: base].
     #[arg(long, value_name = "TYPE")]
     pub default_sandbox_type: Option<String>,
-    /// Warm sandboxes kept per type; not supported yet [env: POOL_SIZE] [default: 0].
+    /// Warm sandboxes kept per type of DEFAULT_SANDBOX_TYPE [env: POOL_SIZE] [default: 0].
     #[arg(long, value_name = "N")]
     pub pool_size: Option<String>,
     /// Remove every sandbox when the server stops [env: AUTO_CLEANUP] [default: true].
@@ -85,12 +85,24 @@ pub struct ServeArgs {
     /// [default: next to this executable].
     #[arg(long, value_name = "FILE")]
     pub agent_bin: Option<String>,
+    /// Seconds without activity after which an AgentScope session is recycled
+    /// [env: HEARTBEAT_TIMEOUT] [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat_timeout: Option<String>,
+    /// Seconds between heartbeat scans, 0 = none [env: HEARTBEAT_SCAN_INTERVAL, or AgentScope's
+    /// WATCHER_SCAN_INTERVAL] [default: 1].
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat_scan_interval: Option<String>,
+    /// TTL of the heartbeat lock between server processes; accepted, unused (one process)
+    /// [env: HEARTBEAT_LOCK_TTL] [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub heartbeat_lock_ttl: Option<String>,
 }
 
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 19] = [
+        let all: [(&'static str, &'static str, &Option<String>); 22] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -146,6 +158,21 @@ impl ServeArgs {
             ),
             ("SANDBOXD_INIT_BIN", "--init-bin", &self.init_bin),
             ("SANDBOXD_AGENT_BIN", "--agent-bin", &self.agent_bin),
+            (
+                "HEARTBEAT_TIMEOUT",
+                "--heartbeat-timeout",
+                &self.heartbeat_timeout,
+            ),
+            (
+                "HEARTBEAT_SCAN_INTERVAL",
+                "--heartbeat-scan-interval",
+                &self.heartbeat_scan_interval,
+            ),
+            (
+                "HEARTBEAT_LOCK_TTL",
+                "--heartbeat-lock-ttl",
+                &self.heartbeat_lock_ttl,
+            ),
         ];
         all.into_iter()
             .filter_map(|(k, f, v)| v.as_ref().map(|v| (k, f, v)))
@@ -174,15 +201,18 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_CGROUP_PARENT",
     "SANDBOXD_INIT_BIN",
     "SANDBOXD_AGENT_BIN",
+    "HEARTBEAT_TIMEOUT",
+    "HEARTBEAT_SCAN_INTERVAL",
+    "HEARTBEAT_LOCK_TTL",
 ];
+
+/// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
+const WATCHER_SCAN_INTERVAL: &str = "WATCHER_SCAN_INTERVAL";
 
 /// AgentScope Runtime settings that are accepted but not implemented yet.
 const AGENTSCOPE_KEYS: &[&str] = &[
     "DEBUG",
     "PORT_RANGE",
-    "HEARTBEAT_TIMEOUT",
-    "HEARTBEAT_SCAN_INTERVAL",
-    "HEARTBEAT_LOCK_TTL",
     "FILE_SYSTEM",
     "KUBECONFIG_PATH",
     "STORAGE_FOLDER",
@@ -292,9 +322,10 @@ pub struct Settings {
     pub workers: u32,
     /// `BEARER_TOKEN`: the token API requests must carry, if any.
     pub bearer_token: Option<String>,
-    /// `DEFAULT_SANDBOX_TYPE`: the first is used when a request names no type.
+    /// `DEFAULT_SANDBOX_TYPE`: the first is used when a request names no type; each gets a
+    /// warm pool of `POOL_SIZE`.
     pub default_sandbox_types: Vec<String>,
-    /// `POOL_SIZE`: warm sandboxes per type (not implemented yet).
+    /// `POOL_SIZE`: warm sandboxes kept per type of `DEFAULT_SANDBOX_TYPE`.
     pub pool_size: u32,
     /// `AUTO_CLEANUP`: remove every sandbox when the server stops.
     pub auto_cleanup: bool,
@@ -322,6 +353,12 @@ pub struct Settings {
     pub init_bin: Option<PathBuf>,
     /// `SANDBOXD_AGENT_BIN`: the guest agent binary (default: next to the executable).
     pub agent_bin: Option<PathBuf>,
+    /// `HEARTBEAT_TIMEOUT`: seconds without activity after which a session is recycled.
+    pub heartbeat_timeout_secs: u64,
+    /// `HEARTBEAT_SCAN_INTERVAL` (or `WATCHER_SCAN_INTERVAL`): seconds between scans, 0 = none.
+    pub heartbeat_scan_interval_secs: u64,
+    /// `HEARTBEAT_LOCK_TTL`: accepted and unused (one server process needs no lock).
+    pub heartbeat_lock_ttl_secs: u64,
     /// Things to warn about at start-up (settings accepted but not supported yet).
     pub warnings: Vec<String>,
 }
@@ -351,6 +388,12 @@ impl fmt::Debug for Settings {
             .field("cgroup_parent", &self.cgroup_parent)
             .field("init_bin", &self.init_bin)
             .field("agent_bin", &self.agent_bin)
+            .field("heartbeat_timeout_secs", &self.heartbeat_timeout_secs)
+            .field(
+                "heartbeat_scan_interval_secs",
+                &self.heartbeat_scan_interval_secs,
+            )
+            .field("heartbeat_lock_ttl_secs", &self.heartbeat_lock_ttl_secs)
             .finish()
     }
 }
@@ -379,6 +422,9 @@ impl Default for Settings {
             cgroup_parent: "sandboxd".into(),
             init_bin: None,
             agent_bin: None,
+            heartbeat_timeout_secs: 300,
+            heartbeat_scan_interval_secs: 1,
+            heartbeat_lock_ttl_secs: 120,
             warnings: Vec::new(),
         }
     }
@@ -562,6 +608,11 @@ impl Settings {
                 source,
             })?;
             for (key, value, line) in parse_env_file(path, &text)? {
+                let key = if key == WATCHER_SCAN_INTERVAL {
+                    "HEARTBEAT_SCAN_INTERVAL".to_string()
+                } else {
+                    key
+                };
                 if let Some(k) = OUR_KEYS.iter().find(|k| **k == key) {
                     raw.insert(
                         k,
@@ -585,7 +636,11 @@ impl Settings {
             }
         }
         for k in OUR_KEYS {
-            if let Some(value) = env(k) {
+            let value = match env(k) {
+                None if *k == "HEARTBEAT_SCAN_INTERVAL" => env(WATCHER_SCAN_INTERVAL),
+                v => v,
+            };
+            if let Some(value) = value {
                 raw.insert(
                     k,
                     Raw {
@@ -758,6 +813,29 @@ impl Settings {
             s.cgroup_parent = v.to_string();
         }
 
+        for (key, field) in [
+            ("HEARTBEAT_TIMEOUT", &mut s.heartbeat_timeout_secs),
+            (
+                "HEARTBEAT_SCAN_INTERVAL",
+                &mut s.heartbeat_scan_interval_secs,
+            ),
+            ("HEARTBEAT_LOCK_TTL", &mut s.heartbeat_lock_ttl_secs),
+        ] {
+            if let Some(r) = get(key) {
+                *field =
+                    r.value.trim().parse().map_err(|_| {
+                        invalid(key, r, "expected a whole number of seconds".into())
+                    })?;
+            }
+        }
+        if s.heartbeat_timeout_secs == 0 {
+            let r = get("HEARTBEAT_TIMEOUT").expect("only a given value can be 0");
+            return Err(invalid(
+                "HEARTBEAT_TIMEOUT",
+                r,
+                "expected at least 1 second".into(),
+            ));
+        }
         if let Some(r) = get("SANDBOXD_INIT_BIN") {
             s.init_bin =
                 Some(absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_INIT_BIN", r, e))?);
@@ -767,15 +845,11 @@ impl Settings {
                 Some(absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_AGENT_BIN", r, e))?);
         }
 
-        if s.pool_size > 0 {
+        if s.pool_size == 0 && s.default_sandbox_types.len() > 1 {
+            // The others only matter for warm pools.
             warnings.push(format!(
-                "POOL_SIZE={} is not supported yet; sandboxes are created on demand",
-                s.pool_size
-            ));
-        }
-        if s.default_sandbox_types.len() > 1 {
-            warnings.push(format!(
-                "DEFAULT_SANDBOX_TYPE lists several types; {} is used as the default",
+                "DEFAULT_SANDBOX_TYPE lists several types but POOL_SIZE is 0; {} is used as \
+                 the default and no type is pooled",
                 s.default_sandbox_types[0]
             ));
         }
@@ -890,6 +964,8 @@ mod tests {
         assert_eq!(s.container_prefix_key, "agent-runtime-container-");
         assert_eq!(s.default_mount_dir, PathBuf::from("/srv/sessions"));
         assert_eq!(s.max_sandbox_instances, 20);
+        assert_eq!(s.heartbeat_timeout_secs, 300);
+        assert!(!s.warnings.join("\n").contains("HEARTBEAT"));
         let w = s.warnings.join("\n");
         for k in [
             "DEBUG",
@@ -899,7 +975,6 @@ mod tests {
             "FILE_SYSTEM",
             "K8S_NAMESPACE",
             "KUBECONFIG_PATH",
-            "HEARTBEAT_TIMEOUT",
         ] {
             assert!(w.contains(&format!("{k} is not supported yet")), "{k}: {w}");
         }
@@ -1040,6 +1115,49 @@ mod tests {
         assert!(parse_readonly_mounts(&format!("{h}:/")).is_err());
         assert!(parse_readonly_mounts(&format!("{h}")).is_err());
         assert!(parse_readonly_mounts("[1,2]").is_err());
+    }
+
+    #[test]
+    fn heartbeat_settings() {
+        let (_d, args) =
+            with_file("HEARTBEAT_TIMEOUT=2\nWATCHER_SCAN_INTERVAL=0\nHEARTBEAT_LOCK_TTL=5\n");
+        let s = Settings::from_sources(&args, &env_of(&[])).unwrap();
+        assert_eq!(
+            (
+                s.heartbeat_timeout_secs,
+                s.heartbeat_scan_interval_secs,
+                s.heartbeat_lock_ttl_secs
+            ),
+            (2, 0, 5)
+        );
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s =
+            Settings::from_sources(&args, &env_of(&[("HEARTBEAT_SCAN_INTERVAL", "3")])).unwrap();
+        assert_eq!(s.heartbeat_scan_interval_secs, 3);
+        let e = Settings::from_sources(
+            &ServeArgs::default(),
+            &env_of(&[("HEARTBEAT_TIMEOUT", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("HEARTBEAT_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn pools_are_supported() {
+        let env = env_of(&[("POOL_SIZE", "2"), ("DEFAULT_SANDBOX_TYPE", "base,gui")]);
+        let s = Settings::from_sources(&ServeArgs::default(), &env).unwrap();
+        assert_eq!(s.pool_size, 2);
+        assert_eq!(s.default_sandbox_type(), "base");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        // Without a pool, the extra types do nothing: say so.
+        let env = env_of(&[("DEFAULT_SANDBOX_TYPE", "base,gui")]);
+        let s = Settings::from_sources(&ServeArgs::default(), &env).unwrap();
+        assert!(
+            s.warnings.join("\n").contains("POOL_SIZE is 0"),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

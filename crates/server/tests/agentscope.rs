@@ -735,3 +735,226 @@ async fn proxy_file_routes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(parse(&body)["content"][0]["text"], "x\n");
 }
+
+/// The warm sandboxes of the manager, once there are exactly `n` (waits for the refill).
+async fn warm(h: &Harness, n: usize) -> Vec<sandboxd_types::Sandbox> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let all = h.manager.list(&Default::default()).await.unwrap();
+        let warm: Vec<_> = all
+            .into_iter()
+            .filter(|s| s.state == sandboxd_types::SandboxState::Warm)
+            .collect();
+        if warm.len() == n {
+            return warm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} warm, want {n}",
+            warm.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn warm_pool_hands_out_refills_and_yields_to_the_limit() {
+    let h = Harness::with_config(None, |c| {
+        c.pool_size = 2;
+        c.pool_types = vec!["base".into()];
+        c.max_instances = 3;
+    })
+    .await;
+    let first = warm(&h, 2).await;
+    for w in &first {
+        // No timeout while waiting; its own workspace.
+        assert_eq!(w.expires_at_ms, None);
+        assert_eq!(w.session_id, w.id);
+    }
+    let (_, list) = h.json(Method::GET, "/v1/sandboxes", None).await;
+    assert_eq!(list["sandboxes"][0]["state"], "warm", "{list}");
+    let info = data(&h, "get_info", json!({"identity": first[0].id})).await;
+    assert_eq!(info["state"], "warm");
+
+    // A dead warm sandbox is skipped: the oldest is killed, the next one is handed out.
+    use sandboxd_core::backend::Backend;
+    h.backend.destroy(&first[0].id).await.unwrap();
+    let name = create(&h, "s1").await;
+    let id = name.strip_prefix("sandboxd-").unwrap();
+    assert_eq!(id, first[1].id);
+    let sb = h.manager.get(id).await.unwrap();
+    assert_eq!(sb.state, sandboxd_types::SandboxState::Running);
+    assert!(sb.expires_at_ms.is_some());
+    assert_eq!(sb.session_id, sb.id);
+    let info = data(&h, "get_info", json!({"identity": name})).await;
+    assert_eq!(
+        (info["state"].as_str(), info["session_ctx_id"].as_str()),
+        (Some("running"), Some("s1"))
+    );
+    assert_eq!(
+        data(&h, "get_session_mapping", json!({"session_ctx_id": "s1"})).await,
+        json!([name])
+    );
+    let r = data(
+        &h,
+        "call_tool",
+        json!({"identity": name, "tool_name": "run_shell_command", "arguments": {"command": "echo pooled"}}),
+    )
+    .await;
+    assert_eq!(r["content"][0]["text"], "pooled\n");
+
+    // Refilled to two (the dead one is gone), never more: 1 running + 2 warm = the limit.
+    warm(&h, 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    warm(&h, 2).await;
+    assert_eq!(h.backend.live_boxes(), 3);
+
+    // A cold create at the limit takes a warm sandbox's place.
+    let cold = data(&h, "create", json!({})).await;
+    assert!(cold.is_string(), "{cold}");
+    warm(&h, 1).await;
+    // The last warm one is handed out; then the pool is empty and there is no room left.
+    let last = create(&h, "s2").await;
+    warm(&h, 0).await;
+    assert_eq!(
+        data(
+            &h,
+            "create_from_pool",
+            json!({"meta": {"session_ctx_id": "s3"}})
+        )
+        .await,
+        Value::Null
+    );
+    // Room again: the pool refills.
+    assert_eq!(data(&h, "release", json!({"identity": last})).await, true);
+    warm(&h, 1).await;
+
+    // Shutdown removes warm sandboxes too.
+    h.manager.shutdown().await;
+    assert_eq!(h.backend.live_boxes(), 0);
+    assert!(h
+        .manager
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn pool_of_an_unpooled_type_is_a_cold_create() {
+    let h = Harness::with_config(None, |c| {
+        c.pool_size = 1;
+        c.pool_types = vec!["base".into(), "missing".into()];
+    })
+    .await;
+    warm(&h, 1).await;
+    // Environment variables: always cold (the warm one was started without them).
+    let name = data(
+        &h,
+        "create_from_pool",
+        json!({"sandbox_type": "base", "environment": {"A": "1"}}),
+    )
+    .await;
+    let id = name
+        .as_str()
+        .unwrap()
+        .strip_prefix("sandboxd-")
+        .unwrap()
+        .to_string();
+    let env = h.manager.get(&id).await.unwrap();
+    assert_eq!(env.state, sandboxd_types::SandboxState::Running);
+    warm(&h, 1).await;
+    assert_eq!(h.backend.live_boxes(), 2);
+    // The core's hand-out: none for a type without a pool.
+    assert!(h
+        .manager
+        .create_from_pool("missing", Default::default(), None)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn heartbeat_recycles_idle_sessions_and_a_touch_restores_them() {
+    use sandboxd_server::agentscope::heartbeat::scan_once;
+    use sandboxd_types::SandboxState;
+    // HEARTBEAT_TIMEOUT=1; scans are run by hand (no scanner task) to stay deterministic.
+    let h = Harness::with_config(None, |c| c.pool_size = 0)
+        .await
+        .with_state(|s| s.with_heartbeat(1, 1));
+    let name = create(&h, "hb").await;
+    let other = create(&h, "hb").await;
+    let lone = data(&h, "create", json!({})).await;
+    let id = name.strip_prefix("sandboxd-").unwrap().to_string();
+    // The heartbeat governs a session's sandboxes: no SANDBOX_TIMEOUT.
+    let sb = h.manager.get(&id).await.unwrap();
+    assert_eq!(sb.expires_at_ms, None);
+    let call = |ident: &str, cmd: &str| json!({"identity": ident, "tool_name": "run_shell_command", "arguments": {"command": cmd}});
+    data(&h, "call_tool", call(&name, "echo hi")).await;
+    assert!(data(&h, "get_info", json!({"identity": name})).await["last_active_at"].is_number());
+
+    // A touched session is not reaped; an idle one is.
+    scan_once(&h.state).await;
+    assert_eq!(
+        h.manager.get(&id).await.unwrap().state,
+        SandboxState::Running
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    scan_once(&h.state).await;
+    let old = h.manager.get(&id).await.unwrap();
+    assert_eq!(old.state, SandboxState::Recycled);
+    // Only the lone sandbox (no session) keeps its box.
+    assert_eq!(h.backend.live_boxes(), 1);
+    let info = data(&h, "get_info", json!({"identity": name})).await;
+    assert_eq!(info["state"], "recycled");
+    assert_eq!(info["recycle_reason"], "heartbeat timeout");
+    assert!(info["recycled_at"].is_number());
+    assert_eq!(
+        data(&h, "get_session_mapping", json!({"session_ctx_id": "hb"}))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(data(&h, "get_status", json!({"identity": lone})).await == "running");
+
+    // The next touch restores the whole session on the same workspaces.
+    assert_eq!(
+        data(&h, "check_health", json!({"identity": name})).await,
+        true
+    );
+    let old = h.manager.get(&id).await.unwrap();
+    assert_eq!(old.state, SandboxState::Replaced);
+    let new_id = old.replaced_by.clone().unwrap();
+    let new = h.manager.get(&new_id).await.unwrap();
+    assert_eq!(new.state, SandboxState::Running);
+    assert_eq!(new.session_id, old.session_id);
+    assert_eq!(
+        new.metadata
+            .get("agentscope.session_ctx_id")
+            .map(String::as_str),
+        Some("hb")
+    );
+    let other_id = other.strip_prefix("sandboxd-").unwrap();
+    assert_eq!(
+        h.manager.get(other_id).await.unwrap().state,
+        SandboxState::Replaced
+    );
+    assert_eq!(h.backend.live_boxes(), 3);
+    // The old name keeps working: get_info follows the redirect, tools run in the new box.
+    let info = data(&h, "get_info", json!({"identity": name})).await;
+    assert_eq!(info["container_name"], format!("sandboxd-{new_id}"));
+    assert_eq!(info["state"], "running");
+    let r = data(&h, "call_tool", call(&name, "echo back")).await;
+    assert_eq!(r["content"][0]["text"], "back\n");
+    let (_, v) = h
+        .json(Method::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(v["state"], "replaced");
+    assert_eq!(v["replaced_by"], new_id.as_str());
+    // Releasing the old name releases the new sandbox, and the old record.
+    assert_eq!(data(&h, "release", json!({"identity": name})).await, true);
+    assert!(h.manager.get(&id).await.is_err());
+    assert!(h.manager.get(&new_id).await.is_err());
+}

@@ -590,3 +590,50 @@ async fn openapi_lists_the_routes() {
         "bearer"
     );
 }
+
+#[tokio::test]
+async fn create_from_pool_through_v1() {
+    let h = Harness::with_config(None, |c| {
+        c.pool_size = 1;
+        c.pool_types = vec!["base".into()];
+    })
+    .await;
+    let warm_id = loop {
+        let (_, v) = h.json(Method::GET, "/v1/sandboxes", None).await;
+        if let Some(w) = v["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["state"] == "warm")
+        {
+            assert!(w.get("expires_at_ms").is_none(), "{w}");
+            break w["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let (status, v) = h
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(
+                serde_json::json!({"from_pool": true, "timeout_secs": 60, "metadata": {"k": "v"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["id"], warm_id.as_str());
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["metadata"]["k"], "v");
+    assert!(v["expires_at_ms"].as_i64().is_some());
+    // A session of its own does not fit a warm sandbox: created cold.
+    let (status, v) = h
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(serde_json::json!({"from_pool": true, "session_id": "mine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["session_id"], "mine");
+    assert_ne!(v["id"], warm_id.as_str());
+}

@@ -21,6 +21,7 @@ pub fn record(id: &str, state: SandboxState) -> SandboxRecord {
             resources: Resources::default(),
             metadata: BTreeMap::new(),
             reason: None,
+            replaced_by: None,
         },
         endpoint: None,
         version: 0,

@@ -68,6 +68,11 @@ pub struct CreateSandboxRequest {
     /// default: the sandbox's own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// Take a warm sandbox from the type's pool (`POOL_SIZE`) when one fits: the request gives
+    /// no `session_id`, `env` or `resources` (a warm sandbox was started without them, with its
+    /// own workspace). Otherwise, or when the pool is empty, the sandbox is created as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_pool: bool,
 }
 
 /// Lifecycle state of a sandbox.
@@ -78,12 +83,21 @@ pub enum SandboxState {
     Creating,
     /// Running and reachable.
     Running,
+    /// Started and waiting in a warm pool, not handed out yet: it has no expiry until it is
+    /// handed out (then it becomes `running`).
+    Warm,
     /// Being torn down.
     Stopping,
     /// Gone; kept briefly so clients can see how it ended.
     Stopped,
     /// Creation or the sandbox itself failed.
     Error,
+    /// Its box was removed for inactivity; the record and the workspace are kept, and
+    /// restoring it starts a new sandbox on the same workspace.
+    Recycled,
+    /// Restored into another sandbox (`replaced_by`); the record is kept so that its id can be
+    /// followed there.
+    Replaced,
 }
 
 /// A sandbox as the API shows it.
@@ -110,9 +124,13 @@ pub struct Sandbox {
     pub resources: Resources,
     /// Labels given at creation.
     pub metadata: BTreeMap<String, String>,
-    /// Why it is in `error` or `stopped` state, when known.
+    /// Why it is in `error`, `stopped` or `recycled` state, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The sandbox that replaced it (state `replaced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub replaced_by: Option<SandboxId>,
 }
 
 /// Reply of `GET /v1/sandboxes`.

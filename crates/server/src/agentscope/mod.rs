@@ -21,10 +21,19 @@
 //! ([`META_SESSION_CTX_ID`]), so it lives wherever sandbox records live (and a Redis store will
 //! share it between processes for free).
 //!
+//! Pools: `create_from_pool` takes a warm sandbox from the core's pool of the type's template
+//! ([`Manager::create_from_pool`](sandboxd_core::Manager::create_from_pool)) and binds the
+//! session in its metadata; an empty pool means a cold create. A pooled sandbox's `/workspace`
+//! is its own (it was created with its own id as session), as in AgentScope's pool.
+//!
+//! Heartbeat ([`heartbeat`]): `check_health`, `list_tools`, `call_tool` and `add_mcp_servers`
+//! touch the session; a scanner recycles sessions idle for `HEARTBEAT_TIMEOUT` (core:
+//! [`Manager::recycle`](sandboxd_core::Manager::recycle)), and the next touch restores them on
+//! the same workspaces ([`Manager::restore`](sandboxd_core::Manager::restore)). Every identity
+//! is resolved through `replaced_by`, so a restored sandbox's old name keeps working (RPC and
+//! proxy alike).
+//!
 //! Not here yet (later phases), and where they plug in:
-//! - warm pools: `create_from_pool` does a cold create ([`rpc`]);
-//! - heartbeat reaping and recycle → restore: [`touch`] is the one place every "activity" goes
-//!   through; for now it only pushes the sandbox's expiry forward (an idle timeout);
 //! - custom types (`--extension`) and the `filesystem` type: [`tools`] knows only the generic
 //!   tools of a base sandbox;
 //! - MCP servers: `add_mcp_servers` answers with an error.
@@ -33,11 +42,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::routing::{any, post};
 use axum::Router;
-use sandboxd_types::{is_valid_sandbox_id, Sandbox};
+use sandboxd_core::CoreError;
+use sandboxd_types::{is_valid_sandbox_id, Sandbox, SandboxState};
 
 use crate::AppState;
 
 pub mod error;
+pub mod heartbeat;
 pub mod openapi;
 pub mod proxy;
 pub mod record;
@@ -48,6 +59,8 @@ pub mod tools;
 pub const META_SESSION_CTX_ID: &str = "agentscope.session_ctx_id";
 /// Metadata key holding the whole `meta` object of the create request, as JSON.
 pub const META_META: &str = "agentscope.meta";
+/// Metadata key holding the last activity (a touch) on a sandbox, milliseconds since the epoch.
+pub const META_LAST_ACTIVE: &str = "agentscope.last_active_ms";
 /// Metadata key holding the sandbox type the client asked for (e.g. `base_async`, whose
 /// template is `base`).
 pub const META_SANDBOX_TYPE: &str = "agentscope.sandbox_type";
@@ -90,36 +103,33 @@ pub fn sandbox_id_of<'a>(prefix: &str, identity: &'a str) -> Option<&'a str> {
     is_valid_sandbox_id(identity).then_some(identity)
 }
 
+/// Most `replaced_by` links followed from one name (a restored sandbox that is recycled and
+/// restored again adds one).
+const MAX_REDIRECTS: usize = 16;
+
+/// The sandbox with this id, following `replaced_by` links to the newest successor, so that
+/// the name of a sandbox that was recycled and restored keeps working.
+pub(crate) async fn resolve(state: &AppState, id: &str) -> Result<Sandbox, CoreError> {
+    let mut sb = state.manager.get(id).await?;
+    for _ in 0..MAX_REDIRECTS {
+        match (sb.state, &sb.replaced_by) {
+            (SandboxState::Replaced, Some(next)) => sb = state.manager.get(next).await?,
+            _ => break,
+        }
+    }
+    Ok(sb)
+}
+
 /// A sandbox's AgentScope container name.
 pub fn container_name(prefix: &str, id: &str) -> String {
     format!("{prefix}{id}")
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Record activity on a sandbox (AgentScope's heartbeat: `check_health`, `list_tools`,
-/// `call_tool`, `add_mcp_servers`). For now this moves a sandbox's expiry to
-/// `SANDBOX_TIMEOUT` from now when that is later than its current one, so that a sandbox in use
-/// is not reaped under its client; a sandbox that never expires is left alone. Failures are
-/// ignored, as upstream ignores them: activity is best effort.
-///
-/// Later phases hook heartbeat bookkeeping and restore-on-touch in here.
-pub(crate) async fn touch(state: &AppState, sandbox: &Sandbox) {
-    let secs = state.manager.config().default_timeout_secs;
-    let Some(expires) = sandbox.expires_at_ms else {
-        return;
-    };
-    let wanted = now_ms().saturating_add((secs.min(i64::MAX as u64 / 1000) * 1000) as i64);
-    if secs > 0 && wanted > expires {
-        if let Err(e) = state.manager.set_timeout(&sandbox.id, secs).await {
-            tracing::debug!(sandbox = %sandbox.id, error = %e, "touch failed (ignored)");
-        }
-    }
 }
 
 #[cfg(test)]

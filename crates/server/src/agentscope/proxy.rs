@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::DetailError;
-use super::{sandbox_id_of, tools};
+use super::{resolve, sandbox_id_of, tools};
 use crate::AppState;
 
 /// Most bytes of uploads held in memory while a batch upload's `files` part waits for its
@@ -120,11 +120,13 @@ async fn dispatch(state: &AppState, identity: &str, route: &str, req: Request) -
         )
     };
     let id = sandbox_id_of(&state.container_prefix, identity).ok_or_else(not_found)?;
-    match state.manager.get(id).await {
-        Ok(_) => {}
+    // A replaced sandbox's name keeps working: follow it to its successor.
+    let id = match resolve(state, id).await {
+        Ok(sb) => sb.id,
         Err(CoreError::NotFound(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),
-    }
+    };
+    let id = id.as_str();
     match (route, method) {
         ("workspace/file", Method::GET) => read(state, id, req).await,
         ("workspace/file", _) => write(state, id, req).await,

@@ -5,7 +5,8 @@ use sandboxd_types::{Sandbox, SandboxState};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{container_name, META_META, META_SANDBOX_TYPE, META_SESSION_CTX_ID};
+use super::heartbeat::META_RECYCLED_AT;
+use super::{container_name, META_LAST_ACTIVE, META_META, META_SANDBOX_TYPE, META_SESSION_CTX_ID};
 
 /// AgentScope's `ContainerModel`, field for field (the client parses it with pydantic).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,9 +40,9 @@ pub struct ContainerRecord {
     pub state: &'static str,
     /// The AgentScope session the sandbox is bound to.
     pub session_ctx_id: Option<String>,
-    /// Last activity, unix seconds (not tracked yet).
+    /// Last activity (a touch), unix seconds.
     pub last_active_at: Option<f64>,
-    /// When it was recycled (never, yet).
+    /// When it was recycled by the heartbeat, unix seconds.
     pub recycled_at: Option<f64>,
     /// When it was released (released sandboxes are forgotten, so never shown).
     pub released_at: Option<f64>,
@@ -67,8 +68,11 @@ pub fn version_of(template: &str) -> String {
 pub fn state_of(state: SandboxState) -> &'static str {
     match state {
         SandboxState::Creating | SandboxState::Running => "running",
+        SandboxState::Warm => "warm",
         SandboxState::Stopping | SandboxState::Stopped => "released",
         SandboxState::Error => "error",
+        SandboxState::Recycled => "recycled",
+        SandboxState::Replaced => "replaced",
     }
 }
 
@@ -76,9 +80,12 @@ pub fn state_of(state: SandboxState) -> &'static str {
 pub fn status_of(state: SandboxState) -> &'static str {
     match state {
         SandboxState::Creating => "created",
-        SandboxState::Running => "running",
+        SandboxState::Running | SandboxState::Warm => "running",
         SandboxState::Stopping => "removing",
-        SandboxState::Stopped | SandboxState::Error => "exited",
+        SandboxState::Stopped
+        | SandboxState::Error
+        | SandboxState::Recycled
+        | SandboxState::Replaced => "exited",
     }
 }
 
@@ -92,6 +99,14 @@ pub fn record(sandbox: &Sandbox, prefix: &str, base_url: &str, mount_dir: &str) 
         .and_then(|m| serde_json::from_str(m).ok())
         .unwrap_or_default();
     let session_ctx_id = sandbox.metadata.get(META_SESSION_CTX_ID).cloned();
+    // A time kept in the metadata (milliseconds), in unix seconds.
+    let secs = |key: &str| {
+        sandbox
+            .metadata
+            .get(key)
+            .and_then(|t| t.parse::<i64>().ok())
+            .map(|ms| ms as f64 / 1000.0)
+    };
     if let Some(s) = &session_ctx_id {
         meta.insert("session_ctx_id".into(), Value::String(s.clone()));
     }
@@ -114,12 +129,20 @@ pub fn record(sandbox: &Sandbox, prefix: &str, base_url: &str, mount_dir: &str) 
             .unwrap_or_else(|| sandbox.sandbox_type.clone()),
         state: state_of(sandbox.state),
         session_ctx_id,
-        last_active_at: None,
-        recycled_at: None,
+        last_active_at: secs(META_LAST_ACTIVE),
+        recycled_at: secs(META_RECYCLED_AT),
         released_at: None,
-        updated_at: sandbox.created_at_ms as f64 / 1000.0,
-        recycle_reason: None,
-        redirect_to: None,
+        updated_at: [secs(META_LAST_ACTIVE), secs(META_RECYCLED_AT)]
+            .into_iter()
+            .flatten()
+            .fold(sandbox.created_at_ms as f64 / 1000.0, f64::max),
+        recycle_reason: (sandbox.state == SandboxState::Recycled)
+            .then(|| sandbox.reason.clone())
+            .flatten(),
+        redirect_to: sandbox
+            .replaced_by
+            .as_deref()
+            .map(|next| container_name(prefix, next)),
     }
 }
 
@@ -145,6 +168,7 @@ mod tests {
             ]
             .into(),
             reason: None,
+            replaced_by: None,
         };
         let r = serde_json::to_value(record(&sb, "p-", "http://h:1", "/w/x")).unwrap();
         assert_eq!(r["container_name"], "p-sb-0123456789abcdef");
@@ -159,5 +183,16 @@ mod tests {
         assert_eq!(r["state"], "running");
         assert_eq!(r["updated_at"], 1.5);
         assert_eq!(r["ports"], serde_json::json!([]));
+        assert_eq!(r["redirect_to"], serde_json::Value::Null);
+
+        let mut old = sb.clone();
+        old.state = SandboxState::Replaced;
+        old.replaced_by = Some("sb-1111111111111111".into());
+        old.metadata.insert(META_LAST_ACTIVE.into(), "2500".into());
+        let r = serde_json::to_value(record(&old, "p-", "", "/w/x")).unwrap();
+        assert_eq!(r["state"], "replaced");
+        assert_eq!(r["redirect_to"], "p-sb-1111111111111111");
+        assert_eq!(r["last_active_at"], 2.5);
+        assert_eq!(r["updated_at"], 2.5);
     }
 }

@@ -23,8 +23,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::RpcError;
+use super::heartbeat::touch;
 use super::{
-    container_name, record, sandbox_id_of, tools, touch, META_META, META_SANDBOX_TYPE,
+    container_name, record, resolve, sandbox_id_of, tools, META_META, META_SANDBOX_TYPE,
     META_SESSION_CTX_ID,
 };
 use crate::error::ApiError;
@@ -36,7 +37,7 @@ const MAX_META_JSON: usize = 4096;
 /// An RPC method of AgentScope's `SandboxManager`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// Hand out a warm sandbox (a cold create until pools exist).
+    /// Hand out a warm sandbox (a cold create when the pool is empty).
     CreateFromPool,
     /// Create a sandbox.
     Create,
@@ -328,11 +329,12 @@ fn base_url(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// The sandbox an identity names, or upstream's "No container found" error.
+/// The sandbox an identity names (following a replaced sandbox to its successor), or
+/// upstream's "No container found" error.
 async fn sandbox(state: &AppState, identity: &str) -> Result<Sandbox, ApiError> {
     let missing = || ApiError::not_found(format!("No container found with id: {identity}."));
     let id = sandbox_id_of(&state.container_prefix, identity).ok_or_else(missing)?;
-    match state.manager.get(id).await {
+    match resolve(state, id).await {
         Ok(sb) => Ok(sb),
         Err(CoreError::NotFound(_)) => Err(missing()),
         Err(e) => Err(e.into()),
@@ -344,13 +346,21 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
     let prefix = &*state.container_prefix;
     let manager = &state.manager;
     match call {
-        // No warm pool yet: a cold create. Pools (POOL_SIZE) plug in here.
-        Call::CreateFromPool(a) => create(state, a).await,
-        Call::Create(a) => create(state, a).await,
+        Call::CreateFromPool(a) => create(state, a, true).await,
+        Call::Create(a) => create(state, a, false).await,
         Call::Release(a) => {
             let Some(id) = sandbox_id_of(prefix, &a.identity) else {
                 return Ok(Value::Bool(true));
             };
+            // Releasing a replaced sandbox's name releases its successor, and the old record.
+            let target = match resolve(state, id).await {
+                Ok(sb) => sb.id,
+                Err(_) => id.to_string(),
+            };
+            if target != id {
+                let _ = manager.delete(id).await;
+            }
+            let id = target.as_str();
             Ok(Value::Bool(match manager.delete(id).await {
                 Ok(()) => {
                     tracing::info!(sandbox = %id, "sandbox released");
@@ -390,7 +400,7 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         Call::CheckHealth(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, &sb).await;
+            let sb = touch(state, sb).await?;
             if sb.state != SandboxState::Running {
                 return Ok(Value::Bool(false));
             }
@@ -399,12 +409,12 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         Call::ListTools(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, &sb).await;
+            touch(state, sb).await?;
             Ok(tools::list(a.tool_type.as_deref()))
         }
         Call::CallTool(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, &sb).await;
+            let sb = touch(state, sb).await?;
             let Some(tool) = a.tool_name.filter(|t| !t.is_empty()) else {
                 return Ok(tools::error_result("tool_name is required."));
             };
@@ -412,7 +422,7 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         Call::AddMcpServers(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, &sb).await;
+            touch(state, sb).await?;
             let _ = (a.server_configs, a.overwrite);
             Err(ApiError::invalid(
                 "MCP servers are not supported by sandboxd yet; only the generic tools \
@@ -458,8 +468,13 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
     }
 }
 
+/// Whether a sandbox belongs to its session's mapping: alive, or recycled (it comes back on the
+/// next touch).
 fn is_live(state: SandboxState) -> bool {
-    matches!(state, SandboxState::Creating | SandboxState::Running)
+    matches!(
+        state,
+        SandboxState::Creating | SandboxState::Running | SandboxState::Recycled
+    )
 }
 
 /// The template of an AgentScope type: the type itself, or for `<t>_async` (the async client's
@@ -493,10 +508,13 @@ fn env_value(key: &str, v: Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// `create` and (for now) `create_from_pool`: the new sandbox's container name, or null when
-/// the instance limit is reached or the sandbox could not start (upstream's contract; the
-/// client then says "No sandbox available").
-async fn create(state: &AppState, a: CreateArgs) -> Result<Value, ApiError> {
+/// `create` and `create_from_pool`: the new sandbox's container name, or null when the
+/// instance limit is reached or the sandbox could not start (upstream's contract; the client
+/// then says "No sandbox available"). `from_pool` takes a warm sandbox of the type's template
+/// when there is one (binding the session in its metadata), else creates one cold; a request
+/// with environment variables always creates cold, since a warm sandbox was started without
+/// them.
+async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Value, ApiError> {
     let manager = &state.manager;
     let requested = a
         .sandbox_type
@@ -542,10 +560,33 @@ async fn create(state: &AppState, a: CreateArgs) -> Result<Value, ApiError> {
         }
         metadata.insert(META_META.into(), json);
     }
+    let template = template_of(state, &requested).await;
+    let timeout_secs = state
+        .heartbeat
+        .session_timeout(metadata.contains_key(META_SESSION_CTX_ID));
+    if from_pool && env.is_empty() {
+        match manager
+            .create_from_pool(&template, metadata.clone(), timeout_secs)
+            .await
+        {
+            Ok(Some(sb)) => {
+                tracing::info!(sandbox = %sb.id, r#type = %requested, "warm sandbox handed out (AgentScope)");
+                return Ok(Value::String(container_name(
+                    &state.container_prefix,
+                    &sb.id,
+                )));
+            }
+            Ok(None) => {
+                tracing::debug!(r#type = %requested, "warm pool empty; creating a sandbox cold")
+            }
+            Err(e) => return no_sandbox(e),
+        }
+    }
     let req = CreateSandboxRequest {
-        sandbox_type: Some(template_of(state, &requested).await),
+        sandbox_type: Some(template),
         env,
         metadata,
+        timeout_secs,
         ..Default::default()
     };
     match manager.create(req).await {
@@ -556,20 +597,23 @@ async fn create(state: &AppState, a: CreateArgs) -> Result<Value, ApiError> {
                 &sb.id,
             )))
         }
-        Err(e) => {
-            let code = e.code();
-            match code {
-                ErrorCode::LimitReached
-                | ErrorCode::BackendFailed
-                | ErrorCode::AgentFailed
-                | ErrorCode::Timeout
-                | ErrorCode::Unavailable => {
-                    tracing::warn!(error = %e, "create: no sandbox (answering null)");
-                    Ok(Value::Null)
-                }
-                _ => Err(e.into()),
-            }
+        Err(e) => no_sandbox(e),
+    }
+}
+
+/// A failed create: null when upstream answers null (no room, the sandbox did not start),
+/// else the error.
+fn no_sandbox(e: CoreError) -> Result<Value, ApiError> {
+    match e.code() {
+        ErrorCode::LimitReached
+        | ErrorCode::BackendFailed
+        | ErrorCode::AgentFailed
+        | ErrorCode::Timeout
+        | ErrorCode::Unavailable => {
+            tracing::warn!(error = %e, "create: no sandbox (answering null)");
+            Ok(Value::Null)
         }
+        _ => Err(e.into()),
     }
 }
 

@@ -18,6 +18,7 @@ use tower::ServiceExt;
 /// A router over a manager on the fake backend, with a `base` template installed.
 pub struct Harness {
     pub app: Router,
+    pub state: AppState,
     pub backend: Arc<FakeBackend>,
     pub manager: Arc<Manager>,
     _dir: tempfile::TempDir,
@@ -49,13 +50,22 @@ impl Harness {
         )
         .await
         .unwrap();
-        let app = router(AppState::new(manager.clone()).with_token(token.map(String::from)));
+        let state = AppState::new(manager.clone()).with_token(token.map(String::from));
+        let app = router(state.clone());
         Harness {
             app,
+            state,
             backend,
             manager,
             _dir: dir,
         }
+    }
+
+    /// The same manager behind a router whose state `f` changed (e.g. heartbeat settings).
+    pub fn with_state(mut self, f: impl FnOnce(AppState) -> AppState) -> Harness {
+        self.state = f(self.state);
+        self.app = router(self.state.clone());
+        self
     }
 
     /// Send a request; returns status, headers and the whole body.

@@ -1,0 +1,83 @@
+//! Warm pools on the native backend: `POOL_SIZE=2` warm sandboxes, handed out through
+//! `POST /v1/sandboxes` with `from_pool`, refilled in the background, removed at shutdown.
+//! Count-based: no timing assertions (the hand-out's server time is logged at debug level).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use sandboxd_client::Client;
+use sandboxd_e2e::ServerOptions;
+use sandboxd_types::{CreateSandboxRequest, Sandbox, SandboxState};
+
+use common::{pid_alive, sandbox_cgroups, sandbox_pids, sh};
+
+/// The warm sandboxes, once there are exactly `n`.
+async fn warm(c: &Client, n: usize) -> Vec<Sandbox> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let warm: Vec<Sandbox> = c
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state == SandboxState::Warm)
+            .collect();
+        if warm.len() == n {
+            return warm;
+        }
+        assert!(Instant::now() < deadline, "{} warm, want {n}", warm.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_hands_out_warm_sandboxes_and_refills() {
+    let mut server = common::server_with(ServerOptions {
+        env: vec![("POOL_SIZE".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let c = server.client();
+    let first = warm(&c, 2).await;
+    for w in &first {
+        assert_eq!(w.expires_at_ms, None);
+        assert_eq!(w.session_id, w.id);
+    }
+    let req = CreateSandboxRequest {
+        from_pool: true,
+        timeout_secs: Some(300),
+        ..Default::default()
+    };
+    let mut handed = Vec::new();
+    for _ in 0..2 {
+        let sb = c.create(&req).await.unwrap();
+        assert_eq!(sb.state, SandboxState::Running);
+        assert!(sb.expires_at_ms.is_some());
+        handed.push(sb);
+    }
+    let mut got: Vec<&str> = handed.iter().map(|s| s.id.as_str()).collect();
+    let mut want: Vec<&str> = first.iter().map(|s| s.id.as_str()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the hand-outs are the warm sandboxes");
+    for sb in &handed {
+        let r = sh(&c, &sb.id, "echo hi > f; cat f; pwd").await;
+        assert_eq!(r.stdout, "hi\n/workspace\n");
+    }
+    // Refilled with new ones, and never more than two warm.
+    let refilled = warm(&c, 2).await;
+    assert!(refilled.iter().all(|w| !want.contains(&w.id.as_str())));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    warm(&c, 2).await;
+    assert_eq!(c.list(&Default::default()).await.unwrap().len(), 4);
+
+    // Shutdown removes the warm sandboxes with the others.
+    let parent = server.cgroup_parent.clone();
+    let pids = sandbox_pids(&parent);
+    assert!(!pids.is_empty());
+    let status = server.stop().expect("server was running");
+    assert!(status.success(), "server exited with {status}");
+    assert!(pids.iter().all(|p| !pid_alive(*p)));
+    assert!(sandbox_cgroups(&parent).is_empty());
+}
