@@ -20,9 +20,10 @@ import pytest
 import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SANDBOXD = pathlib.Path(os.environ.get("SANDBOXD_BIN", ROOT / "target/debug/sandboxd"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+SANDBOXD = pathlib.Path(os.environ.get("SANDBOXD_BIN", TARGET / "debug/sandboxd"))
 AGENT = pathlib.Path(
-    os.environ.get("SANDBOXD_AGENT_BIN", ROOT / "target/debug/sandboxd-agent")
+    os.environ.get("SANDBOXD_AGENT_BIN", TARGET / "debug/sandboxd-agent")
 )
 TEMPLATES = pathlib.Path(
     os.environ.get("SANDBOXD_TEMPLATES_DIR", "/var/lib/sandboxd/templates")
