@@ -14,16 +14,15 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
-
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 use sandboxd_protocol::{AgentError, AgentErrorKind, ExecSpec, Response};
 
 use crate::conn::Conn;
-use crate::process;
+use crate::process::{Command, Stdio};
 use crate::reaper::{Reaper, SignalError};
 use crate::sys;
 use crate::Config;
@@ -106,17 +105,15 @@ fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentError> {
             cwd.display()
         )));
     }
-    cmd.env_clear()
-        .envs(config.env.iter().map(|(k, v)| (k, v)))
+    cmd.envs(config.env.iter().map(|(k, v)| (k, v)))
         .envs(&spec.env)
         .current_dir(cwd);
-    process::isolate(&mut cmd);
     Ok(cmd)
 }
 
 /// The executable `program` names in `path`, when it has no slash. The child would search
-/// `PATH` itself, but each miss there is a failed `execve` after the fork, which costs far more
-/// than a `stat(2)` here (a third of the round-trip of `true`).
+/// `PATH` itself, but each miss there is a failed `execve` while the spawning thread waits,
+/// which costs more than a `stat(2)` here.
 fn resolve_in_path(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     if program.is_empty() || program.contains('/') {
@@ -149,13 +146,13 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
         Err(e) => return conn.send_error(e),
     };
     cmd.stdin(if stdin.is_empty() {
-        Stdio::null()
+        Stdio::Null
     } else {
-        Stdio::piped()
+        Stdio::Piped
     })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let (mut child, watch) = match Reaper::global().spawn(&mut cmd, true) {
+    .stdout(Stdio::Piped)
+    .stderr(Stdio::Piped);
+    let (child, watch) = match Reaper::global().spawn(&cmd, true) {
         Ok(x) => x,
         Err(e) => {
             return conn.send_error(spawn_failed(format!(
@@ -165,11 +162,9 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
         }
     };
     let pid = watch.pid();
-    // Owned descriptors from here on; `child` is only a bag of pipes and is never waited on.
-    let stdout: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
-    let stderr: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
-    let stdin_fd: Option<OwnedFd> = child.stdin.take().map(OwnedFd::from);
-    drop(child);
+    let stdout: Option<OwnedFd> = child.stdout;
+    let stderr: Option<OwnedFd> = child.stderr;
+    let stdin_fd: Option<OwnedFd> = child.stdin;
     for fd in stdout.iter().chain(&stderr).chain(&stdin_fd) {
         sys::set_nonblocking(fd.as_fd())?;
     }

@@ -21,7 +21,8 @@
 //!   re-parented to PID 1, and hands statuses to the commands waiting for them. Commands run in
 //!   their own session and process group with the sandbox's environment (minus `SANDBOXD_*`
 //!   variables), the highest OOM score and default signal dispositions; timeouts and host
-//!   hang-ups kill the whole process group.
+//!   hang-ups kill the whole process group. They are started without `fork`, vfork-style
+//!   (`clone(CLONE_VM | CLONE_VFORK)`, see the private `process` module).
 //! * **Python.** See [`python`].
 //!
 //! # Path confinement

@@ -11,7 +11,6 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use sandboxd_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::process;
+use crate::process::{Command, Stdio};
 use crate::reaper::{ExitWatch, Reaper};
 use crate::sys;
 use crate::Config;
@@ -218,14 +217,12 @@ fn start(config: &Config) -> Result<Interpreter, AgentError> {
     cmd.arg("-u")
         .arg("-c")
         .arg(stub)
-        .env_clear()
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         .current_dir(config.default_cwd())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    process::isolate(&mut cmd);
-    let (mut child, watch) = Reaper::global().spawn(&mut cmd, false).map_err(|e| {
+        .stdin(Stdio::Piped)
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Inherit);
+    let (child, watch) = Reaper::global().spawn(&cmd, false).map_err(|e| {
         error(
             AgentErrorKind::SpawnFailed,
             format!(
@@ -234,9 +231,8 @@ fn start(config: &Config) -> Result<Interpreter, AgentError> {
             ),
         )
     })?;
-    let mut requests = File::from(OwnedFd::from(child.stdin.take().expect("piped")));
-    let replies = OwnedFd::from(child.stdout.take().expect("piped"));
-    drop(child);
+    let mut requests = File::from(child.stdin.expect("piped"));
+    let replies = child.stdout.expect("piped");
     let io_err = |e: io::Error| {
         error(
             AgentErrorKind::SpawnFailed,

@@ -11,21 +11,23 @@
 //! A child may exit before its spawner has recorded interest in it. The reaper therefore first
 //! *peeks* at an exited child with `waitid(P_ALL, WEXITED | WNOWAIT)`, which leaves the zombie
 //! in place, then takes the registry lock and only then reaps that specific pid. Spawning
-//! happens with the same lock held ([`Reaper::spawn`]), so by the time the reaper can look at a
+//! happens with the same lock held (`Reaper::spawn`), so by the time the reaper can look at a
 //! child's status the child is registered, and a pid can never be reused between the peek and
 //! the dispatch (a zombie keeps its pid). Statuses of unregistered children (orphans) are
-//! dropped. Holding the lock across the spawn also leaves `std`'s own clean-up intact: when
-//! `exec` fails, `Command::spawn` waits for its doomed child itself, and the reaper, still
-//! blocked on the lock, finds nothing left to reap.
+//! dropped. Holding the lock across the spawn also covers the spawn's own clean-up: when
+//! `execve` fails, `process::Command` reaps its doomed child itself (the one other
+//! `waitpid` of the agent, for a child never registered), and the reaper, still blocked on the
+//! lock, finds nothing left to reap.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Command, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::process::{Child, Command};
 use crate::sys;
 
 /// The process-wide reaper. Obtain it with [`Reaper::global`].
@@ -87,18 +89,18 @@ impl Reaper {
     }
 
     /// Spawn `cmd` and register it, atomically with respect to the reaper. Returns the
-    /// `Child` (for its pipes only: never call `wait` on it) and the handle that reports its
-    /// exit. `host_signalable` lets [`Reaper::signal_group`] address it by pid.
-    pub fn spawn(
+    /// `Child` (its pid and pipes) and the handle that reports its exit. `host_signalable`
+    /// lets [`Reaper::signal_group`] address it by pid.
+    pub(crate) fn spawn(
         &'static self,
-        cmd: &mut Command,
+        cmd: &Command,
         host_signalable: bool,
     ) -> io::Result<(Child, ExitWatch)> {
         let (notify_r, notify_w) = sys::pipe()?;
         sys::set_nonblocking(notify_r.as_fd())?;
         let mut inner = self.lock();
         let child = cmd.spawn()?;
-        let pid = child.id() as libc::pid_t;
+        let pid = child.pid;
         inner.children.insert(
             pid,
             Tracked {
@@ -198,8 +200,8 @@ impl Reaper {
             }
             let mut inner = self.lock();
             let mut status: libc::c_int = 0;
-            // SAFETY: `status` is writable; WNOHANG because someone (std's failed-exec path)
-            // may have reaped this pid already.
+            // SAFETY: `status` is writable; WNOHANG because someone (the spawn's failed-exec
+            // path) may have reaped this pid already.
             let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
             if got != pid {
                 continue;
@@ -275,8 +277,9 @@ impl Drop for ExitWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::Stdio;
+    use std::fs::File;
     use std::io::Read;
-    use std::process::Stdio;
 
     /// Children that exit immediately race their own registration; every one of them must
     /// still deliver its own status, and none may be lost to the reaper's orphan path.
@@ -287,7 +290,7 @@ mod tests {
             .map(|i| {
                 let mut cmd = Command::new("/bin/sh");
                 cmd.arg("-c").arg(format!("exit {}", i % 7));
-                let (_child, watch) = reaper.spawn(&mut cmd, false).unwrap();
+                let (_child, watch) = reaper.spawn(&cmd, false).unwrap();
                 (i % 7, watch)
             })
             .collect();
@@ -299,19 +302,19 @@ mod tests {
         }
     }
 
-    /// A failed exec is waited for by `std` itself while the registry lock is held; the reaper
-    /// must not steal that status (std would panic) and must keep working afterwards.
+    /// A failed exec is waited for by the spawn itself while the registry lock is held; the
+    /// reaper must not steal that status and must keep working afterwards.
     #[test]
     fn failed_exec_leaves_reaper_working() {
         let reaper = Reaper::global();
         for _ in 0..5 {
             let err = reaper
-                .spawn(&mut Command::new("/nonexistent/program"), false)
+                .spawn(&Command::new("/nonexistent/program"), false)
                 .err()
                 .expect("spawn fails");
             assert_eq!(err.kind(), io::ErrorKind::NotFound);
         }
-        let (_c, w) = reaper.spawn(&mut Command::new("/bin/true"), false).unwrap();
+        let (_c, w) = reaper.spawn(&Command::new("/bin/true"), false).unwrap();
         assert_eq!(
             w.wait_timeout(Duration::from_secs(30)).unwrap().code(),
             Some(0)
@@ -328,13 +331,10 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg("sleep 0.3 >/dev/null 2>&1 & echo $!; exit 3")
-            .stdout(Stdio::piped());
-        let (mut child, watch) = reaper.spawn(&mut cmd, false).unwrap();
+            .stdout(Stdio::Piped);
+        let (mut child, watch) = reaper.spawn(&cmd, false).unwrap();
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
+        File::from(child.stdout.take().unwrap())
             .read_to_string(&mut out)
             .unwrap();
         let orphan: i32 = out.trim().parse().unwrap();

@@ -1,7 +1,7 @@
 //! Safe wrappers around the Linux system calls the agent needs and `std` does not expose.
 //!
 //! Every `unsafe` block of the crate that talks to the kernel directly lives here (plus the
-//! child-setup hook in [`crate::process`] and the signal setup in [`crate::init`]), so that the
+//! vfork child in [`crate::process`] and the signal setup in [`crate::init`]), so that the
 //! rest of the agent works with `OwnedFd`s, `CStr`s and `io::Result`s.
 
 use std::ffi::{CStr, CString, OsString};
@@ -342,4 +342,175 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
             return Err(e);
         }
     }
+}
+
+/// `open("/dev/null", O_RDWR | O_CLOEXEC)`.
+pub fn open_dev_null() -> io::Result<OwnedFd> {
+    let fd = retry(|| {
+        // SAFETY: the path is a static NUL-terminated string; the descriptor is ours.
+        cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })
+    })?;
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered 3 or higher, so that it cannot collide with the
+/// standard descriptors a child has `dup2`'d onto 0, 1 and 2.
+pub fn dup_above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl F_DUPFD_CLOEXEC on a descriptor we own; the new descriptor is ours.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: as above, `new` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `waitpid(pid, 0)`, retried on `EINTR`; the status is discarded. Only for a child that was
+/// never handed to the [`crate::reaper::Reaper`] (a spawn whose `execve` failed).
+pub fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is writable; waiting for one specific child of ours.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// An anonymous mapping used as the stack of a `CLONE_VM` child: `size` usable bytes above
+/// one `PROT_NONE` guard page, so that an overflow faults instead of silently overwriting the
+/// parent's memory. Unmapped on drop.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    const GUARD: usize = 4096;
+
+    pub fn new(size: usize) -> io::Result<ChildStack> {
+        let len = size + Self::GUARD;
+        // SAFETY: a fresh private anonymous mapping at an address chosen by the kernel; it
+        // aliases nothing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page lies within the mapping just created and owned by `stack`.
+        cvt(unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+
+    /// The initial stack pointer (stacks grow down on every architecture Linux/Rust support
+    /// here); page-aligned, hence suitably aligned for any ABI.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is still within the same allocation
+        // for pointer arithmetic purposes.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by `new` and is unmapped exactly once. It is only
+        // dropped once no child runs on it (see `clone_vfork`).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Every signal blocked in the calling thread until dropped, which restores the previous mask.
+/// Uses the raw system call so that even the C library's internal signals (which
+/// `pthread_sigmask` refuses to block) are covered.
+pub struct AllSignalsBlocked {
+    old: u64,
+}
+
+/// The kernel's signal set size on Linux (64 signals).
+const KERNEL_SIGSET_SIZE: usize = 8;
+
+impl AllSignalsBlocked {
+    pub fn new() -> AllSignalsBlocked {
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: both pointers refer to live 8-byte values, the kernel's sigset size; the
+        // kernel silently leaves SIGKILL/SIGSTOP unblocked.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut old as *mut u64,
+                KERNEL_SIGSET_SIZE,
+            )
+        };
+        AllSignalsBlocked { old }
+    }
+}
+
+impl Drop for AllSignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: `old` is the live 8-byte mask saved by `new`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &self.old as *const u64,
+                std::ptr::null_mut::<u64>(),
+                KERNEL_SIGSET_SIZE,
+            )
+        };
+    }
+}
+
+/// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)`: run `child(arg)` in a new process that shares
+/// this process's memory, on `stack`, and return its pid once the child has called `execve`
+/// successfully or exited (the calling thread is suspended until then; other threads run on).
+///
+/// # Safety
+///
+/// `child` runs in the parent's address space on a foreign stack with no runtime set up: it
+/// may only make raw system calls and read `arg` (and write memory the suspended caller set
+/// aside for it); it must not allocate, lock, unwind, touch thread-locals other than `errno`,
+/// or return to anything but the clone trampoline (which then calls `exit`). `arg` must stay
+/// valid until this returns. The caller must block all signals around the call (see
+/// [`AllSignalsBlocked`]) and `child` must reset every handler before unblocking, so that no
+/// signal handler ever runs on `stack`.
+pub unsafe fn clone_vfork(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+    stack: &ChildStack,
+) -> io::Result<libc::pid_t> {
+    // SAFETY: the caller upholds the child's constraints; `stack.top()` is the top of a
+    // writable mapping that outlives the child's use of it, because CLONE_VFORK returns only
+    // after the child exec'd or exited, i.e. left that stack for good.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        )
+    };
+    cvt(pid)
+}
+
+/// The calling thread's `errno`. Also usable in a `CLONE_VM` child: it shares the suspended
+/// parent thread's thread pointer, hence its `errno`, which the parent does not rely on across
+/// the clone.
+pub fn errno() -> libc::c_int {
+    // SAFETY: __errno_location returns the valid address of the thread's errno; reading it
+    // is a plain load (no lock, no allocation).
+    unsafe { *libc::__errno_location() }
 }
