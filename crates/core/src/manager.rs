@@ -480,12 +480,7 @@ impl Manager {
             .await?;
         if let Err(e) = self.backend.destroy(id).await {
             // Keep the record, visibly failed, so that a retry (or the operator) can find it.
-            let reason = format!("could not be removed: {e}");
-            let _ = self
-                .modify(id, |r| {
-                    r.sandbox.state = SandboxState::Error;
-                    r.sandbox.reason = Some(reason.clone());
-                })
+            self.mark_error(id, format!("could not be removed: {e}"))
                 .await;
             return Err(e.into());
         }
@@ -495,6 +490,16 @@ impl Manager {
             self.pools.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Put a sandbox in state `error` with `reason`, best effort (the record may be gone).
+    async fn mark_error(&self, id: &str, reason: String) {
+        let _ = self
+            .modify(id, |r| {
+                r.sandbox.state = SandboxState::Error;
+                r.sandbox.reason = Some(reason.clone());
+            })
+            .await;
     }
 
     /// Set a sandbox's remaining lifetime to `secs` from now (0 = never expires).
@@ -537,12 +542,7 @@ impl Manager {
             return Err(CoreError::NotRunning(id.to_string()));
         }
         if let Err(e) = self.backend.destroy(id).await {
-            let reason = format!("could not be recycled: {e}");
-            let _ = self
-                .modify(id, |r| {
-                    r.sandbox.state = SandboxState::Error;
-                    r.sandbox.reason = Some(reason.clone());
-                })
+            self.mark_error(id, format!("could not be recycled: {e}"))
                 .await;
             return Err(e.into());
         }
@@ -641,11 +641,7 @@ impl Manager {
             {
                 tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
                 let _ = self.backend.destroy(id).await;
-                let _ = self
-                    .modify(id, |r| {
-                        r.sandbox.state = SandboxState::Error;
-                        r.sandbox.reason = Some("the sandbox's processes exited".into());
-                    })
+                self.mark_error(id, "the sandbox's processes exited".into())
                     .await;
             }
         }
