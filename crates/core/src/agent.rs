@@ -105,3 +105,64 @@ impl AgentConn {
 pub(crate) fn unexpected(r: &Response) -> CoreError {
     CoreError::AgentUnreachable(format!("unexpected answer from agent: {r:?}"))
 }
+
+/// Idle agent connections, by sandbox id, reused so that a request costs neither a connect nor
+/// a new connection thread in the agent.
+#[derive(Debug, Default, Clone)]
+pub struct ConnPool {
+    idle: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<AgentConn>>>>,
+}
+
+impl ConnPool {
+    /// More idle connections than this per sandbox are closed: they only cost agent threads.
+    const MAX_IDLE_PER_SANDBOX: usize = 4;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<AgentConn>>> {
+        // The map stays consistent whatever panicked while it was held.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection to the sandbox's agent, if one is kept.
+    pub fn take(&self, id: &str) -> Option<AgentConn> {
+        self.lock().get_mut(id).and_then(Vec::pop)
+    }
+
+    /// Keep a connection whose last exchange ended cleanly.
+    pub fn put(&self, id: &str, conn: AgentConn) {
+        let mut idle = self.lock();
+        let conns = idle.entry(id.to_string()).or_default();
+        if conns.len() < Self::MAX_IDLE_PER_SANDBOX {
+            conns.push(conn);
+        }
+    }
+
+    /// Close every kept connection of a sandbox (it is going away).
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pool_keeps_a_few_connections_per_sandbox_and_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let ep = AgentEndpoint::Unix { path };
+        let pool = ConnPool::default();
+        for _ in 0..ConnPool::MAX_IDLE_PER_SANDBOX + 2 {
+            pool.put("sb-a", AgentConn::connect(&ep).await.unwrap());
+        }
+        pool.put("sb-b", AgentConn::connect(&ep).await.unwrap());
+        let mut kept = 0;
+        while pool.take("sb-a").is_some() {
+            kept += 1;
+        }
+        assert_eq!(kept, ConnPool::MAX_IDLE_PER_SANDBOX);
+        pool.forget("sb-b");
+        assert!(pool.take("sb-b").is_none());
+    }
+}

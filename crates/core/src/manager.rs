@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
-use sandboxd_protocol::{EntryKind as WireKind, ExecSpec, Request, Response, MAX_PAYLOAD_LEN};
+use sandboxd_protocol::{
+    EntryKind as WireKind, ExecSpec, Frame, Request, Response, MAX_PAYLOAD_LEN,
+};
 use sandboxd_types::{
     is_valid_session_id, EntryKind, ErrorCode, ExecEvent, ExecRequest, ExecResult, FileEntry,
     PythonError, PythonRequest, PythonResult, Resources, Sandbox, SandboxState,
@@ -16,7 +18,7 @@ use sandboxd_types::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::agent::{unexpected, AgentConn};
+use crate::agent::{unexpected, AgentConn, ConnPool};
 use crate::backend::{AgentEndpoint, Backend, BoxSpec, Limits, ReadonlyMount};
 use crate::pool::{self, Pools};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
@@ -95,6 +97,8 @@ pub struct Manager {
     config: ManagerConfig,
     shutting_down: AtomicBool,
     pools: Pools,
+    /// Idle connections to agents.
+    conns: ConnPool,
     /// Serializes restores, so that two touches of a recycled sandbox make one successor.
     restoring: tokio::sync::Mutex<()>,
 }
@@ -193,6 +197,7 @@ impl Manager {
             config,
             shutting_down: AtomicBool::new(false),
             pools: Pools::default(),
+            conns: ConnPool::default(),
             restoring: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&manager);
@@ -388,7 +393,7 @@ impl Manager {
         {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
-                let _ = self.backend.destroy(&id).await;
+                let _ = self.destroy_box(&id).await;
                 let _ = self.store.remove(&id).await;
                 Err(e)
             }
@@ -478,7 +483,7 @@ impl Manager {
     pub async fn delete(&self, id: &str) -> Result<(), CoreError> {
         self.modify(id, |r| r.sandbox.state = SandboxState::Stopping)
             .await?;
-        if let Err(e) = self.backend.destroy(id).await {
+        if let Err(e) = self.destroy_box(id).await {
             // Keep the record, visibly failed, so that a retry (or the operator) can find it.
             self.mark_error(id, format!("could not be removed: {e}"))
                 .await;
@@ -490,6 +495,12 @@ impl Manager {
             self.pools.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Kill a sandbox's box (its kept agent connections go with it).
+    async fn destroy_box(&self, id: &str) -> Result<(), crate::backend::BackendError> {
+        self.conns.forget(id);
+        self.backend.destroy(id).await
     }
 
     /// Put a sandbox in state `error` with `reason`, best effort (the record may be gone).
@@ -541,7 +552,7 @@ impl Manager {
         if !claimed {
             return Err(CoreError::NotRunning(id.to_string()));
         }
-        if let Err(e) = self.backend.destroy(id).await {
+        if let Err(e) = self.destroy_box(id).await {
             self.mark_error(id, format!("could not be recycled: {e}"))
                 .await;
             return Err(e.into());
@@ -640,7 +651,7 @@ impl Manager {
             } else if rec.sandbox.state == SandboxState::Running && !self.backend.is_alive(id).await
             {
                 tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
-                let _ = self.backend.destroy(id).await;
+                let _ = self.destroy_box(id).await;
                 self.mark_error(id, "the sandbox's processes exited".into())
                     .await;
             }
@@ -653,7 +664,7 @@ impl Manager {
         let records = self.store.list().await.unwrap_or_default();
         let tasks = records.into_iter().map(|r| async move {
             let id = r.sandbox.id;
-            if let Err(e) = self.backend.destroy(&id).await {
+            if let Err(e) = self.destroy_box(&id).await {
                 tracing::warn!(sandbox = %id, error = %e, "could not remove sandbox at shutdown");
             }
             let _ = self.store.remove(&id).await;
@@ -749,7 +760,7 @@ impl Manager {
         while let Some(id) = self.pools.pop_any() {
             if self.claim_warm(&id).await {
                 tracing::info!(sandbox = %id, "warm sandbox removed to make room under the instance limit");
-                let _ = self.backend.destroy(&id).await;
+                let _ = self.destroy_box(&id).await;
                 let _ = self.store.remove(&id).await;
                 return true;
             }
@@ -778,7 +789,7 @@ impl Manager {
     /// Remove a warm sandbox (dead, or at shutdown) if it still is warm.
     async fn discard_warm(&self, id: &str) {
         if self.claim_warm(id).await {
-            if let Err(e) = self.backend.destroy(id).await {
+            if let Err(e) = self.destroy_box(id).await {
                 tracing::warn!(sandbox = %id, error = %e, "could not remove warm sandbox");
             }
             let _ = self.store.remove(id).await;
@@ -857,6 +868,41 @@ impl Manager {
         AgentConn::connect(&ep).await
     }
 
+    /// Send `req` and read the first answer, on a kept idle connection when there is one. A
+    /// kept connection that turns out dead is replaced by a fresh one, once: the agent answers
+    /// every request at once, so no answer means it never got to work on it.
+    async fn exchange(
+        &self,
+        id: &str,
+        req: &Request,
+        payload: &[u8],
+    ) -> Result<(AgentConn, Frame<Response>), CoreError> {
+        let ep = self.endpoint(id).await?;
+        if let Some(mut conn) = self.conns.take(id) {
+            if conn.send(req, payload).await.is_ok() {
+                if let Ok(first) = conn.recv().await {
+                    return Ok((conn, first));
+                }
+            }
+        }
+        let mut conn = AgentConn::connect(&ep).await?;
+        conn.send(req, payload).await?;
+        let first = conn.recv().await?;
+        Ok((conn, first))
+    }
+
+    /// A request answered by one frame; the connection is kept for the next request.
+    async fn call(&self, id: &str, req: &Request) -> Result<Response, CoreError> {
+        let (conn, frame) = self.exchange(id, req, &[]).await?;
+        match frame.header {
+            Response::Error(e) => Err(CoreError::Agent(e)),
+            header => {
+                self.conns.put(id, conn);
+                Ok(header)
+            }
+        }
+    }
+
     /// Start a command; its events stream as they happen.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, CoreError> {
         let spec = exec_spec(&req)?;
@@ -864,18 +910,22 @@ impl Manager {
         if stdin.len() > MAX_PAYLOAD_LEN as usize {
             return Err(invalid("stdin is too large"));
         }
-        let mut conn = self.conn(id).await?;
-        conn.send(&Request::Exec(spec), &stdin).await?;
-        let (tx, rx) = mpsc::channel(64);
         let started = Instant::now();
+        let (mut conn, first) = self.exchange(id, &Request::Exec(spec), &stdin).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let (conns, id) = (self.conns.clone(), id.to_string());
         tokio::spawn(async move {
+            let mut first = Some(first);
             loop {
                 // A closed receiver means the client went away: stop waiting for output (a
                 // silent command may never send any) and drop the connection, which makes the
                 // agent kill the command.
-                let received = tokio::select! {
-                    r = conn.recv() => r,
-                    _ = tx.closed() => break,
+                let received = match first.take() {
+                    Some(f) => Ok(f),
+                    None => tokio::select! {
+                        r = conn.recv() => r,
+                        _ = tx.closed() => break,
+                    },
                 };
                 let event = match received {
                     Ok(frame) => match frame.header {
@@ -901,8 +951,16 @@ impl Manager {
                     },
                     Err(e) => error_event(e),
                 };
-                let last = matches!(event, ExecEvent::Exit { .. } | ExecEvent::Error { .. });
-                if tx.send(event).await.is_err() || last {
+                let exited = matches!(event, ExecEvent::Exit { .. });
+                let last = exited || matches!(event, ExecEvent::Error { .. });
+                if tx.send(event).await.is_err() {
+                    break;
+                }
+                if last {
+                    // After a clean exit the connection is ready for the next request.
+                    if exited {
+                        conns.put(&id, conn);
+                    }
                     break;
                 }
             }
@@ -947,17 +1005,16 @@ impl Manager {
     /// Run code in the sandbox's persistent Python interpreter.
     pub async fn python(&self, id: &str, req: PythonRequest) -> Result<PythonResult, CoreError> {
         check_text("code", &req.code)?;
-        let mut conn = self.conn(id).await?;
-        let frame = conn
+        let answer = self
             .call(
+                id,
                 &Request::Python {
                     code: req.code,
                     timeout_ms: req.timeout_ms,
                 },
-                &[],
             )
             .await?;
-        match frame.header {
+        match answer {
             Response::Python(o) => Ok(PythonResult {
                 stdout: o.stdout,
                 stderr: o.stderr,
@@ -1067,17 +1124,14 @@ impl Manager {
             return Err(invalid("depth must be between 1 and 32"));
         }
         match self
-            .conn(id)
-            .await?
             .call(
+                id,
                 &Request::ListDir {
                     path: path.into(),
                     depth,
                 },
-                &[],
             )
             .await?
-            .header
         {
             Response::Entries { entries } => Ok(entries.into_iter().map(entry).collect()),
             other => Err(unexpected(&other)),
@@ -1106,7 +1160,7 @@ impl Manager {
     }
 
     async fn entry_call(&self, id: &str, req: Request) -> Result<FileEntry, CoreError> {
-        match self.conn(id).await?.call(&req, &[]).await?.header {
+        match self.call(id, &req).await? {
             Response::Entry(e) => Ok(entry(e)),
             other => Err(unexpected(&other)),
         }
@@ -1116,17 +1170,14 @@ impl Manager {
     pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<bool, CoreError> {
         check_text("path", path)?;
         match self
-            .conn(id)
-            .await?
             .call(
+                id,
                 &Request::Mkdir {
                     path: path.into(),
                     parents,
                 },
-                &[],
             )
             .await?
-            .header
         {
             Response::Created { created } => Ok(created),
             other => Err(unexpected(&other)),
@@ -1142,17 +1193,14 @@ impl Manager {
     ) -> Result<(), CoreError> {
         check_text("path", path)?;
         match self
-            .conn(id)
-            .await?
             .call(
+                id,
                 &Request::Remove {
                     path: path.into(),
                     recursive,
                 },
-                &[],
             )
             .await?
-            .header
         {
             Response::Ok => Ok(()),
             other => Err(unexpected(&other)),
