@@ -903,15 +903,25 @@ impl Manager {
         }
     }
 
-    /// Start a command; its events stream as they happen.
-    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, CoreError> {
+    /// Check an exec request and start the command; returns the connection it runs on and the
+    /// agent's first answer.
+    async fn start_exec(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<(AgentConn, Frame<Response>), CoreError> {
         let spec = exec_spec(&req)?;
         let stdin = req.stdin.unwrap_or_default().into_bytes();
         if stdin.len() > MAX_PAYLOAD_LEN as usize {
             return Err(invalid("stdin is too large"));
         }
+        self.exchange(id, &Request::Exec(spec), &stdin).await
+    }
+
+    /// Start a command; its events stream as they happen.
+    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, CoreError> {
         let started = Instant::now();
-        let (mut conn, first) = self.exchange(id, &Request::Exec(spec), &stdin).await?;
+        let (mut conn, first) = self.start_exec(id, req).await?;
         let (tx, rx) = mpsc::channel(64);
         let (conns, id) = (self.conns.clone(), id.to_string());
         tokio::spawn(async move {
@@ -928,27 +938,7 @@ impl Manager {
                     },
                 };
                 let event = match received {
-                    Ok(frame) => match frame.header {
-                        Response::Started { pid } => ExecEvent::Started { pid },
-                        Response::Stdout => ExecEvent::Stdout {
-                            data: String::from_utf8_lossy(&frame.payload).into_owned(),
-                        },
-                        Response::Stderr => ExecEvent::Stderr {
-                            data: String::from_utf8_lossy(&frame.payload).into_owned(),
-                        },
-                        Response::Exited {
-                            code,
-                            signal,
-                            timed_out,
-                        } => ExecEvent::Exit {
-                            exit_code: code,
-                            signal,
-                            timed_out,
-                            duration_ms: started.elapsed().as_millis() as u64,
-                        },
-                        Response::Error(e) => error_event(CoreError::Agent(e)),
-                        other => error_event(unexpected(&other)),
-                    },
+                    Ok(frame) => exec_event(frame, started),
                     Err(e) => error_event(e),
                 };
                 let exited = matches!(event, ExecEvent::Exit { .. });
@@ -968,12 +958,15 @@ impl Manager {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    /// Run a command and collect its output.
+    /// Run a command and collect its output. Reads the agent's answers in the caller's task
+    /// (no relay task, no channel: the shortest path for short commands); if the caller is
+    /// dropped, so is the connection, and the agent kills the command.
     pub async fn exec_collect(&self, id: &str, req: ExecRequest) -> Result<ExecResult, CoreError> {
-        let mut events = self.exec(id, req).await?;
+        let started = Instant::now();
+        let (mut conn, mut frame) = self.start_exec(id, req).await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
-        while let Some(ev) = events.next().await {
-            match ev {
+        loop {
+            match exec_event(frame, started) {
                 ExecEvent::Started { .. } => {}
                 ExecEvent::Stdout { data } => stdout.push_str(&data),
                 ExecEvent::Stderr { data } => stderr.push_str(&data),
@@ -983,6 +976,7 @@ impl Manager {
                     timed_out,
                     duration_ms,
                 } => {
+                    self.conns.put(id, conn);
                     return Ok(ExecResult {
                         exit_code,
                         signal,
@@ -990,16 +984,14 @@ impl Manager {
                         stdout,
                         stderr,
                         duration_ms,
-                    })
+                    });
                 }
                 ExecEvent::Error { error } => {
                     return Err(CoreError::AgentUnreachable(error.message))
                 }
             }
+            frame = conn.recv().await?;
         }
-        Err(CoreError::AgentUnreachable(
-            "exec ended without an exit status".into(),
-        ))
     }
 
     /// Run code in the sandbox's persistent Python interpreter.
@@ -1238,6 +1230,31 @@ fn exec_spec(req: &ExecRequest) -> Result<ExecSpec, CoreError> {
         cwd: req.cwd.clone(),
         timeout_ms: req.timeout_ms,
     })
+}
+
+/// The API event for an agent's answer to an exec request.
+fn exec_event(frame: Frame<Response>, started: Instant) -> ExecEvent {
+    match frame.header {
+        Response::Started { pid } => ExecEvent::Started { pid },
+        Response::Stdout => ExecEvent::Stdout {
+            data: String::from_utf8_lossy(&frame.payload).into_owned(),
+        },
+        Response::Stderr => ExecEvent::Stderr {
+            data: String::from_utf8_lossy(&frame.payload).into_owned(),
+        },
+        Response::Exited {
+            code,
+            signal,
+            timed_out,
+        } => ExecEvent::Exit {
+            exit_code: code,
+            signal,
+            timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+        },
+        Response::Error(e) => error_event(CoreError::Agent(e)),
+        other => error_event(unexpected(&other)),
+    }
 }
 
 fn error_event(e: CoreError) -> ExecEvent {
