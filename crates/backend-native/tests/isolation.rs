@@ -147,15 +147,7 @@ async fn template_and_host_files_are_out_of_reach() {
     // The box's /tmp is its own.
     assert!(!std::path::Path::new("/tmp").join(&marker).exists());
     // The box's own procfs and sysfs, with their flags.
-    let out = agent.sh("grep -E '^[a-z]+ /(proc|sys) ' /proc/mounts");
-    assert!(
-        out.stdout
-            .contains("proc /proc proc rw,nosuid,nodev,noexec")
-            && out
-                .stdout
-                .contains("sysfs /sys sysfs ro,nosuid,nodev,noexec"),
-        "{out:?}"
-    );
+    assert_own_proc_and_sys(&mut agent);
     // Writing into a read-only /proc/sys fails, and the masked files are empty.
     let out = agent.sh("echo 1 > /proc/sys/kernel/hostname; echo rc=$?");
     assert!(

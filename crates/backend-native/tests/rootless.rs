@@ -555,15 +555,7 @@ async fn helper_server(root: &Path, parent: &str) {
         2,
         "copy-up of host root's files: {out:?}"
     );
-    let out = agent.sh("grep -E '^[a-z]+ /(proc|sys) ' /proc/mounts");
-    assert!(
-        out.stdout
-            .contains("proc /proc proc rw,nosuid,nodev,noexec")
-            && out
-                .stdout
-                .contains("sysfs /sys sysfs ro,nosuid,nodev,noexec"),
-        "{out:?}"
-    );
+    assert_own_proc_and_sys(&mut agent);
     let out = agent.sh("ls /root 2>&1; echo rc=$?");
     assert!(
         out.stdout.contains("Permission denied") && out.stdout.contains("rc=1"),

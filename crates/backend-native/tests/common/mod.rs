@@ -337,3 +337,16 @@ pub fn assert_hello(resp: Response) {
         other => panic!("expected Hello, got {other:?}"),
     }
 }
+
+/// The box has its own procfs and sysfs, mounted with the flags the backend promises.
+pub fn assert_own_proc_and_sys(agent: &mut Agent) {
+    let out = agent.sh("grep -E '^[a-z]+ /(proc|sys) ' /proc/mounts");
+    assert!(
+        out.stdout
+            .contains("proc /proc proc rw,nosuid,nodev,noexec")
+            && out
+                .stdout
+                .contains("sysfs /sys sysfs ro,nosuid,nodev,noexec"),
+        "{out:?}"
+    );
+}
