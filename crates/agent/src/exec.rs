@@ -3,7 +3,8 @@
 //! One connection thread drives one command with a single `poll` loop over the command's
 //! stdout and stderr pipes, its stdin pipe (fed from the request payload without ever
 //! blocking, so a command that does not read its input cannot deadlock the agent), the
-//! reaper's exit notification and the connection itself (to notice the host hanging up).
+//! command's pidfd (readable at its exit) and the connection itself (to notice the host hanging
+//! up).
 //! Output is forwarded as soon as it is read.
 //!
 //! The host hanging up is noticed through `POLLRDHUP` on the socket, so a host that
@@ -168,9 +169,11 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
     for fd in stdout.iter().chain(&stderr).chain(&stdin_fd) {
         sys::set_nonblocking(fd.as_fd())?;
     }
-    if let Err(e) = conn.send(&Response::Started { pid }, &[]) {
-        watch.signal_group(libc::SIGKILL);
-        return Err(e);
+    if !spec.quiet {
+        if let Err(e) = conn.send(&Response::Started { pid }, &[]) {
+            watch.signal_group(libc::SIGKILL);
+            return Err(e);
+        }
     }
 
     let mut out = stdout.map(File::from);
@@ -227,7 +230,7 @@ pub fn run(config: &Config, conn: &mut Conn, spec: ExecSpec, stdin: Vec<u8>) -> 
             ),
             sys::pollfd(
                 if status.is_none() {
-                    watch.notify_fd().as_raw_fd()
+                    watch.exit_fd().as_raw_fd()
                 } else {
                     -1
                 },

@@ -34,6 +34,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use crate::sys;
 
@@ -41,6 +42,45 @@ use crate::sys;
 /// through libc's `syscall` (no buffers on the stack), so a few KiB would do even in a debug
 /// build; this leaves a wide margin.
 const CHILD_STACK: usize = 64 * 1024;
+
+/// Child stacks not in use. Unmapping a stack that a child touched makes the kernel flush the
+/// TLB of every CPU the agent's threads ran on, an inter-processor interrupt each; in a
+/// virtual machine that was the single largest cost of a spawn after the `execve` itself. So
+/// stacks are kept for the next spawn: as many as commands were ever started at once.
+static FREE_STACKS: Mutex<Vec<sys::ChildStack>> = Mutex::new(Vec::new());
+
+/// A stack from [`FREE_STACKS`] (or a new one), given back when dropped.
+struct StackLease(Option<sys::ChildStack>);
+
+impl StackLease {
+    fn take() -> io::Result<StackLease> {
+        let free = FREE_STACKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        Ok(StackLease(Some(match free {
+            Some(s) => s,
+            None => sys::ChildStack::new(CHILD_STACK)?,
+        })))
+    }
+}
+
+impl std::ops::Deref for StackLease {
+    type Target = sys::ChildStack;
+    fn deref(&self) -> &sys::ChildStack {
+        self.0
+            .as_ref()
+            .expect("a lease holds its stack until dropped")
+    }
+}
+
+impl Drop for StackLease {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            FREE_STACKS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(s);
+        }
+    }
+}
 
 /// `execvp`'s search path when the environment has no `PATH` (glibc's default).
 const DEFAULT_SEARCH_PATH: &[u8] = b"/bin:/usr/bin";
@@ -70,6 +110,9 @@ pub struct Command {
 /// for here; its status comes from the [`crate::reaper::Reaper`].
 pub struct Child {
     pub pid: libc::pid_t,
+    /// A pidfd of the child, readable once it has exited; the reaper's
+    /// [`crate::reaper::ExitWatch`] takes it.
+    pub pidfd: Option<OwnedFd>,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -240,7 +283,7 @@ impl Command {
                 .map(|e| e.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
             error: AtomicI32::new(0),
         };
-        let stack = sys::ChildStack::new(CHILD_STACK)?;
+        let stack = StackLease::take()?;
         let pid = {
             // No signal handler may run in the child before it has reset the handlers (it
             // would run on the child's stack, in the agent's memory); the child inherits this
@@ -254,9 +297,10 @@ impl Command {
             // blocked.
             unsafe { sys::clone_vfork(child_main, &ctx as *const ChildContext as *mut _, &stack) }
         };
-        // The child has exec'd or exited: it no longer uses its stack.
+        // The child has exec'd or exited: it no longer uses its stack, which can serve the
+        // next spawn.
         drop(stack);
-        let pid = pid?;
+        let (pid, pidfd) = pid?;
         drop(child_ends);
         // CLONE_VFORK resumed us only after the child's execve or exit, and the kernel orders
         // the child's store before that wake-up.
@@ -268,6 +312,7 @@ impl Command {
         let [stdin, stdout, stderr] = parent_ends;
         Ok(Child {
             pid,
+            pidfd: Some(pidfd),
             stdin,
             stdout,
             stderr,

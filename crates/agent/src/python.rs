@@ -336,7 +336,7 @@ impl Interpreter {
             let wake = kill_at.or(deadline);
             let mut fds = [
                 sys::pollfd(self.replies.as_raw_fd(), libc::POLLIN),
-                sys::pollfd(self.watch.notify_fd().as_raw_fd(), libc::POLLIN),
+                sys::pollfd(self.watch.exit_fd().as_raw_fd(), libc::POLLIN),
                 sys::pollfd(
                     match (host, kill_at) {
                         (Some(h), None) => h.as_raw_fd(),

@@ -2,9 +2,10 @@
 //!
 //! The agent is PID 1 of its pid namespace, so every orphan of the sandbox is re-parented to it
 //! and must be reaped, or zombies pile up until the pid limit is hit. At the same time the
-//! commands the agent started need their own exit status. Both are served by a single reaper
-//! thread; nothing else in the agent may call `wait*` (in particular never
-//! `std::process::Child::wait`), or it would steal statuses from the reaper or vice versa.
+//! commands the agent started need their own exit status. Both are served here: a reaper
+//! thread for everything, and each command's spawner for its own child (below). Nothing else in
+//! the agent may call `wait*` (in particular never `std::process::Child::wait`), or it would
+//! steal statuses from them.
 //!
 //! # How the race between exit and registration is closed
 //!
@@ -18,36 +19,44 @@
 //! `execve` fails, `process::Command` reaps its doomed child itself (the one other
 //! `waitpid` of the agent, for a child never registered), and the reaper, still blocked on the
 //! lock, finds nothing left to reap.
+//!
+//! # Spawners reap their own children
+//!
+//! Every child is started with a pidfd, which becomes readable when the child exits. Its
+//! spawner polls that and reaps the child through it (`waitid(P_PIDFD)`) under the registry
+//! lock, unless the reaper thread reaped it first and stored the status. So a command's exit
+//! reaches the thread serving it straight from the kernel: no hop through the reaper thread,
+//! and no wake-up of that thread at each spawn, each of which would be an inter-processor
+//! interrupt (costly in a virtual machine). The reaper thread is still what reaps orphans, and
+//! children whose watch was dropped.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::process::{Child, Command};
 use crate::sys;
 
+/// How long the reaper thread sleeps when the agent has no children at all, before it looks
+/// for new ones (orphans re-parented to the agent included).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// The process-wide reaper. Obtain it with [`Reaper::global`].
 pub struct Reaper {
     inner: Mutex<Inner>,
-    /// Wakes the reaper thread when it sleeps because the agent had no children.
-    spawned: Condvar,
 }
 
 struct Inner {
     children: HashMap<libc::pid_t, Tracked>,
-    /// Bumped on every spawn, so that the reaper notices children born while it looked away.
-    generation: u64,
 }
 
 struct Tracked {
     /// Raw wait status once the child was reaped.
     status: Option<i32>,
-    /// Write end of the exit notification pipe; closed (after one byte) when reaped.
-    notify: Option<OwnedFd>,
     /// Whether the host may signal this child's process group by pid ([`Reaper::signal_group`]).
     host_signalable: bool,
 }
@@ -69,9 +78,7 @@ impl Reaper {
             let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
                 inner: Mutex::new(Inner {
                     children: HashMap::new(),
-                    generation: 0,
                 }),
-                spawned: Condvar::new(),
             }));
             std::thread::Builder::new()
                 .name("reaper".into())
@@ -96,27 +103,23 @@ impl Reaper {
         cmd: &Command,
         host_signalable: bool,
     ) -> io::Result<(Child, ExitWatch)> {
-        let (notify_r, notify_w) = sys::pipe()?;
-        sys::set_nonblocking(notify_r.as_fd())?;
         let mut inner = self.lock();
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child.pid;
+        let pidfd = child.pidfd.take().expect("a new child has its pidfd");
         inner.children.insert(
             pid,
             Tracked {
                 status: None,
-                notify: Some(notify_w),
                 host_signalable,
             },
         );
-        inner.generation += 1;
         drop(inner);
-        self.spawned.notify_all();
         Ok((
             child,
             ExitWatch {
                 pid,
-                notify: notify_r,
+                pidfd,
                 reaper: self,
             },
         ))
@@ -154,12 +157,15 @@ impl Reaper {
         }
     }
 
-    fn status_of(&self, pid: libc::pid_t) -> Option<ExitStatus> {
-        self.lock()
-            .children
-            .get(&pid)
-            .and_then(|t| t.status)
-            .map(ExitStatus::from_raw)
+    /// The status of registered child `pid` once it has exited, reaping it through its
+    /// `pidfd` unless the reaper thread got there first. Both reap only under the lock.
+    fn status_of(&self, pid: libc::pid_t, pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+        let mut inner = self.lock();
+        let t = inner.children.get_mut(&pid)?;
+        if t.status.is_none() {
+            t.status = sys::try_reap(pidfd);
+        }
+        t.status.map(ExitStatus::from_raw)
     }
 
     fn forget(&self, pid: libc::pid_t) {
@@ -168,7 +174,6 @@ impl Reaper {
 
     fn run(&self) {
         loop {
-            let seen = self.lock().generation;
             // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: `info` is writable; WNOWAIT leaves the child waitable so that it can be
@@ -179,15 +184,10 @@ impl Reaper {
                 match io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => {}
                     Some(libc::ECHILD) => {
-                        // No children at all: sleep until a spawn. The timeout covers processes
-                        // that joined the namespace from outside and then orphaned children.
-                        let inner = self.lock();
-                        if inner.generation == seen {
-                            let _ = self
-                                .spawned
-                                .wait_timeout(inner, Duration::from_secs(1))
-                                .unwrap_or_else(|p| p.into_inner());
-                        }
+                        // No children at all. Spawns do not wake this thread (their spawners
+                        // reap their own children), so it looks again in a while, for orphans
+                        // of commands and of processes that joined the namespace from outside.
+                        std::thread::sleep(IDLE_RECHECK);
                     }
                     _ => std::thread::sleep(Duration::from_millis(100)),
                 }
@@ -208,11 +208,6 @@ impl Reaper {
             }
             if let Some(t) = inner.children.get_mut(&pid) {
                 t.status = Some(status);
-                if let Some(w) = t.notify.take() {
-                    // Both a byte and the closing of the write end wake the poller; the byte
-                    // just makes the wake-up explicit.
-                    let _ = sys::write(w.as_fd(), b"x");
-                }
             }
         }
     }
@@ -222,7 +217,10 @@ impl Reaper {
 /// arrives later is discarded like an orphan's.
 pub struct ExitWatch {
     pid: libc::pid_t,
-    notify: OwnedFd,
+    /// The child's pidfd, readable from its exit on: the spawner learns of the exit straight
+    /// from the kernel, not through the reaper thread, which would add a thread wake-up (an
+    /// inter-processor interrupt, costly in a virtual machine) to every command.
+    pidfd: OwnedFd,
     reaper: &'static Reaper,
 }
 
@@ -232,14 +230,14 @@ impl ExitWatch {
         self.pid
     }
 
-    /// A descriptor that becomes readable once the child has been reaped; for `poll`.
-    pub fn notify_fd(&self) -> BorrowedFd<'_> {
-        self.notify.as_fd()
+    /// A descriptor that becomes readable once the child has exited; for `poll`.
+    pub fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
-    /// The exit status, if the child has been reaped.
+    /// The exit status, if the child has exited.
     pub fn status(&self) -> Option<ExitStatus> {
-        self.reaper.status_of(self.pid)
+        self.reaper.status_of(self.pid, self.pidfd.as_fd())
     }
 
     /// Wait up to `timeout` for the exit status.
@@ -254,7 +252,7 @@ impl ExitWatch {
                 return None;
             }
             let mut fds = [sys::pollfd(
-                std::os::fd::AsRawFd::as_raw_fd(&self.notify),
+                std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
                 libc::POLLIN,
             )];
             let _ = sys::poll(&mut fds, Some(left));

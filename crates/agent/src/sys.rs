@@ -387,6 +387,10 @@ pub struct ChildStack {
     len: usize,
 }
 
+// SAFETY: a `ChildStack` is the sole owner of its mapping, which has no tie to the thread that
+// created it; moving it to another thread (to be reused or unmapped there) is sound.
+unsafe impl Send for ChildStack {}
+
 impl ChildStack {
     const GUARD: usize = 4096;
 
@@ -491,19 +495,53 @@ pub unsafe fn clone_vfork(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
     stack: &ChildStack,
-) -> io::Result<libc::pid_t> {
+) -> io::Result<(libc::pid_t, OwnedFd)> {
+    let mut pidfd: libc::c_int = -1;
     // SAFETY: the caller upholds the child's constraints; `stack.top()` is the top of a
     // writable mapping that outlives the child's use of it, because CLONE_VFORK returns only
-    // after the child exec'd or exited, i.e. left that stack for good.
+    // after the child exec'd or exited, i.e. left that stack for good. With CLONE_PIDFD the
+    // kernel stores the child's pidfd in `pidfd` (the parent_tid argument), a live local.
     let pid = unsafe {
         libc::clone(
             child,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
             arg,
+            &mut pidfd as *mut libc::c_int,
         )
     };
-    cvt(pid)
+    let pid = cvt(pid)?;
+    // SAFETY: the clone succeeded, so `pidfd` is a new descriptor that nothing else owns.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Reap the child behind `pidfd` if it has exited, returning its raw wait status (what
+/// `ExitStatus::from_raw` decodes). `None` while it runs, and when it was reaped already.
+pub fn try_reap(pidfd: BorrowedFd<'_>) -> Option<i32> {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is writable and `pidfd` a valid descriptor for the call's duration.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    // SAFETY: after a successful waitid, si_pid is 0 (nothing exited) or the SIGCHLD fields
+    // are set.
+    if r != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above, a child's state change was reported.
+    let status = unsafe { info.si_status() };
+    // The raw wait(2) status that `ExitStatus::from_raw` decodes.
+    Some(match info.si_code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+        _ => status & 0x7f,
+    })
 }
 
 /// The calling thread's `errno`. Also usable in a `CLONE_VM` child: it shares the suspended

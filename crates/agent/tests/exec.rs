@@ -105,6 +105,25 @@ fn exec_argv_exit_codes_and_output() {
     assert_eq!((r.code, r.signal), (None, Some(libc::SIGTERM)));
 }
 
+/// A quiet exec sends no `Started`, and everything else as usual.
+#[test]
+fn exec_quiet_skips_started() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect();
+    let r = c.exec(
+        ExecSpec {
+            shell: Some("echo out; echo err >&2; exit 3".into()),
+            quiet: true,
+            ..Default::default()
+        },
+        &[],
+    );
+    assert_eq!(r.pid, None);
+    assert_eq!(r.out(), "out\n");
+    assert_eq!(r.stderr, b"err\n");
+    assert_eq!(r.code, Some(3));
+}
+
 #[test]
 fn exec_shell_stdin_env_cwd_stderr() {
     let agent = TestAgent::start_with(&[("SANDBOXD_SECRET", "x"), ("BASEVAR", "base")]);

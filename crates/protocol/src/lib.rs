@@ -25,8 +25,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version spoken by this build: `(major, minor)`.
-pub const PROTOCOL_VERSION: (u32, u32) = (1, 0);
+/// Protocol version spoken by this build: `(major, minor)`. Minor 1 added
+/// [`ExecSpec::quiet`].
+pub const PROTOCOL_VERSION: (u32, u32) = (1, 1);
 
 /// Largest accepted JSON header, in bytes.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
@@ -158,6 +159,11 @@ pub struct ExecSpec {
     /// Kill the command's process group after this many milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Do not announce the start with [`Response::Started`]: a host that collects the output
+    /// and never signals the command needs no pid, and each frame it is sent costs it a
+    /// wake-up while the command runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
 }
 
 /// A response from the agent to the host.

@@ -7,7 +7,9 @@
 //!   arrives; for bubblewrap, `bwrap … true` from spawn to exit (it has no long-lived sandbox).
 //!
 //! - the floor: `/bin/true` started and waited for as a plain host process, the least any exec
-//!   round-trip on this machine can cost.
+//!   round-trip on this machine can cost. Sampled between the exec round-trips, so that both
+//!   see the machine in the same state (on a shared virtual machine the floor itself drifts by
+//!   a quarter from one minute to the next).
 //!
 //! Prints p50 and p95 of each figure and the ratio sandboxd / bwrap.
 
@@ -111,6 +113,7 @@ async fn main() -> Result<()> {
         client.exec(&sb.id, &truth).await?;
     }
     let mut rtt = Vec::with_capacity(args.execs);
+    let mut floor = Vec::with_capacity(args.execs);
     for _ in 0..args.execs {
         let t0 = Instant::now();
         let r = client.exec(&sb.id, &truth).await?;
@@ -118,6 +121,9 @@ async fn main() -> Result<()> {
         if r.exit_code != Some(0) {
             bail!("`true` failed: {r:?}");
         }
+        let t0 = Instant::now();
+        Command::new("/bin/true").status()?;
+        floor.push(t0.elapsed());
     }
     client.delete(&sb.id).await?;
 
@@ -132,14 +138,6 @@ async fn main() -> Result<()> {
             }
         }
     };
-
-    // The floor under any exec round-trip: starting `/bin/true` as a plain host process.
-    let mut floor = Vec::with_capacity(args.execs);
-    for _ in 0..args.execs {
-        let t0 = Instant::now();
-        Command::new("/bin/true").status()?;
-        floor.push(t0.elapsed());
-    }
 
     let rows = [
         Row {
