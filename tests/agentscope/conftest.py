@@ -54,9 +54,10 @@ def _cgroup_children(parent: str) -> list:
 
 
 class Server:
-    """One `sandboxd serve` process."""
+    """One `sandboxd serve` process, with `args` after `serve` and `settings` in its
+    environment."""
 
-    def __init__(self, **settings: str):
+    def __init__(self, args: tuple = (), **settings: str):
         for path, hint in [
             (SANDBOXD, "build it: scripts/build"),
             (AGENT, "build it: scripts/build"),
@@ -85,7 +86,7 @@ class Server:
         }
         self.log = open(state / "server.log", "wb")
         self.proc = subprocess.Popen(
-            [str(SANDBOXD), "serve"],
+            [str(SANDBOXD), "serve", *args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self.log,

@@ -618,12 +618,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sandboxd", "create", "--env", "novalue"]).is_err());
-        let cli = Cli::try_parse_from(["sandboxd", "serve", "--port", "9000", "--config", "x.env"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "sandboxd",
+            "serve",
+            "--port",
+            "9000",
+            "--config",
+            "x.env",
+            "--extension",
+            "a.toml",
+            "--extension",
+            "b.toml",
+        ])
+        .unwrap();
         match cli.command {
             Command::Serve(a) => {
                 assert_eq!(a.port.as_deref(), Some("9000"));
                 assert_eq!(a.config, Some(PathBuf::from("x.env")));
+                assert_eq!(
+                    a.extension,
+                    vec![PathBuf::from("a.toml"), PathBuf::from("b.toml")]
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::{unexpected, AgentConn, ConnPool};
 use crate::backend::{AgentEndpoint, Backend, BoxSpec, Limits, ReadonlyMount};
-use crate::pool::{self, Pools};
+use crate::pool::{self, PoolSpec, Pools, POOL_METADATA_KEY};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
 use crate::CoreError;
@@ -44,10 +44,10 @@ pub struct ManagerConfig {
     pub reap_interval: Duration,
     /// How long a new sandbox's agent may take to answer.
     pub start_timeout: Duration,
-    /// Warm sandboxes kept per pooled type (`POOL_SIZE`; 0 = no pool).
+    /// Warm sandboxes kept per pool (`POOL_SIZE`; 0 = no pool).
     pub pool_size: usize,
-    /// Types that get a warm pool (`DEFAULT_SANDBOX_TYPE`'s list).
-    pub pool_types: Vec<String>,
+    /// The warm pools (from `DEFAULT_SANDBOX_TYPE`'s list); a name given twice counts once.
+    pub pools: Vec<PoolSpec>,
     /// How long the record of a recycled or replaced sandbox is kept (a recycled one can be
     /// restored until then; a replaced one redirects until then).
     pub retired_keep: Duration,
@@ -69,7 +69,7 @@ impl Default for ManagerConfig {
             reap_interval: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
             pool_size: 0,
-            pool_types: Vec::new(),
+            pools: Vec::new(),
             retired_keep: Duration::from_secs(3600),
         }
     }
@@ -151,15 +151,50 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), CoreError> 
     Ok(())
 }
 
+/// Check the limits a [`Resources`] gives (those it leaves out are not checked): the ranges a
+/// create request may ask for. The error says which field is out of range.
+pub fn check_resources(r: &Resources) -> Result<(), String> {
+    if let Some(m) = r.memory_mb {
+        if !(MEMORY_MB_RANGE.0..=MEMORY_MB_RANGE.1).contains(&m) {
+            return Err(format!(
+                "resources.memory_mb must be between {} and {}",
+                MEMORY_MB_RANGE.0, MEMORY_MB_RANGE.1
+            ));
+        }
+    }
+    if let Some(c) = r.cpus {
+        if !c.is_finite() || !(CPUS_RANGE.0..=CPUS_RANGE.1).contains(&c) {
+            return Err(format!(
+                "resources.cpus must be between {} and {}",
+                CPUS_RANGE.0, CPUS_RANGE.1
+            ));
+        }
+    }
+    if let Some(p) = r.pids {
+        if !(PIDS_RANGE.0..=PIDS_RANGE.1).contains(&p) {
+            return Err(format!(
+                "resources.pids must be between {} and {}",
+                PIDS_RANGE.0, PIDS_RANGE.1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is a valid environment variable name: letters, digits and `_`, not starting
+/// with a digit.
+pub fn is_valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), CoreError> {
     if env.len() > MAX_ENV {
         return Err(invalid(format!("at most {MAX_ENV} environment variables")));
     }
     for (k, v) in env {
-        let ok_name = !k.is_empty()
-            && !k.as_bytes()[0].is_ascii_digit()
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok_name {
+        if !is_valid_env_name(k) {
             return Err(invalid(format!("invalid environment variable name {k:?}")));
         }
         check_text(&format!("environment variable {k}"), v)?;
@@ -259,24 +294,12 @@ impl Manager {
         let memory_mb = r.memory_mb.unwrap_or(d.memory_bytes >> 20);
         let cpus = r.cpus.unwrap_or(d.cpu_millis as f64 / 1000.0);
         let pids = r.pids.unwrap_or(d.pids);
-        if !(MEMORY_MB_RANGE.0..=MEMORY_MB_RANGE.1).contains(&memory_mb) {
-            return Err(invalid(format!(
-                "resources.memory_mb must be between {} and {}",
-                MEMORY_MB_RANGE.0, MEMORY_MB_RANGE.1
-            )));
-        }
-        if !cpus.is_finite() || !(CPUS_RANGE.0..=CPUS_RANGE.1).contains(&cpus) {
-            return Err(invalid(format!(
-                "resources.cpus must be between {} and {}",
-                CPUS_RANGE.0, CPUS_RANGE.1
-            )));
-        }
-        if !(PIDS_RANGE.0..=PIDS_RANGE.1).contains(&pids) {
-            return Err(invalid(format!(
-                "resources.pids must be between {} and {}",
-                PIDS_RANGE.0, PIDS_RANGE.1
-            )));
-        }
+        check_resources(&Resources {
+            memory_mb: Some(memory_mb),
+            cpus: Some(cpus),
+            pids: Some(pids),
+        })
+        .map_err(invalid)?;
         Ok((
             Limits {
                 memory_bytes: memory_mb << 20,
@@ -303,11 +326,15 @@ impl Manager {
                 .sandbox_type
                 .clone()
                 .unwrap_or_else(|| self.config.default_type.clone());
-            if let Some(sb) = self
-                .create_from_pool(&sandbox_type, req.metadata.clone(), req.timeout_secs)
-                .await?
-            {
-                return Ok(sb);
+            // Only a template's plain pool fits: the others were started with more than a
+            // request that names just the template asks for.
+            if Templates::valid_name(&sandbox_type) {
+                if let Some(sb) = self
+                    .create_from_pool(&sandbox_type, req.metadata.clone(), req.timeout_secs)
+                    .await?
+                {
+                    return Ok(sb);
+                }
             }
         }
         self.create_inner(req, false).await
@@ -577,8 +604,14 @@ impl Manager {
     /// The old record becomes `replaced` with `replaced_by` the new id, kept for
     /// `retired_keep`. Restoring a replaced sandbox gives its successor; restores are
     /// serialized, so two concurrent ones make one successor. Environment variables of the
-    /// original create are not kept, so the new sandbox starts without them.
-    pub async fn restore(&self, id: &str, timeout_secs: Option<u64>) -> Result<Sandbox, CoreError> {
+    /// original create are not kept: the new sandbox gets `env` (the caller knows which of
+    /// them belong to the sandbox's kind).
+    pub async fn restore(
+        &self,
+        id: &str,
+        timeout_secs: Option<u64>,
+        env: BTreeMap<String, String>,
+    ) -> Result<Sandbox, CoreError> {
         let _one_at_a_time = self.restoring.lock().await;
         let old = self.get(id).await?;
         match (old.state, &old.replaced_by) {
@@ -593,6 +626,7 @@ impl Manager {
         let req = sandboxd_types::CreateSandboxRequest {
             sandbox_type: Some(old.sandbox_type.clone()),
             resources: Some(old.resources.clone()),
+            env,
             timeout_secs,
             metadata: old.metadata.clone(),
             session_id: Some(old.session_id.clone()),
@@ -694,18 +728,18 @@ impl Manager {
     }
 
     fn pools_enabled(&self) -> bool {
-        self.config.pool_size > 0 && !self.config.pool_types.is_empty()
+        self.config.pool_size > 0 && !self.config.pools.is_empty()
     }
 
-    /// Hand out a warm sandbox of `sandbox_type` (a template name): bind `metadata` (which
-    /// replaces the warm sandbox's own), set the state to `running` and start its timeout
-    /// (`timeout_secs`, else the default). `None` when the type's pool is empty (or not
-    /// pooled): the caller then creates one cold. The sandbox keeps its own session (see
-    /// [`crate::pool`]). Costs a few store operations and the backend's `is_alive`, no
-    /// agent round-trip; the pool refills in the background.
+    /// Hand out a warm sandbox of the pool named `pool` (a template's name for its plain pool,
+    /// see [`PoolSpec`]): bind `metadata` (which replaces the warm sandbox's own), set the
+    /// state to `running` and start its timeout (`timeout_secs`, else the default). `None`
+    /// when the pool is empty (or there is no such pool): the caller then creates one cold.
+    /// The sandbox keeps its own session (see [`crate::pool`]). Costs a few store operations
+    /// and the backend's `is_alive`, no agent round-trip; the pool refills in the background.
     pub async fn create_from_pool(
         &self,
-        sandbox_type: &str,
+        pool: &str,
         metadata: BTreeMap<String, String>,
         timeout_secs: Option<u64>,
     ) -> Result<Option<Sandbox>, CoreError> {
@@ -716,7 +750,7 @@ impl Manager {
         let started = Instant::now();
         let timeout = timeout_secs.unwrap_or(self.config.default_timeout_secs);
         let handed = loop {
-            let Some(id) = self.pools.pop(sandbox_type) else {
+            let Some(id) = self.pools.pop(pool) else {
                 break None;
             };
             if !self.backend.is_alive(&id).await {
@@ -743,7 +777,7 @@ impl Manager {
         if let Some(sb) = &handed {
             tracing::debug!(
                 sandbox = %sb.id,
-                r#type = sandbox_type,
+                pool,
                 micros = started.elapsed().as_micros() as u64,
                 "warm sandbox handed out"
             );
@@ -807,42 +841,46 @@ impl Manager {
         let Ok(records) = self.store.list().await else {
             return;
         };
-        for r in records {
+        for mut r in records {
             if r.sandbox.state == SandboxState::Warm {
-                *warm.entry(r.sandbox.sandbox_type).or_default() += 1;
+                let pool = r
+                    .sandbox
+                    .metadata
+                    .remove(POOL_METADATA_KEY)
+                    .unwrap_or(r.sandbox.sandbox_type);
+                *warm.entry(pool).or_default() += 1;
             }
         }
-        for (sandbox_type, missing) in
-            pool::plan(&self.config.pool_types, self.config.pool_size, &warm)
-        {
+        let names: Vec<String> = self.config.pools.iter().map(|p| p.name.clone()).collect();
+        for (name, missing) in pool::plan(&names, self.config.pool_size, &warm) {
+            let Some(spec) = self.config.pools.iter().find(|p| p.name == name) else {
+                continue;
+            };
             for _ in 0..missing {
                 let _refilling = self.pools.refilling.lock().await;
                 if self.pools.stopped.load(Ordering::Relaxed) {
                     return;
                 }
                 let req = sandboxd_types::CreateSandboxRequest {
-                    sandbox_type: Some(sandbox_type.clone()),
+                    sandbox_type: Some(spec.template.clone()),
+                    env: spec.env.clone(),
+                    resources: spec.resources.clone(),
+                    metadata: BTreeMap::from([(POOL_METADATA_KEY.to_string(), name.clone())]),
                     ..Default::default()
                 };
                 match self.create_inner(req, true).await {
                     Ok(sb) => {
-                        if self.pools.failing.lock().unwrap().remove(&sandbox_type) {
-                            tracing::info!(r#type = %sandbox_type, "warm pool refills again");
+                        if self.pools.failing.lock().unwrap().remove(&name) {
+                            tracing::info!(pool = %name, "warm pool refills again");
                         }
-                        tracing::debug!(sandbox = %sb.id, r#type = %sandbox_type, "warm sandbox ready");
-                        self.pools.push(&sandbox_type, sb.id);
+                        tracing::debug!(sandbox = %sb.id, pool = %name, "warm sandbox ready");
+                        self.pools.push(&name, sb.id);
                     }
                     Err(CoreError::LimitReached(_)) => return,
                     Err(CoreError::ShuttingDown) => return,
                     Err(e) => {
-                        if self
-                            .pools
-                            .failing
-                            .lock()
-                            .unwrap()
-                            .insert(sandbox_type.clone())
-                        {
-                            tracing::warn!(r#type = %sandbox_type, error = %e, "cannot fill the warm pool (retrying)");
+                        if self.pools.failing.lock().unwrap().insert(name.clone()) {
+                            tracing::warn!(pool = %name, error = %e, "cannot fill the warm pool (retrying)");
                         }
                         break;
                     }
@@ -905,12 +943,17 @@ impl Manager {
 
     /// Check an exec request and start the command; returns the connection it runs on and the
     /// agent's first answer.
+    /// Send `req` to the sandbox's agent; `quiet` when the caller needs no `Started` event.
     async fn start_exec(
         &self,
         id: &str,
         req: ExecRequest,
+        quiet: bool,
     ) -> Result<(AgentConn, Frame<Response>), CoreError> {
-        let spec = exec_spec(&req)?;
+        let spec = ExecSpec {
+            quiet,
+            ..exec_spec(&req)?
+        };
         let stdin = req.stdin.unwrap_or_default().into_bytes();
         if stdin.len() > MAX_PAYLOAD_LEN as usize {
             return Err(invalid("stdin is too large"));
@@ -921,7 +964,7 @@ impl Manager {
     /// Start a command; its events stream as they happen.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, CoreError> {
         let started = Instant::now();
-        let (mut conn, first) = self.start_exec(id, req).await?;
+        let (mut conn, first) = self.start_exec(id, req, false).await?;
         let (tx, rx) = mpsc::channel(64);
         let (conns, id) = (self.conns.clone(), id.to_string());
         tokio::spawn(async move {
@@ -963,7 +1006,7 @@ impl Manager {
     /// dropped, so is the connection, and the agent kills the command.
     pub async fn exec_collect(&self, id: &str, req: ExecRequest) -> Result<ExecResult, CoreError> {
         let started = Instant::now();
-        let (mut conn, mut frame) = self.start_exec(id, req).await?;
+        let (mut conn, mut frame) = self.start_exec(id, req, true).await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         loop {
             match exec_event(frame, started) {
@@ -1229,6 +1272,7 @@ fn exec_spec(req: &ExecRequest) -> Result<ExecSpec, CoreError> {
         env: req.env.clone(),
         cwd: req.cwd.clone(),
         timeout_ms: req.timeout_ms,
+        quiet: false,
     })
 }
 

@@ -1,8 +1,17 @@
-//! Warm pools: `pool_size` started sandboxes kept per type, handed out by
+//! Warm pools: `pool_size` started sandboxes kept per pool, handed out by
 //! [`Manager::create_from_pool`](crate::Manager::create_from_pool) and refilled in the
 //! background.
 //!
+//! A pool is a [`PoolSpec`]: a name and what its sandboxes are started with (a template, and
+//! for a pool made for one kind of sandbox, its environment and resources). A plain pool is
+//! named after its template; that is the pool `/v1`'s `from_pool` and any caller asking for a
+//! plain sandbox of the template use.
+//!
 //! Rules (the manager keeps them; this module holds the state and the pure planning step):
+//! - A warm sandbox is handed out only by its own pool: one started with a pool's environment
+//!   is never given to a caller of another pool, and the other way round. Its record carries
+//!   the pool's name in its metadata ([`POOL_METADATA_KEY`]) until the hand-out replaces the
+//!   metadata.
 //! - A warm sandbox is an ordinary record in the store in state `warm`, created with its own id
 //!   as its session: its `/workspace` is its own, never another session's (AgentScope's pool
 //!   behaves the same way). It has no expiry while it waits; the hand-out binds the caller's
@@ -16,12 +25,42 @@
 //!   the refill stops quietly at the limit, and a create that hits the limit while warm
 //!   sandboxes exist removes one of them and takes its place.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sandboxd_types::Resources;
 use tokio::sync::Notify;
+
+/// Metadata key of a warm sandbox naming the pool it waits in.
+pub const POOL_METADATA_KEY: &str = "sandboxd.pool";
+
+/// One warm pool: its name and what its sandboxes are started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSpec {
+    /// The name [`Manager::create_from_pool`](crate::Manager::create_from_pool) takes; a plain
+    /// pool is named after its template.
+    pub name: String,
+    /// Template of its sandboxes.
+    pub template: String,
+    /// Environment variables of its sandboxes.
+    pub env: BTreeMap<String, String>,
+    /// Resources of its sandboxes (`None`: the defaults).
+    pub resources: Option<Resources>,
+}
+
+impl PoolSpec {
+    /// The plain pool of a template: named after it, no environment, default resources.
+    pub fn template(name: &str) -> Self {
+        PoolSpec {
+            name: name.to_string(),
+            template: name.to_string(),
+            env: BTreeMap::new(),
+            resources: None,
+        }
+    }
+}
 
 /// How often the refill task looks again when nothing woke it (after a failed create, or when
 /// room under the instance limit came back).
@@ -30,14 +69,14 @@ pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The pools' state inside the manager.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
-    /// Ids of warm sandboxes per type, oldest first. May hold stale ids (see module docs).
+    /// Ids of warm sandboxes per pool, oldest first. May hold stale ids (see module docs).
     pub(crate) queues: Mutex<HashMap<String, VecDeque<String>>>,
     /// Wakes the refill task (a stored permit: a wake-up is never lost).
     pub(crate) wake: Arc<Notify>,
     /// Held while the refill task creates a sandbox, so that shutdown can wait for it and then
     /// see every sandbox it made.
     pub(crate) refilling: tokio::sync::Mutex<()>,
-    /// Types whose last warm create failed, so that a broken type is logged once, not every
+    /// Pools whose last warm create failed, so that a broken pool is logged once, not every
     /// round.
     pub(crate) failing: Mutex<HashSet<String>>,
     /// Set once the pools are stopped (shutdown): no refill any more.
@@ -46,25 +85,25 @@ pub(crate) struct Pools {
 
 impl Pools {
     /// Queue a new warm sandbox.
-    pub(crate) fn push(&self, sandbox_type: &str, id: String) {
+    pub(crate) fn push(&self, pool: &str, id: String) {
         self.queues
             .lock()
             .unwrap()
-            .entry(sandbox_type.to_string())
+            .entry(pool.to_string())
             .or_default()
             .push_back(id);
     }
 
-    /// The oldest queued id of a type.
-    pub(crate) fn pop(&self, sandbox_type: &str) -> Option<String> {
+    /// The oldest queued id of a pool.
+    pub(crate) fn pop(&self, pool: &str) -> Option<String> {
         self.queues
             .lock()
             .unwrap()
-            .get_mut(sandbox_type)
+            .get_mut(pool)
             .and_then(VecDeque::pop_front)
     }
 
-    /// The oldest queued id of the type with the longest queue (the one to give up first when
+    /// The oldest queued id of the pool with the longest queue (the one to give up first when
     /// room is needed).
     pub(crate) fn pop_any(&self) -> Option<String> {
         let mut queues = self.queues.lock().unwrap();
@@ -75,12 +114,12 @@ impl Pools {
     }
 }
 
-/// What the refill should create next: `(type, how many)` for each pooled type below `size`
-/// warm sandboxes, in the order of `types` (duplicates ignored). `warm` counts the warm
-/// sandboxes per type now.
-pub fn plan(types: &[String], size: usize, warm: &HashMap<String, usize>) -> Vec<(String, usize)> {
+/// What the refill should create next: `(pool, how many)` for each pool below `size` warm
+/// sandboxes, in the order of `pools` (names given twice count once). `warm` counts the warm
+/// sandboxes per pool now.
+pub fn plan(pools: &[String], size: usize, warm: &HashMap<String, usize>) -> Vec<(String, usize)> {
     let mut seen = HashSet::new();
-    types
+    pools
         .iter()
         .filter(|t| seen.insert(t.as_str()))
         .filter_map(|t| {

@@ -187,7 +187,41 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+        // The server leaves its (then empty) cgroup parent in place, as a service would; a
+        // test server's parent is unique and would pile up run after run. Only empty groups
+        // go: a sandbox's group that a failed test leaked stays, with its processes, for
+        // whoever looks.
+        for dir in cgroup_dirs(&self.cgroup_parent) {
+            remove_empty_tree(&dir);
+        }
     }
+}
+
+/// Every cgroup directory named `parent` on this host, in any hierarchy (v1 or v2).
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let direct = root.join(parent);
+    if direct.is_dir() {
+        out.push(direct);
+    }
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let d = e.path().join(parent);
+        if d.is_dir() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// `rmdir` every directory of the tree at `dir`, children first; non-empty ones stay.
+fn remove_empty_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn path(p: &Path) -> String {

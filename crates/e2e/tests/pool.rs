@@ -4,32 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sandboxd_client::Client;
 use sandboxd_e2e::ServerOptions;
-use sandboxd_types::{CreateSandboxRequest, Sandbox, SandboxState};
+use sandboxd_types::{CreateSandboxRequest, SandboxState};
 
-use common::{pid_alive, sandbox_cgroups, sandbox_pids, sh};
-
-/// The warm sandboxes, once there are exactly `n`.
-async fn warm(c: &Client, n: usize) -> Vec<Sandbox> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let warm: Vec<Sandbox> = c
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.state == SandboxState::Warm)
-            .collect();
-        if warm.len() == n {
-            return warm;
-        }
-        assert!(Instant::now() < deadline, "{} warm, want {n}", warm.len());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{pid_alive, sandbox_cgroups, sandbox_pids, sh, warm};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_hands_out_warm_sandboxes_and_refills() {

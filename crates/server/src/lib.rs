@@ -80,6 +80,10 @@ pub struct AppState {
     pub container_prefix: Arc<str>,
     /// AgentScope's heartbeat (`HEARTBEAT_*`); by default no scanner.
     pub heartbeat: agentscope::heartbeat::HeartbeatConfig,
+    /// AgentScope's sandbox types (built-in and `--extension`).
+    pub types: Arc<agentscope::types::TypeRegistry>,
+    /// The AgentScope type of a create that names none (`DEFAULT_SANDBOX_TYPE`'s first).
+    pub default_type: Arc<str>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -92,6 +96,8 @@ impl std::fmt::Debug for AppState {
             )
             .field("container_prefix", &self.container_prefix)
             .field("heartbeat", &self.heartbeat)
+            .field("types", &self.types)
+            .field("default_type", &self.default_type)
             .finish()
     }
 }
@@ -100,11 +106,25 @@ impl AppState {
     /// State without a token: every route is open.
     pub fn new(manager: Arc<Manager>) -> Self {
         AppState {
+            default_type: Arc::from(manager.config().default_type.as_str()),
             manager,
             bearer_token: None,
             container_prefix: Arc::from(Settings::default().container_prefix_key.as_str()),
             heartbeat: Default::default(),
+            types: Default::default(),
         }
+    }
+
+    /// Know these sandbox types (built-in ones and those of `--extension` files), and create
+    /// `default_type` when a request names none.
+    pub fn with_types(
+        mut self,
+        types: agentscope::types::TypeRegistry,
+        default_type: &str,
+    ) -> Self {
+        self.types = Arc::new(types);
+        self.default_type = Arc::from(default_type);
+        self
     }
 
     /// Reap sessions idle for `timeout_secs`, scanning every `scan_interval_secs` (0 = never).
@@ -291,16 +311,24 @@ impl RunningServer {
     }
 }
 
-fn manager_config(settings: &Settings) -> ManagerConfig {
+/// The manager's settings. Its types are templates: `DEFAULT_SANDBOX_TYPE`'s names are
+/// AgentScope types, each mapped to its template and its warm pool.
+fn manager_config(settings: &Settings, templates: &Templates) -> ManagerConfig {
     let d = ManagerConfig::default();
+    let installed = templates.list();
+    let type_of = |name: &str| settings.sandbox_types.resolve(name, &installed);
     ManagerConfig {
-        default_type: settings.default_sandbox_type().to_string(),
+        default_type: type_of(settings.default_sandbox_type()).template,
         default_timeout_secs: settings.sandbox_timeout_secs,
         max_instances: settings.max_sandbox_instances,
         mount_dir: settings.default_mount_dir.clone(),
         readonly_mounts: settings.readonly_mounts.clone(),
         pool_size: settings.pool_size as usize,
-        pool_types: settings.default_sandbox_types.clone(),
+        pools: settings
+            .default_sandbox_types
+            .iter()
+            .map(|t| type_of(t).pool())
+            .collect(),
         ..d
     }
 }
@@ -332,10 +360,27 @@ pub async fn start_with_backend(
         backend,
         Arc::new(MemoryStore::new()),
         templates.clone(),
-        manager_config(&settings),
+        manager_config(&settings, &templates),
     )
     .await?;
+    for t in settings.sandbox_types.custom() {
+        let tools: Vec<&str> = t.tools.iter().map(|g| g.name()).collect();
+        tracing::info!(
+            r#type = %t.name,
+            template = %t.template,
+            tools = %tools.join(","),
+            timeout_secs = ?t.timeout_secs,
+            security_level = ?t.security_level,
+            environment = t.environment.len(),
+            description = %t.description,
+            "sandbox type from an extension"
+        );
+    }
     let state = AppState::new(manager.clone())
+        .with_types(
+            settings.sandbox_types.clone(),
+            settings.default_sandbox_type(),
+        )
         .with_token(settings.bearer_token.clone())
         .with_container_prefix(&settings.container_prefix_key)
         .with_heartbeat(

@@ -13,6 +13,9 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use sandboxd_core::backend::ReadonlyMount;
+use sandboxd_core::templates::Templates;
+
+use crate::agentscope::types::{ExtensionError, TypeRegistry};
 
 /// Flags of `sandboxd serve`; each overrides the environment variable of the same name.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -97,6 +100,10 @@ pub struct ServeArgs {
     /// [env: HEARTBEAT_LOCK_TTL] [default: 120].
     #[arg(long, value_name = "SECS")]
     pub heartbeat_lock_ttl: Option<String>,
+    /// Load sandbox types from this TOML file; repeat for several [env: SANDBOXD_EXTENSIONS,
+    /// comma-separated].
+    #[arg(long, value_name = "FILE")]
+    pub extension: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -204,6 +211,7 @@ pub const OUR_KEYS: &[&str] = &[
     "HEARTBEAT_TIMEOUT",
     "HEARTBEAT_SCAN_INTERVAL",
     "HEARTBEAT_LOCK_TTL",
+    "SANDBOXD_EXTENSIONS",
 ];
 
 /// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
@@ -309,6 +317,9 @@ pub enum SettingsError {
         /// The error.
         source: std::io::Error,
     },
+    /// An extension file (`--extension`, `SANDBOXD_EXTENSIONS`) cannot be used.
+    #[error(transparent)]
+    Extension(#[from] ExtensionError),
 }
 
 /// Effective settings of the server.
@@ -359,6 +370,10 @@ pub struct Settings {
     pub heartbeat_scan_interval_secs: u64,
     /// `HEARTBEAT_LOCK_TTL`: accepted and unused (one server process needs no lock).
     pub heartbeat_lock_ttl_secs: u64,
+    /// `--extension` (or `SANDBOXD_EXTENSIONS`): the files sandbox types were loaded from.
+    pub extensions: Vec<PathBuf>,
+    /// The sandbox types: the built-in ones and those of `extensions`.
+    pub sandbox_types: TypeRegistry,
     /// Things to warn about at start-up (settings accepted but not supported yet).
     pub warnings: Vec<String>,
 }
@@ -394,6 +409,8 @@ impl fmt::Debug for Settings {
                 &self.heartbeat_scan_interval_secs,
             )
             .field("heartbeat_lock_ttl_secs", &self.heartbeat_lock_ttl_secs)
+            .field("extensions", &self.extensions)
+            .field("sandbox_types", &self.sandbox_types)
             .finish()
     }
 }
@@ -425,6 +442,8 @@ impl Default for Settings {
             heartbeat_timeout_secs: 300,
             heartbeat_scan_interval_secs: 1,
             heartbeat_lock_ttl_secs: 120,
+            extensions: Vec::new(),
+            sandbox_types: TypeRegistry::builtin(),
             warnings: Vec::new(),
         }
     }
@@ -564,7 +583,7 @@ fn parse_types(s: &str) -> Result<Vec<String>, String> {
         return Err("at least one type is needed".into());
     }
     for n in &names {
-        if !sandboxd_core::templates::Templates::valid_name(n) {
+        if !Templates::valid_name(n) {
             return Err(format!(
                 "{n:?} is not a type name (lowercase letters, digits, '-', '_')"
             ));
@@ -844,6 +863,28 @@ impl Settings {
             s.agent_bin =
                 Some(absolute(r.value.trim()).map_err(|e| invalid("SANDBOXD_AGENT_BIN", r, e))?);
         }
+
+        // Extension files: the flags, else SANDBOXD_EXTENSIONS (comma-separated). Loaded last:
+        // their templates are looked for where the settings above say templates live.
+        if !args.extension.is_empty() {
+            for p in &args.extension {
+                s.extensions
+                    .push(
+                        absolute(&p.to_string_lossy()).map_err(|e| SettingsError::Invalid {
+                            key: "SANDBOXD_EXTENSIONS".into(),
+                            shown: format!("={:?}", p.display().to_string()),
+                            origin: Origin::Flag("--extension"),
+                            reason: e,
+                        })?,
+                    );
+            }
+        } else if let Some(r) = get("SANDBOXD_EXTENSIONS") {
+            for p in r.value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                s.extensions
+                    .push(absolute(p).map_err(|e| invalid("SANDBOXD_EXTENSIONS", r, e))?);
+            }
+        }
+        s.sandbox_types = TypeRegistry::load(&s.extensions, &Templates::new(s.templates_dir()))?;
 
         if s.pool_size == 0 && s.default_sandbox_types.len() > 1 {
             // The others only matter for warm pools.
@@ -1158,6 +1199,95 @@ mod tests {
             "{:?}",
             s.warnings
         );
+    }
+
+    /// A templates directory with a ready `base`, and an extension file in it.
+    fn with_extension(text: &str) -> (tempfile::TempDir, PathBuf, Vec<(&'static str, String)>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("templates/base/rootfs")).unwrap();
+        std::fs::write(d.path().join("templates/base/ready"), "").unwrap();
+        let ext = d.path().join("types.toml");
+        std::fs::write(&ext, text).unwrap();
+        let env = vec![(
+            "SANDBOXD_TEMPLATES_DIR",
+            d.path().join("templates").display().to_string(),
+        )];
+        (d, ext, env)
+    }
+
+    #[test]
+    fn extensions_from_flags_env_and_file() {
+        let (d, ext, env) =
+            with_extension("[[sandbox]]\ntype = \"mine\"\ntemplate = \"base\"\ntimeout = 5\n");
+        let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // No extension: the built-in types.
+        let s = Settings::from_sources(&ServeArgs::default(), &env_of(&env_pairs)).unwrap();
+        assert!(s.sandbox_types.get("mine").is_none());
+        assert!(s.sandbox_types.get("filesystem").is_some());
+        // --extension, repeatable.
+        let args = ServeArgs {
+            extension: vec![ext.clone()],
+            ..Default::default()
+        };
+        let s = Settings::from_sources(&args, &env_of(&env_pairs)).unwrap();
+        assert_eq!(s.extensions, vec![ext.clone()]);
+        assert_eq!(s.sandbox_types.get("mine").unwrap().timeout_secs, Some(5));
+        // SANDBOXD_EXTENSIONS, comma-separated, from the environment or a config file.
+        let other = d.path().join("more.toml");
+        std::fs::write(
+            &other,
+            "[[sandbox]]\ntype = \"more\"\ntemplate = \"base\"\n",
+        )
+        .unwrap();
+        let list = format!("{}, {}", ext.display(), other.display());
+        let mut pairs = env_pairs.clone();
+        pairs.push(("SANDBOXD_EXTENSIONS", &list));
+        let s = Settings::from_sources(&ServeArgs::default(), &env_of(&pairs)).unwrap();
+        assert!(s.sandbox_types.get("mine").is_some() && s.sandbox_types.get("more").is_some());
+        let (_f, mut from_file) = with_file(&format!("SANDBOXD_EXTENSIONS={}\n", other.display()));
+        let s = Settings::from_sources(&from_file, &env_of(&env_pairs)).unwrap();
+        assert_eq!(s.extensions, vec![other.clone()]);
+        // Flags win over the environment and the file.
+        from_file.extension = vec![ext.clone()];
+        let s = Settings::from_sources(&from_file, &env_of(&pairs)).unwrap();
+        assert_eq!(s.extensions, vec![ext]);
+    }
+
+    #[test]
+    fn a_malformed_extension_stops_the_start() {
+        for (text, want) in [
+            (
+                "[[sandbox]]\ntype = \"mine\"\ntemplate = \"gui\"\n",
+                "[[sandbox]] #1 (type \"mine\"): template: \"gui\" is not installed",
+            ),
+            (
+                "[[sandbox]]\ntype = \"mine\"\ntemplate = \"base\"\nimage = \"x\"\n",
+                "unknown field `image`",
+            ),
+            ("not toml at all\n", "TOML parse error"),
+        ] {
+            let (_d, ext, env) = with_extension(text);
+            let env_pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let args = ServeArgs {
+                extension: vec![ext.clone()],
+                ..Default::default()
+            };
+            let e = Settings::from_sources(&args, &env_of(&env_pairs)).unwrap_err();
+            assert!(matches!(e, SettingsError::Extension(_)), "{e:?}");
+            let e = e.to_string();
+            assert!(
+                e.starts_with(&format!("extension {}: ", ext.display())) && e.contains(want),
+                "want {want:?} in {e}"
+            );
+        }
+        let args = ServeArgs {
+            extension: vec!["/no/such/types.toml".into()],
+            ..Default::default()
+        };
+        let e = Settings::from_sources(&args, &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such/types.toml: cannot read it"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::{json_req, Harness};
+use sandboxd_core::pool::PoolSpec;
 use serde_json::{json, Value};
 
 /// POST an RPC; returns the status and the parsed reply.
@@ -761,7 +762,7 @@ async fn warm(h: &Harness, n: usize) -> Vec<sandboxd_types::Sandbox> {
 async fn warm_pool_hands_out_refills_and_yields_to_the_limit() {
     let h = Harness::with_config(None, |c| {
         c.pool_size = 2;
-        c.pool_types = vec!["base".into()];
+        c.pools = vec![PoolSpec::template("base")];
         c.max_instances = 3;
     })
     .await;
@@ -844,7 +845,7 @@ async fn warm_pool_hands_out_refills_and_yields_to_the_limit() {
 async fn pool_of_an_unpooled_type_is_a_cold_create() {
     let h = Harness::with_config(None, |c| {
         c.pool_size = 1;
-        c.pool_types = vec!["base".into(), "missing".into()];
+        c.pools = vec![PoolSpec::template("base"), PoolSpec::template("missing")];
     })
     .await;
     warm(&h, 1).await;
@@ -957,4 +958,314 @@ async fn heartbeat_recycles_idle_sessions_and_a_touch_restores_them() {
     assert_eq!(data(&h, "release", json!({"identity": name})).await, true);
     assert!(h.manager.get(&id).await.is_err());
     assert!(h.manager.get(&new_id).await.is_err());
+}
+
+/// A `call_tool` body.
+fn tool_call(identity: &str, tool: &str, arguments: Value) -> Value {
+    json!({"identity": identity, "tool_name": tool, "arguments": arguments})
+}
+
+/// The one text of a filesystem tool's result, and whether it is an error.
+async fn fs_tool(h: &Harness, identity: &str, tool: &str, arguments: Value) -> (String, bool) {
+    let r = data(h, "call_tool", tool_call(identity, tool, arguments)).await;
+    let content = r["content"].as_array().expect("content");
+    assert_eq!(content.len(), 1, "{r}");
+    assert_eq!(
+        content[0],
+        json!({"type": "text", "text": content[0]["text"], "annotations": null, "meta": null})
+    );
+    (
+        content[0]["text"].as_str().unwrap().to_string(),
+        r["isError"].as_bool().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn filesystem_tools() {
+    let h = Harness::new(None).await;
+    let name = data(&h, "create", json!({"sandbox_type": "filesystem"})).await;
+    let name = name.as_str().unwrap();
+    let tools = data(&h, "list_tools", json!({"identity": name})).await;
+    let groups: Vec<&String> = tools.as_object().unwrap().keys().collect();
+    assert_eq!(groups, ["filesystem", "generic"]);
+    assert_eq!(tools["filesystem"].as_object().unwrap().len(), 11);
+    let ok = |text: &str| (text.to_string(), false);
+
+    assert_eq!(
+        fs_tool(
+            &h,
+            name,
+            "write_file",
+            json!({"path": "a.txt", "content": "one\ntwo\n"})
+        )
+        .await,
+        ok("Successfully wrote to a.txt")
+    );
+    assert_eq!(
+        fs_tool(&h, name, "read_file", json!({"path": "/workspace/a.txt"})).await,
+        ok("one\ntwo\n")
+    );
+    assert_eq!(
+        fs_tool(&h, name, "read_multiple_files", json!({"paths": ["a.txt", "nope.txt"]})).await,
+        ok("a.txt:\none\ntwo\n\n\n---\nnope.txt: Error - ENOENT: no such file or directory, open '/workspace/nope.txt'")
+    );
+    let (diff, err) = fs_tool(
+        &h,
+        name,
+        "edit_file",
+        json!({"path": "a.txt", "edits": [{"oldText": "two", "newText": "2"}], "dryRun": true}),
+    )
+    .await;
+    assert!(!err);
+    assert!(
+        diff.starts_with("```diff\nIndex: /workspace/a.txt\n"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("\n-two\n+2\n") && diff.ends_with("```\n\n"),
+        "{diff}"
+    );
+    assert_eq!(
+        fs_tool(&h, name, "read_file", json!({"path": "a.txt"})).await,
+        ok("one\ntwo\n")
+    );
+    fs_tool(
+        &h,
+        name,
+        "edit_file",
+        json!({"path": "a.txt", "edits": [{"oldText": "two", "newText": "2"}]}),
+    )
+    .await;
+    assert_eq!(
+        fs_tool(&h, name, "read_file", json!({"path": "a.txt"})).await,
+        ok("one\n2\n")
+    );
+    let (text, err) = fs_tool(
+        &h,
+        name,
+        "edit_file",
+        json!({"path": "a.txt", "edits": [{"oldText": "zzz", "newText": ""}]}),
+    )
+    .await;
+    assert!(
+        err && text == "Error: Could not find exact match for edit:\nzzz",
+        "{text}"
+    );
+
+    assert_eq!(
+        fs_tool(&h, name, "create_directory", json!({"path": "d"})).await,
+        ok("Successfully created directory d")
+    );
+    assert_eq!(
+        fs_tool(&h, name, "list_directory", json!({"path": "."})).await,
+        ok("[FILE] a.txt\n[DIR] d")
+    );
+    assert_eq!(
+        fs_tool(
+            &h,
+            name,
+            "move_file",
+            json!({"source": "a.txt", "destination": "b.txt"})
+        )
+        .await,
+        ok("Successfully moved a.txt to b.txt")
+    );
+    assert_eq!(
+        fs_tool(
+            &h,
+            name,
+            "search_files",
+            json!({"path": "/workspace", "pattern": "B."})
+        )
+        .await,
+        ok("/workspace/b.txt")
+    );
+    assert_eq!(
+        fs_tool(
+            &h,
+            name,
+            "search_files",
+            json!({"path": "/workspace", "pattern": "zzz"})
+        )
+        .await,
+        ok("No matches found")
+    );
+    let (tree, _) = fs_tool(&h, name, "directory_tree", json!({"path": ""})).await;
+    let tree: Value = serde_json::from_str(&tree).unwrap();
+    assert_eq!(
+        tree,
+        json!([{"name": "b.txt", "type": "file"}, {"name": "d", "type": "directory", "children": []}])
+    );
+    let (info, _) = fs_tool(&h, name, "get_file_info", json!({"path": "b.txt"})).await;
+    assert!(info.starts_with("size: 6\ncreated: "), "{info}");
+    assert!(
+        info.ends_with("isDirectory: false\nisFile: true\npermissions: 644"),
+        "{info}"
+    );
+    assert_eq!(
+        fs_tool(&h, name, "list_allowed_directories", json!({})).await,
+        ok("Allowed directories:\n/workspace")
+    );
+
+    // Refused before the agent is asked, and bad arguments, as upstream words them.
+    for (tool, args) in [
+        ("read_file", json!({"path": "../etc/passwd"})),
+        ("write_file", json!({"path": "/etc/passwd", "content": "x"})),
+        (
+            "move_file",
+            json!({"source": "b.txt", "destination": "/tmp/b.txt"}),
+        ),
+    ] {
+        let (text, err) = fs_tool(&h, name, tool, args).await;
+        assert!(err, "{tool}");
+        assert!(
+            text.starts_with("Error: Access denied - path outside allowed directories: /")
+                && text.ends_with(" not in /workspace"),
+            "{text}"
+        );
+    }
+    let (text, err) = fs_tool(&h, name, "read_file", json!({})).await;
+    assert!(
+        err && text.starts_with("Error: Invalid arguments for read_file: missing field `path`"),
+        "{text}"
+    );
+
+    // The generic tools are there too; a base sandbox has no filesystem tools.
+    let r = data(
+        &h,
+        "call_tool",
+        tool_call(name, "run_shell_command", json!({"command": "echo hi"})),
+    )
+    .await;
+    assert_eq!(r["content"][0]["text"], "hi\n");
+    let base = data(&h, "create", json!({"sandbox_type": "base"})).await;
+    let r = data(
+        &h,
+        "call_tool",
+        tool_call(
+            base.as_str().unwrap(),
+            "read_file",
+            json!({"path": "b.txt"}),
+        ),
+    )
+    .await;
+    assert_eq!(r["isError"], true);
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Tool 'read_file' not found"),
+        "{r}"
+    );
+    assert_eq!(
+        data(
+            &h,
+            "list_tools",
+            json!({"identity": base, "tool_type": "filesystem"})
+        )
+        .await,
+        json!({"filesystem": {}})
+    );
+}
+
+/// Sandbox types from an extension file whose templates are in a directory of their own.
+fn extension_types(text: &str) -> sandboxd_server::agentscope::types::TypeRegistry {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("base/rootfs")).unwrap();
+    std::fs::write(d.path().join("base/ready"), "").unwrap();
+    let ext = d.path().join("ext.toml");
+    std::fs::write(&ext, text).unwrap();
+    let templates = sandboxd_core::templates::Templates::new(d.path());
+    sandboxd_server::agentscope::types::TypeRegistry::load(&[ext], &templates).unwrap()
+}
+
+#[tokio::test]
+async fn extension_types_and_their_pool() {
+    let types = extension_types(
+        r#"
+        [[sandbox]]
+        type = "custom"
+        template = "base"
+        timeout = 7
+        tools = ["generic", "filesystem"]
+        [sandbox.environment]
+        GREETING = "from the type"
+        OTHER = "kept"
+        "#,
+    );
+    let custom = types.get("custom").unwrap().pool();
+    assert_eq!(custom.name, "type:custom");
+    let h = Harness::with_config(None, |c| {
+        c.pool_size = 1;
+        c.pools = vec![custom, PoolSpec::template("base")];
+    })
+    .await
+    .with_state(|s| s.with_types(types, "custom"));
+    // Each warm sandbox carries the name of its pool.
+    let warm_custom: Vec<String> = warm(&h, 2)
+        .await
+        .into_iter()
+        .filter(|s| s.metadata.get("sandboxd.pool").map(String::as_str) == Some("type:custom"))
+        .map(|s| format!("sandboxd-{}", s.id))
+        .collect();
+    assert_eq!(warm_custom.len(), 1);
+
+    // No type named: the default type, from its own pool, with the type's environment.
+    let named = data(
+        &h,
+        "create_from_pool",
+        json!({"meta": {"session_ctx_id": "c1"}}),
+    )
+    .await;
+    let named = named.as_str().unwrap();
+    assert_eq!(named, warm_custom[0]);
+    let info = data(&h, "get_info", json!({"identity": named})).await;
+    assert_eq!(info["sandbox_type"], "custom");
+    assert_eq!(info["timeout"], 7);
+    let env = |ident: &str, var: &str| {
+        tool_call(
+            ident,
+            "run_shell_command",
+            json!({"command": format!("env {var}")}),
+        )
+    };
+    let r = data(&h, "call_tool", env(named, "GREETING")).await;
+    assert_eq!(r["content"][0]["text"], "from the type");
+    let tools = data(&h, "list_tools", json!({"identity": named})).await;
+    assert_eq!(tools.as_object().unwrap().len(), 2);
+    let (text, _) = fs_tool(&h, named, "list_allowed_directories", json!({})).await;
+    assert_eq!(text, "Allowed directories:\n/workspace");
+    // Recycled and restored on the next touch: the successor has the type's environment too.
+    let id = named.strip_prefix("sandboxd-").unwrap();
+    h.manager.recycle(id, "test").await.unwrap();
+    let r = data(&h, "call_tool", env(named, "GREETING")).await;
+    assert_eq!(r["content"][0]["text"], "from the type");
+    assert_ne!(h.manager.get(id).await.unwrap().replaced_by, None);
+
+    // The request's variables win over the type's (a cold create).
+    let cold = data(
+        &h,
+        "create_from_pool",
+        json!({"sandbox_type": "custom", "environment": {"GREETING": "from the request"}}),
+    )
+    .await;
+    let cold = cold.as_str().unwrap();
+    let r = data(&h, "call_tool", env(cold, "GREETING")).await;
+    assert_eq!(r["content"][0]["text"], "from the request");
+    let r = data(&h, "call_tool", env(cold, "OTHER")).await;
+    assert_eq!(r["content"][0]["text"], "kept");
+
+    // A base sandbox never comes from the custom pool: it has no GREETING.
+    warm(&h, 2).await;
+    let base = data(&h, "create_from_pool", json!({"sandbox_type": "base"})).await;
+    let base = base.as_str().unwrap();
+    let r = data(&h, "call_tool", env(base, "GREETING")).await;
+    assert_eq!(r["content"][0]["text"], "");
+    let r = data(
+        &h,
+        "call_tool",
+        tool_call(base, "read_file", json!({"path": "x"})),
+    )
+    .await;
+    assert_eq!(r["isError"], true);
 }

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::{assert_error, json_req, Harness};
 use http_body_util::BodyExt;
+use sandboxd_core::pool::PoolSpec;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -595,7 +596,7 @@ async fn openapi_lists_the_routes() {
 async fn create_from_pool_through_v1() {
     let h = Harness::with_config(None, |c| {
         c.pool_size = 1;
-        c.pool_types = vec!["base".into()];
+        c.pools = vec![PoolSpec::template("base")];
     })
     .await;
     let warm_id = loop {

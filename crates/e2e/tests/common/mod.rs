@@ -3,10 +3,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use sandboxd_client::{Client, Error};
-use sandboxd_e2e::{Server, ServerOptions};
-use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Resources};
+use sandboxd_e2e::{cgroup_dirs, Server, ServerOptions};
+use sandboxd_types::{
+    CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Resources, Sandbox, SandboxState,
+};
 
 /// The base template must exist: `scripts/test` builds it. Fail loudly otherwise.
 pub fn require_base() {
@@ -59,28 +62,30 @@ pub async fn sh(c: &Client, id: &str, script: &str) -> ExecResult {
     .unwrap_or_else(|e| panic!("exec {script:?}: {e}"))
 }
 
+/// The warm (pooled) sandboxes, once there are exactly `n`; the pool fills in the background.
+pub async fn warm(c: &Client, n: usize) -> Vec<Sandbox> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let warm: Vec<Sandbox> = c
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state == SandboxState::Warm)
+            .collect();
+        if warm.len() == n {
+            return warm;
+        }
+        assert!(Instant::now() < deadline, "{} warm, want {n}", warm.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn api_code(e: &Error) -> Option<ErrorCode> {
     match e {
         Error::Api { code, .. } => Some(*code),
         _ => None,
     }
-}
-
-/// Every cgroup directory named `parent` on this host, in any hierarchy (v1 or v2).
-pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let root = PathBuf::from("/sys/fs/cgroup");
-    let direct = root.join(parent);
-    if direct.is_dir() {
-        out.push(direct);
-    }
-    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        let d = e.path().join(parent);
-        if d.is_dir() {
-            out.push(d);
-        }
-    }
-    out
 }
 
 /// Child cgroups (one per sandbox) below `parent` in every hierarchy.

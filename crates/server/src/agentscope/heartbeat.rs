@@ -113,12 +113,14 @@ async fn restore_session(state: &AppState, sandbox: &Sandbox) -> Result<Sandbox,
     let manager = &state.manager;
     let session = sandbox.metadata.get(META_SESSION_CTX_ID);
     let timeout = state.heartbeat.session_timeout(session.is_some());
-    let successor = manager.restore(&sandbox.id, timeout).await?;
+    // The type's environment comes back; the create request's own does not (it is not kept).
+    let env = |sb: &Sandbox| super::type_of(state, sb).environment;
+    let successor = manager.restore(&sandbox.id, timeout, env(sandbox)).await?;
     if let Some(session) = session {
         let filter = BTreeMap::from([(META_SESSION_CTX_ID.to_string(), session.clone())]);
         for other in manager.list(&filter).await? {
             if other.state == SandboxState::Recycled {
-                if let Err(e) = manager.restore(&other.id, timeout).await {
+                if let Err(e) = manager.restore(&other.id, timeout, env(&other)).await {
                     tracing::warn!(sandbox = %other.id, error = %e, "could not restore a sandbox of the session");
                 }
             }

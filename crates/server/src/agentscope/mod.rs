@@ -21,8 +21,19 @@
 //! ([`META_SESSION_CTX_ID`]), so it lives wherever sandbox records live (and a Redis store will
 //! share it between processes for free).
 //!
-//! Pools: `create_from_pool` takes a warm sandbox from the core's pool of the type's template
-//! ([`Manager::create_from_pool`](sandboxd_core::Manager::create_from_pool)) and binds the
+//! Types ([`types`]): a `sandbox_type` names a [`types::SandboxType`] of the server's
+//! [`types::TypeRegistry`] (built in: `base`, `base_async`, `filesystem`, `filesystem_async`;
+//! more from `--extension` TOML files): its template, environment (under the request's),
+//! resources, per-call timeout and tool groups. The name is kept in the sandbox's metadata
+//! ([`META_SANDBOX_TYPE`]), so `list_tools` and `call_tool` ([`tools`], [`filesystem`]) find the
+//! sandbox's groups later. A name the registry does not know means its template (for
+//! `<t>_async`, `<t>`'s when only that is installed) with the generic tools, as before types
+//! existed.
+//!
+//! Pools: `create_from_pool` takes a warm sandbox from the core's pool of the type
+//! ([`types::SandboxType::pool`]: its template's plain pool, or for a type with its own
+//! environment or resources a pool made for it alone;
+//! [`Manager::create_from_pool`](sandboxd_core::Manager::create_from_pool)) and binds the
 //! session in its metadata; an empty pool means a cold create. A pooled sandbox's `/workspace`
 //! is its own (it was created with its own id as session), as in AgentScope's pool.
 //!
@@ -33,10 +44,8 @@
 //! is resolved through `replaced_by`, so a restored sandbox's old name keeps working (RPC and
 //! proxy alike).
 //!
-//! Not here yet (later phases), and where they plug in:
-//! - custom types (`--extension`) and the `filesystem` type: [`tools`] knows only the generic
-//!   tools of a base sandbox;
-//! - MCP servers: `add_mcp_servers` answers with an error.
+//! Not here yet (a later phase), and where it plugs in: MCP servers. `add_mcp_servers` answers
+//! with an error; a server's tools would be one more group beside a type's in [`tools`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,12 +57,14 @@ use sandboxd_types::{is_valid_sandbox_id, Sandbox, SandboxState};
 use crate::AppState;
 
 pub mod error;
+pub mod filesystem;
 pub mod heartbeat;
 pub mod openapi;
 pub mod proxy;
 pub mod record;
 pub mod rpc;
 pub mod tools;
+pub mod types;
 
 /// Metadata key holding the AgentScope session (`meta.session_ctx_id`) a sandbox is bound to.
 pub const META_SESSION_CTX_ID: &str = "agentscope.session_ctx_id";
@@ -118,6 +129,17 @@ pub(crate) async fn resolve(state: &AppState, id: &str) -> Result<Sandbox, CoreE
         }
     }
     Ok(sb)
+}
+
+/// A sandbox's type: the one its create named (kept in its metadata), else the one named like
+/// its template (a sandbox made through `/v1`). A name the server does not know has the
+/// generic tools only (its template is not looked up: the sandbox has one already).
+pub(crate) fn type_of(state: &AppState, sandbox: &Sandbox) -> types::SandboxType {
+    let name = sandbox
+        .metadata
+        .get(META_SANDBOX_TYPE)
+        .unwrap_or(&sandbox.sandbox_type);
+    state.types.resolve(name, &[])
 }
 
 /// A sandbox's AgentScope container name.

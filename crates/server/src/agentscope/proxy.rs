@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::DetailError;
-use super::{resolve, sandbox_id_of, tools};
+use super::{resolve, sandbox_id_of, tools, type_of};
 use crate::AppState;
 
 /// Most bytes of uploads held in memory while a batch upload's `files` part waits for its
@@ -121,12 +121,12 @@ async fn dispatch(state: &AppState, identity: &str, route: &str, req: Request) -
     };
     let id = sandbox_id_of(&state.container_prefix, identity).ok_or_else(not_found)?;
     // A replaced sandbox's name keeps working: follow it to its successor.
-    let id = match resolve(state, id).await {
-        Ok(sb) => sb.id,
+    let sb = match resolve(state, id).await {
+        Ok(sb) => sb,
         Err(CoreError::NotFound(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),
     };
-    let id = id.as_str();
+    let id = sb.id.as_str();
     match (route, method) {
         ("workspace/file", Method::GET) => read(state, id, req).await,
         ("workspace/file", _) => write(state, id, req).await,
@@ -144,7 +144,8 @@ async fn dispatch(state: &AppState, identity: &str, route: &str, req: Request) -
             let name = tool.trim_start_matches("tools/");
             let body = json_body(req).await?;
             let args = body.as_object().cloned().unwrap_or_default();
-            let result = tools::call(&state.manager, id, name, &args).await?;
+            let ty = type_of(state, &sb);
+            let result = tools::call(&state.manager, id, &ty, name, &args).await?;
             Ok(axum::Json(result).into_response())
         }
     }

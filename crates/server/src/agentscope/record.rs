@@ -32,7 +32,8 @@ pub struct ContainerRecord {
     pub version: String,
     /// The `meta` of the create request.
     pub meta: Map<String, Value>,
-    /// Upstream: the runtime's request timeout; null means the client's default.
+    /// The runtime's request timeout (the type's `timeout`); null means none here and the
+    /// client's default there.
     pub timeout: Option<u64>,
     /// The type the client asked for (e.g. `base_async`).
     pub sandbox_type: String,
@@ -90,8 +91,15 @@ pub fn status_of(state: SandboxState) -> &'static str {
 }
 
 /// The record of `sandbox`. `prefix` is `CONTAINER_PREFIX_KEY`, `base_url` the server's own URL
-/// as the client reached it, `mount_dir` the host directory of its workspace.
-pub fn record(sandbox: &Sandbox, prefix: &str, base_url: &str, mount_dir: &str) -> ContainerRecord {
+/// as the client reached it, `mount_dir` the host directory of its workspace, `timeout` its
+/// type's (seconds one tool call may take).
+pub fn record(
+    sandbox: &Sandbox,
+    prefix: &str,
+    base_url: &str,
+    mount_dir: &str,
+    timeout: Option<u64>,
+) -> ContainerRecord {
     let name = container_name(prefix, &sandbox.id);
     let mut meta: Map<String, Value> = sandbox
         .metadata
@@ -121,7 +129,7 @@ pub fn record(sandbox: &Sandbox, prefix: &str, base_url: &str, mount_dir: &str) 
         runtime_token: None,
         version: version_of(&sandbox.sandbox_type),
         meta,
-        timeout: None,
+        timeout,
         sandbox_type: sandbox
             .metadata
             .get(META_SANDBOX_TYPE)
@@ -170,7 +178,7 @@ mod tests {
             reason: None,
             replaced_by: None,
         };
-        let r = serde_json::to_value(record(&sb, "p-", "http://h:1", "/w/x")).unwrap();
+        let r = serde_json::to_value(record(&sb, "p-", "http://h:1", "/w/x", Some(60))).unwrap();
         assert_eq!(r["container_name"], "p-sb-0123456789abcdef");
         assert_eq!(r["url"], "http://h:1/proxy/p-sb-0123456789abcdef");
         assert_eq!(r["sandbox_type"], "base_async");
@@ -184,12 +192,13 @@ mod tests {
         assert_eq!(r["updated_at"], 1.5);
         assert_eq!(r["ports"], serde_json::json!([]));
         assert_eq!(r["redirect_to"], serde_json::Value::Null);
+        assert_eq!(r["timeout"], 60);
 
         let mut old = sb.clone();
         old.state = SandboxState::Replaced;
         old.replaced_by = Some("sb-1111111111111111".into());
         old.metadata.insert(META_LAST_ACTIVE.into(), "2500".into());
-        let r = serde_json::to_value(record(&old, "p-", "", "/w/x")).unwrap();
+        let r = serde_json::to_value(record(&old, "p-", "", "/w/x", None)).unwrap();
         assert_eq!(r["state"], "replaced");
         assert_eq!(r["redirect_to"], "p-sb-1111111111111111");
         assert_eq!(r["last_active_at"], 2.5);

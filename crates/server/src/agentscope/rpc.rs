@@ -24,8 +24,9 @@ use serde_json::{Map, Value};
 
 use super::error::RpcError;
 use super::heartbeat::touch;
+use super::types::SandboxType;
 use super::{
-    container_name, record, resolve, sandbox_id_of, tools, META_META, META_SANDBOX_TYPE,
+    container_name, record, resolve, sandbox_id_of, tools, type_of, META_META, META_SANDBOX_TYPE,
     META_SESSION_CTX_ID,
 };
 use crate::error::ApiError;
@@ -395,7 +396,8 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         Call::GetInfo(a) => {
             let sb = sandbox(state, &a.identity).await?;
             let mount_dir = manager.config().mount_dir.join(&sb.session_id);
-            let r = record::record(&sb, prefix, base_url, &mount_dir.to_string_lossy());
+            let timeout = type_of(state, &sb).timeout_secs;
+            let r = record::record(&sb, prefix, base_url, &mount_dir.to_string_lossy(), timeout);
             serde_json::to_value(r).map_err(ApiError::internal)
         }
         Call::CheckHealth(a) => {
@@ -409,8 +411,11 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         Call::ListTools(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, sb).await?;
-            Ok(tools::list(a.tool_type.as_deref()))
+            let sb = touch(state, sb).await?;
+            Ok(tools::list(
+                &type_of(state, &sb).tools,
+                a.tool_type.as_deref(),
+            ))
         }
         Call::CallTool(a) => {
             let sb = sandbox(state, &a.identity).await?;
@@ -418,15 +423,17 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
             let Some(tool) = a.tool_name.filter(|t| !t.is_empty()) else {
                 return Ok(tools::error_result("tool_name is required."));
             };
-            tools::call(manager, &sb.id, &tool, &a.arguments.unwrap_or_default()).await
+            let ty = type_of(state, &sb);
+            let args = a.arguments.unwrap_or_default();
+            tools::call(manager, &sb.id, &ty, &tool, &args).await
         }
         Call::AddMcpServers(a) => {
             let sb = sandbox(state, &a.identity).await?;
             touch(state, sb).await?;
             let _ = (a.server_configs, a.overwrite);
             Err(ApiError::invalid(
-                "MCP servers are not supported by sandboxd yet; only the generic tools \
-                 (run_shell_command, run_ipython_cell) are available",
+                "MCP servers are not supported by sandboxd yet; only the tools of the \
+                 sandbox's type (see list_tools) are available",
             ))
         }
         Call::GetSessionMapping(a) => {
@@ -477,22 +484,22 @@ fn is_live(state: SandboxState) -> bool {
     )
 }
 
-/// The template of an AgentScope type: the type itself, or for `<t>_async` (the async client's
-/// twin types, which upstream runs from the same image) `<t>` when only that is installed.
-async fn template_of(state: &AppState, requested: &str) -> String {
-    let Some(base) = requested.strip_suffix("_async") else {
-        return requested.to_string();
-    };
+/// The type a create asks for: a known one, else [`SandboxType::fallback`] over the installed
+/// templates.
+async fn requested_type(state: &AppState, requested: &str) -> SandboxType {
+    if let Some(t) = state.types.get(requested) {
+        return t.clone();
+    }
+    if !requested.ends_with("_async") {
+        // Only an `_async` name's template depends on what is installed.
+        return SandboxType::fallback(requested, &[]);
+    }
     let manager = state.manager.clone();
     // Listing templates reads a directory: keep it off the async threads.
     let installed = tokio::task::spawn_blocking(move || manager.types())
         .await
         .unwrap_or_default();
-    if !installed.iter().any(|t| t == requested) && installed.iter().any(|t| t == base) {
-        base.to_string()
-    } else {
-        requested.to_string()
-    }
+    SandboxType::fallback(requested, &installed)
 }
 
 /// A JSON value as an environment variable's value; `None` for null.
@@ -510,22 +517,24 @@ fn env_value(key: &str, v: Value) -> Result<Option<String>, ApiError> {
 
 /// `create` and `create_from_pool`: the new sandbox's container name, or null when the
 /// instance limit is reached or the sandbox could not start (upstream's contract; the client
-/// then says "No sandbox available"). `from_pool` takes a warm sandbox of the type's template
-/// when there is one (binding the session in its metadata), else creates one cold; a request
-/// with environment variables always creates cold, since a warm sandbox was started without
-/// them.
+/// then says "No sandbox available"). The sandbox gets its type's template, environment (under
+/// the request's own) and resources. `from_pool` takes a warm sandbox from the type's pool
+/// ([`SandboxType::pool`]) when there is one (binding the session in its metadata), else
+/// creates one cold; a request with environment variables of its own always creates cold,
+/// since a warm sandbox was started without them.
 async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Value, ApiError> {
     let manager = &state.manager;
     let requested = a
         .sandbox_type
         .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| manager.config().default_type.clone());
+        .unwrap_or_else(|| state.default_type.to_string());
     if a.mount_dir.is_some() {
         tracing::warn!("create: mount_dir is not allowed by this server; using DEFAULT_MOUNT_DIR");
     }
     if a.storage_path.is_some() {
         tracing::warn!("create: storage_path is not supported yet; ignored");
     }
+    let ty = requested_type(state, &requested).await;
     let mut env = BTreeMap::new();
     for (k, v) in a.environment.unwrap_or_default() {
         match env_value(&k, v)? {
@@ -560,13 +569,12 @@ async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Valu
         }
         metadata.insert(META_META.into(), json);
     }
-    let template = template_of(state, &requested).await;
     let timeout_secs = state
         .heartbeat
         .session_timeout(metadata.contains_key(META_SESSION_CTX_ID));
     if from_pool && env.is_empty() {
         match manager
-            .create_from_pool(&template, metadata.clone(), timeout_secs)
+            .create_from_pool(&ty.pool().name, metadata.clone(), timeout_secs)
             .await
         {
             Ok(Some(sb)) => {
@@ -582,9 +590,13 @@ async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Valu
             Err(e) => return no_sandbox(e),
         }
     }
+    // The request's variables win over the type's.
+    let mut type_env = ty.environment.clone();
+    type_env.extend(env);
     let req = CreateSandboxRequest {
-        sandbox_type: Some(template),
-        env,
+        sandbox_type: Some(ty.template.clone()),
+        env: type_env,
+        resources: ty.resources.clone(),
         metadata,
         timeout_secs,
         ..Default::default()

@@ -1,6 +1,10 @@
 //! The tools of a sandbox as AgentScope shows them: `list_tools` and `call_tool`.
 //!
-//! A base sandbox has the two `generic` tools, implemented on the [`Manager`]:
+//! Which tools a sandbox has is its type's ([`SandboxType::tools`]): the `generic` group, and
+//! for the `filesystem` types and extension types that ask for it the `filesystem` group
+//! ([`super::filesystem`]).
+//!
+//! The two `generic` tools are implemented on the [`Manager`]:
 //! `run_shell_command` runs `/bin/bash -c <command>` in `/workspace`, `run_ipython_cell` runs
 //! code in the sandbox's persistent Python interpreter (state is kept between calls). Results
 //! are MCP `CallToolResult`s exactly as AgentScope's runtime builds them: a `stdout` text, a
@@ -11,19 +15,25 @@
 //! its `repr` (without IPython's `Out[n]:` prompt), and an exception's traceback goes to
 //! `stderr` (so the result `isError`), where IPython prints it to stdout.
 //!
-//! MCP tools and the tools of other sandbox types come with later phases.
+//! A type's `timeout` bounds one generic call: the command is killed (or the cell interrupted)
+//! after it, and the result says so.
+//!
+//! MCP servers (`add_mcp_servers`) come with a later phase.
 
 use sandboxd_core::Manager;
 use sandboxd_types::{ErrorCode, ExecRequest, PythonRequest};
 use serde_json::{json, Map, Value};
 
+use super::filesystem;
+use super::types::{SandboxType, ToolGroup};
 use crate::error::ApiError;
 
 /// Names of the generic tools, in listing order.
 pub const GENERIC: &[&str] = &["run_ipython_cell", "run_shell_command"];
 
-/// One tool in `list_tools`' format.
-fn tool(name: &str, description: &str, param: &str, param_description: &str) -> Value {
+/// One tool in `list_tools`' format, with its parameters' JSON schema `properties` and the
+/// names of the `required` ones.
+pub fn schema(name: &str, description: &str, properties: Value, required: &[&str]) -> Value {
     json!({
         "name": name,
         "json_schema": {
@@ -33,14 +43,22 @@ fn tool(name: &str, description: &str, param: &str, param_description: &str) -> 
                 "description": description,
                 "parameters": {
                     "type": "object",
-                    "properties": {
-                        param: {"type": "string", "description": param_description},
-                    },
-                    "required": [param],
+                    "properties": properties,
+                    "required": required,
                 },
             },
         },
     })
+}
+
+/// A tool with one string parameter.
+fn tool(name: &str, description: &str, param: &str, param_description: &str) -> Value {
+    schema(
+        name,
+        description,
+        json!({param: {"type": "string", "description": param_description}}),
+        &[param],
+    )
 }
 
 /// The `generic` group of `list_tools`: `{name: tool}`.
@@ -61,10 +79,29 @@ pub fn generic_tools() -> Value {
     })
 }
 
-/// `list_tools`' answer: every group, or only `tool_type`'s (empty when unknown).
-pub fn list(tool_type: Option<&str>) -> Value {
+/// The tools of one group.
+fn group_tools(group: ToolGroup) -> Value {
+    match group {
+        ToolGroup::Generic => generic_tools(),
+        ToolGroup::Filesystem => filesystem::tools(),
+    }
+}
+
+/// Names of a group's tools.
+fn group_names(group: ToolGroup) -> &'static [&'static str] {
+    match group {
+        ToolGroup::Generic => GENERIC,
+        ToolGroup::Filesystem => filesystem::NAMES,
+    }
+}
+
+/// `list_tools`' answer for a sandbox with `groups`: every group, or only `tool_type`'s
+/// (empty when it has no such group).
+pub fn list(groups: &[ToolGroup], tool_type: Option<&str>) -> Value {
     let mut all = Map::new();
-    all.insert("generic".into(), generic_tools());
+    for &g in groups {
+        all.insert(g.name().into(), group_tools(g));
+    }
     match tool_type {
         Some(t) => json!({ t: all.get(t).cloned().unwrap_or_else(|| json!({})) }),
         None => Value::Object(all),
@@ -125,29 +162,40 @@ fn string_arg(tool: &str, args: &Map<String, Value>, name: &str) -> Result<Strin
     }
 }
 
-/// Call a tool of sandbox `id`. Failures of the tool itself (bad arguments, an unknown tool,
-/// a command that cannot run) are `isError` results, as upstream; `Err` only when the sandbox
-/// is gone.
+/// Call a tool of sandbox `id`, whose type is `ty`. Failures of the tool itself (bad
+/// arguments, an unknown tool, a command that cannot run) are `isError` results, as upstream;
+/// `Err` only when the sandbox is gone.
 pub async fn call(
     manager: &Manager,
     id: &str,
+    ty: &SandboxType,
     name: &str,
     args: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
+    let has = |g: ToolGroup| ty.has(g) && group_names(g).contains(&name);
+    if has(ToolGroup::Filesystem) {
+        return filesystem::call(manager, id, name, args).await;
+    }
+    let timeout_ms = ty.timeout_secs.map(|s| s.saturating_mul(1000));
     let outcome = match name {
-        "run_shell_command" => match string_arg(name, args, "command") {
-            Ok(command) => run_shell_command(manager, id, command).await,
+        "run_shell_command" if has(ToolGroup::Generic) => match string_arg(name, args, "command") {
+            Ok(command) => run_shell_command(manager, id, command, timeout_ms).await,
             Err(result) => return Ok(result),
         },
-        "run_ipython_cell" => match string_arg(name, args, "code") {
-            Ok(code) => run_ipython_cell(manager, id, code).await,
+        "run_ipython_cell" if has(ToolGroup::Generic) => match string_arg(name, args, "code") {
+            Ok(code) => run_ipython_cell(manager, id, code, timeout_ms).await,
             Err(result) => return Ok(result),
         },
         other => {
+            let names: Vec<&str> = ty
+                .tools
+                .iter()
+                .flat_map(|&g| group_names(g).iter().copied())
+                .collect();
             return Ok(error_result(&format!(
                 "Tool '{other}' not found; this sandbox has: {}",
-                GENERIC.join(", ")
-            )))
+                names.join(", ")
+            )));
         }
     };
     match outcome {
@@ -157,14 +205,16 @@ pub async fn call(
     }
 }
 
-/// `run_shell_command`: `/bin/bash -c <command>` in `/workspace`.
+/// `run_shell_command`: `/bin/bash -c <command>` in `/workspace`, killed after `timeout_ms`.
 pub async fn run_shell_command(
     manager: &Manager,
     id: &str,
     command: String,
+    timeout_ms: Option<u64>,
 ) -> Result<Value, ApiError> {
     let req = ExecRequest {
         cmd: Some(vec!["/bin/bash".into(), "-c".into(), command]),
+        timeout_ms,
         ..Default::default()
     };
     let r = manager.exec_collect(id, req).await?;
@@ -181,20 +231,16 @@ pub async fn run_shell_command(
     Ok(output_result(&r.stdout, &stderr, Some(returncode)))
 }
 
-/// `run_ipython_cell`: the code in the sandbox's persistent interpreter.
+/// `run_ipython_cell`: the code in the sandbox's persistent interpreter, interrupted after
+/// `timeout_ms`.
 pub async fn run_ipython_cell(
     manager: &Manager,
     id: &str,
     code: String,
+    timeout_ms: Option<u64>,
 ) -> Result<Value, ApiError> {
     let r = manager
-        .python(
-            id,
-            PythonRequest {
-                code,
-                timeout_ms: None,
-            },
-        )
+        .python(id, PythonRequest { code, timeout_ms })
         .await?;
     let mut stdout = r.stdout;
     if let Some(value) = r.result {
@@ -232,8 +278,18 @@ mod tests {
         let r = output_result("", "oops", None);
         assert_eq!(r["isError"], true);
         assert_eq!(r["content"][1]["description"], "stderr");
-        assert_eq!(list(Some("nope")), json!({"nope": {}}));
-        assert_eq!(list(Some("generic"))["generic"], generic_tools());
+        let generic = [ToolGroup::Generic];
+        assert_eq!(list(&generic, Some("nope")), json!({"nope": {}}));
+        assert_eq!(list(&generic, Some("generic"))["generic"], generic_tools());
+        assert_eq!(
+            list(&generic, Some("filesystem")),
+            json!({"filesystem": {}})
+        );
+        let both = [ToolGroup::Generic, ToolGroup::Filesystem];
+        let all = list(&both, None);
+        let groups: Vec<&String> = all.as_object().unwrap().keys().collect();
+        assert_eq!(groups, ["filesystem", "generic"]);
+        assert_eq!(all["filesystem"], filesystem::tools());
         let tools = generic_tools();
         let names: Vec<&str> = tools
             .as_object()
