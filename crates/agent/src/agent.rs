@@ -10,6 +10,7 @@ use sandboxd_protocol::{AgentError, AgentErrorKind, Request, Response, PROTOCOL_
 use crate::conn::{Conn, Incoming};
 use crate::exec;
 use crate::files::{Files, ReadFileError};
+use crate::mcp::Mcp;
 use crate::python::Python;
 use crate::Config;
 
@@ -29,6 +30,7 @@ pub struct Agent {
     config: Config,
     files: Files,
     python: Python,
+    mcp: Mcp,
 }
 
 impl Agent {
@@ -39,6 +41,7 @@ impl Agent {
             config,
             files,
             python: Python::new(),
+            mcp: Mcp::new(),
         })
     }
 
@@ -170,6 +173,53 @@ impl Agent {
                 self.python.reset();
                 Response::Ok
             }
+            Request::McpStart(spec) => {
+                return match self.mcp.start(&self.config, spec, Some(conn.fd())) {
+                    Ok(info) => {
+                        let payload = info.map(|v| json_bytes(&v)).unwrap_or_default();
+                        let started = Response::McpStarted {
+                            started: !payload.is_empty(),
+                        };
+                        conn.send(&started, &payload).map(|()| Flow::Continue)
+                    }
+                    Err(e) => conn.send_error(e).map(|()| Flow::Continue),
+                };
+            }
+            Request::Mcp {
+                server,
+                method,
+                timeout_ms,
+            } => {
+                let params = if payload.is_empty() {
+                    Ok(None)
+                } else {
+                    serde_json::from_slice(&payload)
+                        .map(Some)
+                        .map_err(|e| AgentError {
+                            kind: AgentErrorKind::InvalidRequest,
+                            message: format!("MCP params are not JSON: {e}"),
+                        })
+                };
+                let answer = params.and_then(|params| {
+                    self.mcp.call(
+                        &server,
+                        &method,
+                        params,
+                        timeout_ms.map(Duration::from_millis),
+                        Some(conn.fd()),
+                    )
+                });
+                return match answer {
+                    Ok(result) => conn
+                        .send(&Response::McpResult, &json_bytes(&result))
+                        .map(|()| Flow::Continue),
+                    Err(e) => conn.send_error(e).map(|()| Flow::Continue),
+                };
+            }
+            Request::McpList => Response::McpServers {
+                servers: self.mcp.list(),
+            },
+            Request::McpStop { server } => reply(self.mcp.stop(&server).map(|()| Response::Ok)),
         };
         conn.send(&resp, &[])?;
         Ok(Flow::Continue)
@@ -231,4 +281,9 @@ impl Agent {
         conn.send(&resp, &[])?;
         Ok(Flow::Continue)
     }
+}
+
+/// A JSON value's bytes, for a frame's payload.
+fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serialises")
 }

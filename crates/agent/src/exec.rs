@@ -50,7 +50,7 @@ fn spawn_failed(message: impl Into<String>) -> AgentError {
 }
 
 /// Build the command for `spec`, checking the request.
-fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentError> {
+pub(crate) fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentError> {
     let mut cmd = match (&spec.argv, &spec.shell) {
         (Some(argv), None) => {
             let Some((program, args)) = argv.split_first() else {

@@ -77,6 +77,8 @@ mod conn;
 mod exec;
 pub mod files;
 pub mod init;
+mod lines;
+pub mod mcp;
 mod process;
 pub mod python;
 pub mod reaper;

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use sandboxd_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::lines::LineReader;
 use crate::process::{Command, Stdio};
 use crate::reaper::{ExitWatch, Reaper};
 use crate::sys;
@@ -63,8 +64,7 @@ struct WireReply {
 struct Interpreter {
     watch: ExitWatch,
     requests: File,
-    replies: OwnedFd,
-    buf: Vec<u8>,
+    replies: LineReader,
     next_id: u64,
 }
 
@@ -239,7 +239,7 @@ fn start(config: &Config) -> Result<Interpreter, AgentError> {
             format!("python interpreter: {e}"),
         )
     };
-    sys::set_nonblocking(replies.as_fd()).map_err(io_err)?;
+    let replies = LineReader::new(replies, usize::MAX).map_err(io_err)?;
     // The bootstrap (a few KiB) fits the pipe buffer, so this does not block even if python
     // is slow to start; if python died at once, EPIPE says so.
     requests.write_all(BOOTSTRAP.as_bytes()).map_err(|e| {
@@ -256,34 +256,11 @@ fn start(config: &Config) -> Result<Interpreter, AgentError> {
         watch,
         requests,
         replies,
-        buf: Vec::new(),
         next_id: 0,
     })
 }
 
 impl Interpreter {
-    /// Next complete reply line in the buffer, if any.
-    fn take_line(&mut self) -> Option<Vec<u8>> {
-        let nl = self.buf.iter().position(|&b| b == b'\n')?;
-        let rest = self.buf.split_off(nl + 1);
-        let mut line = std::mem::replace(&mut self.buf, rest);
-        line.pop();
-        Some(line)
-    }
-
-    /// Read everything available now; `false` at end of stream.
-    fn drain(&mut self) -> bool {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match sys::read(self.replies.as_fd(), &mut chunk) {
-                Ok(0) => return false,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
     fn wait_reply(
         &mut self,
         id: u64,
@@ -294,7 +271,7 @@ impl Interpreter {
         let mut kill_at: Option<Instant> = None;
         let mut open = true;
         loop {
-            while let Some(line) = self.take_line() {
+            while let Some(line) = self.replies.take_line() {
                 match serde_json::from_slice::<WireReply>(&line) {
                     // Replies to earlier, abandoned requests are skipped.
                     Ok(r) if r.id == id => {
@@ -314,10 +291,10 @@ impl Interpreter {
             }
             if !open || self.watch.status().is_some() {
                 // Pick up a reply written just before the end.
-                if open && !self.drain() {
+                if open && !self.replies.drain() {
                     open = false;
                 }
-                if self.buf.contains(&b'\n') {
+                if self.replies.has_line() {
                     continue;
                 }
                 return Waited::Died(died_message(self, "python code did not finish"));
@@ -335,7 +312,7 @@ impl Interpreter {
             }
             let wake = kill_at.or(deadline);
             let mut fds = [
-                sys::pollfd(self.replies.as_raw_fd(), libc::POLLIN),
+                sys::pollfd(self.replies.raw_fd(), libc::POLLIN),
                 sys::pollfd(self.watch.exit_fd().as_raw_fd(), libc::POLLIN),
                 sys::pollfd(
                     match (host, kill_at) {
@@ -351,7 +328,7 @@ impl Interpreter {
                 self.watch.signal_group(libc::SIGINT);
                 kill_at = Some(Instant::now() + KILL_AFTER);
             }
-            if fds[0].revents != 0 && !self.drain() {
+            if fds[0].revents != 0 && !self.replies.drain() {
                 open = false;
             }
         }

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod backend;
 pub mod error;
 pub mod manager;
+pub mod mcp;
 pub mod pool;
 pub mod store;
 pub mod templates;

@@ -123,11 +123,11 @@ fn new_id() -> String {
     format!("sb-{:016x}", rand::random::<u64>())
 }
 
-fn invalid(msg: impl Into<String>) -> CoreError {
+pub(crate) fn invalid(msg: impl Into<String>) -> CoreError {
     CoreError::InvalidRequest(msg.into())
 }
 
-fn check_text(what: &str, s: &str) -> Result<(), CoreError> {
+pub(crate) fn check_text(what: &str, s: &str) -> Result<(), CoreError> {
     if s.contains('\0') {
         return Err(invalid(format!("{what} contains a NUL byte")));
     }
@@ -189,7 +189,7 @@ pub fn is_valid_env_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), CoreError> {
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), CoreError> {
     if env.len() > MAX_ENV {
         return Err(invalid(format!("at most {MAX_ENV} environment variables")));
     }
@@ -909,7 +909,7 @@ impl Manager {
     /// Send `req` and read the first answer, on a kept idle connection when there is one. A
     /// kept connection that turns out dead is replaced by a fresh one, once: the agent answers
     /// every request at once, so no answer means it never got to work on it.
-    async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         id: &str,
         req: &Request,
@@ -931,12 +931,22 @@ impl Manager {
 
     /// A request answered by one frame; the connection is kept for the next request.
     async fn call(&self, id: &str, req: &Request) -> Result<Response, CoreError> {
-        let (conn, frame) = self.exchange(id, req, &[]).await?;
+        self.call_with(id, req, &[]).await.map(|f| f.header)
+    }
+
+    /// [`Manager::call`] with a payload each way.
+    pub(crate) async fn call_with(
+        &self,
+        id: &str,
+        req: &Request,
+        payload: &[u8],
+    ) -> Result<Frame<Response>, CoreError> {
+        let (conn, frame) = self.exchange(id, req, payload).await?;
         match frame.header {
             Response::Error(e) => Err(CoreError::Agent(e)),
-            header => {
+            _ => {
                 self.conns.put(id, conn);
-                Ok(header)
+                Ok(frame)
             }
         }
     }
@@ -1347,7 +1357,7 @@ impl CoreError {
                 K::AlreadyExists => ErrorCode::AlreadyExists,
                 K::PathOutsideSandbox => ErrorCode::PathOutsideSandbox,
                 K::Timeout => ErrorCode::Timeout,
-                K::Io | K::SpawnFailed => ErrorCode::AgentFailed,
+                K::Io | K::SpawnFailed | K::ToolFailed => ErrorCode::AgentFailed,
             },
             CoreError::AgentUnreachable(_) => ErrorCode::AgentFailed,
             CoreError::Timeout(_) => ErrorCode::Timeout,

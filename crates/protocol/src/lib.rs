@@ -26,8 +26,8 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build: `(major, minor)`. Minor 1 added
-/// [`ExecSpec::quiet`].
-pub const PROTOCOL_VERSION: (u32, u32) = (1, 1);
+/// [`ExecSpec::quiet`]; minor 2 the MCP requests ([`Request::McpStart`] and the others).
+pub const PROTOCOL_VERSION: (u32, u32) = (1, 2);
 
 /// Largest accepted JSON header, in bytes.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
@@ -135,6 +135,65 @@ pub enum Request {
     },
     /// Forget the interpreter's state (restart it). Answered by [`Response::Ok`].
     PythonReset,
+    /// Start an MCP server (Model Context Protocol, stdio transport) inside the sandbox and
+    /// initialize a session with it. Answered by [`Response::McpStarted`], whose payload is the
+    /// server's `initialize` result (JSON), empty when the server was running already and
+    /// `replace` is false.
+    McpStart(McpServerSpec),
+    /// A JSON-RPC request to a started MCP server (e.g. `tools/list`, `tools/call`); the frame
+    /// payload is the request's `params` as JSON (empty: none). Answered by
+    /// [`Response::McpResult`], whose payload is the JSON `result`; a JSON-RPC error answer
+    /// is an [`AgentErrorKind::ToolFailed`] error.
+    Mcp {
+        /// The server's name, as given to [`Request::McpStart`].
+        server: String,
+        /// The JSON-RPC method.
+        method: String,
+        /// Give up (sending `notifications/cancelled`) after this many milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// The names of the running MCP servers, in the order they were started. Answered by
+    /// [`Response::McpServers`].
+    McpList,
+    /// Stop an MCP server. Answered by [`Response::Ok`].
+    McpStop {
+        /// The server's name.
+        server: String,
+    },
+}
+
+/// Whether `name` can name an MCP server ([`McpServerSpec::server`]): 1 to 64 letters,
+/// digits, `-`, `_` and `.`.
+pub fn valid_mcp_server_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// How to start an MCP server ([`Request::McpStart`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerSpec {
+    /// The server's name: letters, digits, `-`, `_` and `.`.
+    pub server: String,
+    /// The program (looked up in `PATH` unless it contains a `/`).
+    pub command: String,
+    /// Its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables, on top of the sandbox's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default `/workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Stop a running server of the same name first; when false, a running one is kept.
+    #[serde(default)]
+    pub replace: bool,
+    /// How long the server may take to answer `initialize`, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -214,6 +273,18 @@ pub enum Response {
     },
     /// Answer to [`Request::Python`].
     Python(PythonOutcome),
+    /// Answer to [`Request::McpStart`]; the payload is the `initialize` result.
+    McpStarted {
+        /// False when a server of that name was running and was kept.
+        started: bool,
+    },
+    /// Answer to [`Request::Mcp`]; the payload is the JSON-RPC `result`.
+    McpResult,
+    /// Answer to [`Request::McpList`].
+    McpServers {
+        /// Names of the running servers, in start order.
+        servers: Vec<String>,
+    },
     /// Success without data.
     Ok,
     /// The request failed.
@@ -324,6 +395,9 @@ pub enum AgentErrorKind {
     Timeout,
     /// The request is not supported by this agent.
     Unsupported,
+    /// An MCP server answered with a JSON-RPC error, or could not be talked to (it exited,
+    /// wrote something that is not JSON-RPC).
+    ToolFailed,
 }
 
 /// A decoded frame.
@@ -501,6 +575,28 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"op":"error","kind":"path_outside_sandbox","message":"x"}"#
         );
+        let start = Request::McpStart(McpServerSpec {
+            server: "time".into(),
+            command: "python3".into(),
+            args: vec!["-m".into(), "srv".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            serde_json::to_string(&start).unwrap(),
+            r#"{"op":"mcp_start","server":"time","command":"python3","args":["-m","srv"],"replace":false}"#
+        );
+        let call = Request::Mcp {
+            server: "time".into(),
+            method: "tools/list".into(),
+            timeout_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&call).unwrap(),
+            r#"{"op":"mcp","server":"time","method":"tools/list"}"#
+        );
+        assert!(valid_mcp_server_name("my-server.v2_x"));
+        assert!(!valid_mcp_server_name("a/b"));
+        assert!(!valid_mcp_server_name(""));
         assert!(compatible((1, 7)));
         assert!(!compatible((2, 0)));
     }
