@@ -29,6 +29,8 @@ use tokio::sync::Notify;
 
 /// Files of one fake box: path (relative to /workspace, no leading `./`) → content; `None` = dir.
 type Fs = Arc<Mutex<BTreeMap<String, Option<Vec<u8>>>>>;
+/// The fake box's MCP servers, by name in start order. Each has one tool, `<name>_echo`.
+type McpServers = Arc<Mutex<Vec<String>>>;
 
 /// The fake backend; its box sockets live in a directory the caller provides.
 #[derive(Debug)]
@@ -84,6 +86,7 @@ impl Backend for FakeBackend {
             source: e,
         })?;
         let fs: Fs = Arc::default();
+        let mcp: McpServers = Arc::default();
         let gate = self.gate.clone();
         let env = spec.env.clone();
         let conns = self.conns.clone();
@@ -91,9 +94,9 @@ impl Backend for FakeBackend {
             while let Ok((conn, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let guard = ConnGuard(conns.clone());
-                let (fs, gate, env) = (fs.clone(), gate.clone(), env.clone());
+                let (fs, mcp, gate, env) = (fs.clone(), mcp.clone(), gate.clone(), env.clone());
                 tokio::spawn(async move {
-                    serve_conn(conn, fs, gate, env).await;
+                    serve_conn(conn, fs, mcp, gate, env).await;
                     drop(guard);
                 });
             }
@@ -186,6 +189,7 @@ fn entry_of(path: &str, content: &Option<Vec<u8>>) -> Entry {
 async fn serve_conn(
     mut conn: UnixStream,
     fs: Fs,
+    mcp: McpServers,
     gate: Arc<Notify>,
     env: BTreeMap<String, String>,
 ) {
@@ -389,6 +393,49 @@ async fn serve_conn(
                 },
                 Err(e) => e,
             },
+            // MCP: a server named "broken" fails to start; every other one has one tool,
+            // `<name>_echo`, which answers its `text` argument.
+            AReq::McpStart(spec) if spec.server == "broken" => {
+                err(K::ToolFailed, "MCP server broken exited with code 1")
+            }
+            AReq::McpStart(spec) => {
+                let started = {
+                    let mut servers = mcp.lock().unwrap();
+                    let new = !servers.contains(&spec.server);
+                    if new {
+                        servers.push(spec.server.clone());
+                    }
+                    new || spec.replace
+                };
+                let info = if started { &b"{}"[..] } else { &b""[..] };
+                send(&mut conn, &AResp::McpStarted { started }, info).await;
+                continue;
+            }
+            AReq::McpList => AResp::McpServers {
+                servers: mcp.lock().unwrap().clone(),
+            },
+            AReq::Mcp { server, method, .. } if mcp.lock().unwrap().contains(&server) => {
+                let params: serde_json::Value =
+                    serde_json::from_slice(&payload).unwrap_or_default();
+                let result = match method.as_str() {
+                    "tools/list" => serde_json::json!({"tools": [{
+                        "name": format!("{server}_echo"),
+                        "description": "echo",
+                        "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+                    }]}),
+                    "tools/call" => serde_json::json!({"content": [{
+                        "type": "text",
+                        "text": params["arguments"]["text"],
+                    }]}),
+                    _ => serde_json::Value::Null,
+                };
+                let bytes = serde_json::to_vec(&result).unwrap();
+                send(&mut conn, &AResp::McpResult, &bytes).await;
+                continue;
+            }
+            AReq::Mcp { server, .. } | AReq::McpStop { server } => {
+                err(K::NotFound, &format!("no MCP server {server}"))
+            }
             _ => err(K::Unsupported, "unsupported"),
         };
         if !send(&mut conn, &reply, &[]).await {

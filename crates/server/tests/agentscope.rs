@@ -302,14 +302,136 @@ async fn tools_and_call_results() {
     .await;
     assert!(d.contains("No container found"), "{d}");
 
-    // MCP servers: a clear error, not a pretended success.
-    let d = detail(
+    // An empty mcpServers adds nothing and succeeds, as upstream.
+    let ok = data(
         &h,
         "add_mcp_servers",
         json!({"identity": name, "server_configs": {"mcpServers": {}}, "overwrite": false}),
     )
     .await;
-    assert!(d.contains("MCP servers are not supported"), "{d}");
+    assert_eq!(ok, "OK");
+}
+
+/// `add_mcp_servers`, then the servers' tools in `list_tools` (a group per server) and
+/// `call_tool`, over RPC and the sandbox's own proxy routes (the fake agent's MCP servers have
+/// one tool each, `<name>_echo`; the real agent and a real MCP server are in the e2e suite).
+#[tokio::test]
+async fn mcp_servers_add_list_and_call() {
+    let h = Harness::new(None).await;
+    let name = create(&h, "mcp").await;
+    let configs = json!({"mcpServers": {
+        "alpha": {"command": "python3", "args": ["-m", "alpha"], "env": {"K": "v"}},
+        "beta": {"command": "beta-server"},
+    }});
+    let ok = data(
+        &h,
+        "add_mcp_servers",
+        json!({"identity": name, "server_configs": configs}),
+    )
+    .await;
+    assert_eq!(ok, "OK");
+    let tools = data(&h, "list_tools", json!({"identity": name})).await;
+    let groups: Vec<&String> = tools.as_object().unwrap().keys().collect();
+    assert_eq!(groups, ["alpha", "beta", "generic"]);
+    let echo = &tools["alpha"]["alpha_echo"];
+    assert_eq!(echo["name"], "alpha_echo");
+    assert_eq!(
+        echo["json_schema"]["function"]["parameters"],
+        json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": []})
+    );
+    let only = data(
+        &h,
+        "list_tools",
+        json!({"identity": name, "tool_type": "beta"}),
+    )
+    .await;
+    assert_eq!(only.as_object().unwrap().len(), 1);
+    assert!(only["beta"]["beta_echo"].is_object());
+
+    let r = data(
+        &h,
+        "call_tool",
+        json!({"identity": name, "tool_name": "beta_echo", "arguments": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!({
+            "meta": null,
+            "content": [{"type": "text", "text": "hi", "annotations": null, "meta": null}],
+            "structuredContent": null,
+            "isError": false,
+        })
+    );
+    // An unknown tool's message lists every tool the sandbox has, MCP ones included.
+    let r = data(
+        &h,
+        "call_tool",
+        json!({"identity": name, "tool_name": "nope", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(r["isError"], true);
+    let msg = r["content"][0]["text"].as_str().unwrap();
+    assert!(
+        msg.contains("alpha_echo") && msg.contains("run_shell_command"),
+        "{msg}"
+    );
+
+    // The sandbox's own routes, as a client talking to the sandbox's URL uses them.
+    let base = format!("/proxy/{name}/mcp");
+    let (status, _, body) =
+        proxy(&h, Method::GET, &format!("{base}/list_tools"), None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let groups = parse(&body);
+    assert!(groups["alpha"]["alpha_echo"].is_object());
+    assert!(groups.get("generic").is_none(), "{groups}");
+    let call = json!({"tool_name": "alpha_echo", "arguments": {"text": "via proxy"}});
+    let (status, _, body) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/call_tool"),
+        Some("application/json"),
+        serde_json::to_vec(&call).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(parse(&body)["content"][0]["text"], "via proxy");
+    let add = json!({"server_configs": {"mcpServers": {"gamma": {"command": "g"}}}});
+    let (status, _, body) = proxy(
+        &h,
+        Method::POST,
+        &format!("{base}/add_servers"),
+        Some("application/json"),
+        serde_json::to_vec(&add).unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"OK"[..]));
+
+    // Bad configs are refused with what is wrong; a server that fails is named.
+    for (configs, expect) in [
+        (json!(null), "server_configs is required"),
+        (json!({"servers": {}}), "mcpServers"),
+        (
+            json!({"mcpServers": {"web": {"url": "http://x/sse"}}}),
+            "only stdio",
+        ),
+        (
+            json!({"mcpServers": {"x": {"command": 3}}}),
+            "`command` must be a string",
+        ),
+        (
+            json!({"mcpServers": {"broken": {"command": "b"}}}),
+            "Failed to initialize server: broken",
+        ),
+    ] {
+        let d = detail(
+            &h,
+            "add_mcp_servers",
+            json!({"identity": name, "server_configs": configs}),
+        )
+        .await;
+        assert!(d.contains(expect), "{d}");
+    }
 }
 
 #[tokio::test]

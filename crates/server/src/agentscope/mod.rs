@@ -59,6 +59,7 @@ use crate::AppState;
 pub mod error;
 pub mod filesystem;
 pub mod heartbeat;
+pub mod mcp;
 pub mod openapi;
 pub mod proxy;
 pub mod record;

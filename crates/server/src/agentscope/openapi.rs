@@ -121,6 +121,24 @@ const PROXY: &[(&str, HttpMethod, &str, &[QueryParam])] = &[
         "`{\"code\"}`; replies a CallToolResult",
         &[],
     ),
+    (
+        "mcp/add_servers",
+        HttpMethod::Post,
+        "`{\"server_configs\": {\"mcpServers\": {...}}, \"overwrite\"}`: start stdio MCP servers in the sandbox",
+        &[],
+    ),
+    (
+        "mcp/list_tools",
+        HttpMethod::Get,
+        "The tools of the sandbox's MCP servers, one group per server",
+        &[],
+    ),
+    (
+        "mcp/call_tool",
+        HttpMethod::Post,
+        "`{\"tool_name\", \"arguments\"}`: call an MCP server's tool; replies its CallToolResult",
+        &[],
+    ),
 ];
 
 impl Modify for AgentScopePaths {

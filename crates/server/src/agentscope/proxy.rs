@@ -35,7 +35,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::DetailError;
-use super::{resolve, sandbox_id_of, tools, type_of};
+use super::{mcp, resolve, sandbox_id_of, tools, type_of};
+use crate::error::ApiError;
 use crate::AppState;
 
 /// Most bytes of uploads held in memory while a batch upload's `files` part waits for its
@@ -57,6 +58,9 @@ pub(crate) const ROUTES: &[(&str, Method)] = &[
     ("healthz", Method::GET),
     ("tools/run_shell_command", Method::POST),
     ("tools/run_ipython_cell", Method::POST),
+    ("mcp/add_servers", Method::POST),
+    ("mcp/list_tools", Method::GET),
+    ("mcp/call_tool", Method::POST),
 ];
 
 type Reply = Result<Response, DetailError>;
@@ -139,6 +143,35 @@ async fn dispatch(state: &AppState, identity: &str, route: &str, req: Request) -
         ("healthz", _) => {
             state.manager.stat(id, "").await?;
             Ok("OK".into_response())
+        }
+        ("mcp/add_servers", _) => {
+            let body = json_body(req).await?;
+            let overwrite = body
+                .get("overwrite")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            mcp::add_servers(&state.manager, id, body.get("server_configs"), overwrite).await?;
+            Ok("OK".into_response())
+        }
+        ("mcp/list_tools", _) => {
+            let groups = mcp::groups(&state.manager, id).await?;
+            Ok(axum::Json(Value::Object(groups)).into_response())
+        }
+        ("mcp/call_tool", _) => {
+            let body = json_body(req).await?;
+            let name = body.get("tool_name").and_then(Value::as_str).unwrap_or("");
+            let args = body
+                .get("arguments")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let timeout_ms = type_of(state, &sb)
+                .timeout_secs
+                .map(|s| s.saturating_mul(1000));
+            match mcp::call(&state.manager, id, name, &args, timeout_ms).await? {
+                Some(result) => Ok(axum::Json(result).into_response()),
+                None => Err(ApiError::not_found(format!("Tool '{name}' not found.")).into()),
+            }
         }
         (tool, _) => {
             let name = tool.trim_start_matches("tools/");

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::error::RpcError;
 use super::heartbeat::touch;
+use super::mcp;
 use super::types::SandboxType;
 use super::{
     container_name, record, resolve, sandbox_id_of, tools, type_of, META_META, META_SANDBOX_TYPE,
@@ -412,8 +413,10 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         Call::ListTools(a) => {
             let sb = sandbox(state, &a.identity).await?;
             let sb = touch(state, sb).await?;
+            let mcp = mcp::groups(manager, &sb.id).await?;
             Ok(tools::list(
                 &type_of(state, &sb).tools,
+                mcp,
                 a.tool_type.as_deref(),
             ))
         }
@@ -429,12 +432,9 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         Call::AddMcpServers(a) => {
             let sb = sandbox(state, &a.identity).await?;
-            touch(state, sb).await?;
-            let _ = (a.server_configs, a.overwrite);
-            Err(ApiError::invalid(
-                "MCP servers are not supported by sandboxd yet; only the tools of the \
-                 sandbox's type (see list_tools) are available",
-            ))
+            let sb = touch(state, sb).await?;
+            let overwrite = a.overwrite.unwrap_or(false);
+            mcp::add_servers(manager, &sb.id, a.server_configs.as_ref(), overwrite).await
         }
         Call::GetSessionMapping(a) => {
             let filter = BTreeMap::from([(META_SESSION_CTX_ID.to_string(), a.session_ctx_id)]);

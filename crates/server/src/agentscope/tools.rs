@@ -18,14 +18,15 @@
 //! A type's `timeout` bounds one generic call: the command is killed (or the cell interrupted)
 //! after it, and the result says so.
 //!
-//! MCP servers (`add_mcp_servers`) come with a later phase.
+//! Tools of the MCP servers added with `add_mcp_servers` ([`super::mcp`]) are listed as one
+//! group per server and called when no built-in tool has the name.
 
 use sandboxd_core::Manager;
 use sandboxd_types::{ErrorCode, ExecRequest, PythonRequest};
 use serde_json::{json, Map, Value};
 
-use super::filesystem;
 use super::types::{SandboxType, ToolGroup};
+use super::{filesystem, mcp};
 use crate::error::ApiError;
 
 /// Names of the generic tools, in listing order.
@@ -95,10 +96,11 @@ fn group_names(group: ToolGroup) -> &'static [&'static str] {
     }
 }
 
-/// `list_tools`' answer for a sandbox with `groups`: every group, or only `tool_type`'s
-/// (empty when it has no such group).
-pub fn list(groups: &[ToolGroup], tool_type: Option<&str>) -> Value {
-    let mut all = Map::new();
+/// `list_tools`' answer for a sandbox with `groups` and the groups of its MCP servers
+/// (`mcp`): every group, or only `tool_type`'s (empty when it has no such group). A built-in
+/// group wins over an MCP server of the same name, as upstream.
+pub fn list(groups: &[ToolGroup], mcp: Map<String, Value>, tool_type: Option<&str>) -> Value {
+    let mut all = mcp;
     for &g in groups {
         all.insert(g.name().into(), group_tools(g));
     }
@@ -187,11 +189,22 @@ pub async fn call(
             Err(result) => return Ok(result),
         },
         other => {
-            let names: Vec<&str> = ty
+            if let Some(result) = mcp::call(manager, id, other, args, timeout_ms).await? {
+                return Ok(result);
+            }
+            let mut names: Vec<String> = ty
                 .tools
                 .iter()
-                .flat_map(|&g| group_names(g).iter().copied())
+                .flat_map(|&g| group_names(g).iter().map(|n| n.to_string()))
                 .collect();
+            for tools in mcp::groups(manager, id).await.unwrap_or_default().values() {
+                names.extend(
+                    tools
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|t| t.keys().cloned()),
+                );
+            }
             return Ok(error_result(&format!(
                 "Tool '{other}' not found; this sandbox has: {}",
                 names.join(", ")
@@ -279,14 +292,24 @@ mod tests {
         assert_eq!(r["isError"], true);
         assert_eq!(r["content"][1]["description"], "stderr");
         let generic = [ToolGroup::Generic];
-        assert_eq!(list(&generic, Some("nope")), json!({"nope": {}}));
-        assert_eq!(list(&generic, Some("generic"))["generic"], generic_tools());
+        let none = Map::new;
+        assert_eq!(list(&generic, none(), Some("nope")), json!({"nope": {}}));
         assert_eq!(
-            list(&generic, Some("filesystem")),
+            list(&generic, none(), Some("generic"))["generic"],
+            generic_tools()
+        );
+        assert_eq!(
+            list(&generic, none(), Some("filesystem")),
             json!({"filesystem": {}})
         );
+        let mut mcp = Map::new();
+        mcp.insert("time".into(), json!({"now": {}}));
+        mcp.insert("generic".into(), json!({"shadowed": {}}));
+        let with_mcp = list(&generic, mcp, None);
+        assert_eq!(with_mcp["time"], json!({"now": {}}));
+        assert_eq!(with_mcp["generic"], generic_tools());
         let both = [ToolGroup::Generic, ToolGroup::Filesystem];
-        let all = list(&both, None);
+        let all = list(&both, none(), None);
         let groups: Vec<&String> = all.as_object().unwrap().keys().collect();
         assert_eq!(groups, ["filesystem", "generic"]);
         assert_eq!(all["filesystem"], filesystem::tools());
