@@ -191,6 +191,9 @@ impl Server {
                 )));
             }
             if !open {
+                // Its output ends as it exits: give the exit a moment to be seen, so that the
+                // error can say how it ended.
+                self.watch.wait_timeout(Duration::from_millis(500));
                 return Err(failed(self.exit_reason().unwrap_or_else(|| {
                     format!("MCP server {} closed its output", self.name)
                 })));

@@ -948,3 +948,147 @@ async fn stop_with_auto_cleanup_leaves_no_sandbox_behind() {
     let left = sandbox_cgroups(&parent);
     assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
 }
+
+/// The test venv's site-packages (made by `scripts/setup`), which holds the official MCP SDK.
+fn venv_site_packages() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let site = root.join(".venv/lib/python3.11/site-packages");
+    assert!(
+        site.join("mcp").is_dir(),
+        "{} has no `mcp` package: run scripts/setup (it makes the test venv)",
+        site.display()
+    );
+    site.canonicalize().expect("site-packages resolves")
+}
+
+/// `add_mcp_servers` with a server written with the official MCP SDK, run by the guest agent
+/// inside a real sandbox: its tools in `list_tools`, `call_tool` through RPC and the
+/// sandbox's own `/mcp` routes, its files in `/workspace`, `overwrite`, and clear errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_server_from_the_official_sdk_runs_inside_the_sandbox() {
+    let site = venv_site_packages();
+    let mounts = json!({ site.to_str().unwrap(): "/opt/pysite" }).to_string();
+    let server = server(&[("READONLY_MOUNTS", &mounts)]).await;
+    let a = Agentscope::new(&server);
+    let name = a.create(json!({"sandbox_type": "base"})).await;
+    let script =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/mcp/calc_server.py"))
+            .expect("tests/mcp/calc_server.py");
+    a.write(&name, "calc_server.py", script).await;
+
+    let configs = |marker: &str| {
+        json!({"mcpServers": {"calc": {
+            "command": "python3",
+            "args": ["/workspace/calc_server.py"],
+            "env": {"PYTHONPATH": "/opt/pysite", "MARKER": marker},
+        }}})
+    };
+    let ok = a
+        .call(
+            "add_mcp_servers",
+            json!({"identity": name, "server_configs": configs("first"), "overwrite": false}),
+        )
+        .await;
+    assert_eq!(ok, "OK");
+
+    let tools = a.call("list_tools", json!({"identity": name})).await;
+    let calc = tools["calc"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{tools}"));
+    let names: BTreeSet<&str> = calc.keys().map(String::as_str).collect();
+    assert_eq!(names, BTreeSet::from(["add", "where", "write_note"]));
+    let add = &calc["add"]["json_schema"]["function"];
+    assert_eq!(add["description"], "Add two integers.");
+    assert_eq!(add["parameters"]["required"], json!(["a", "b"]));
+    assert!(tools["generic"]["run_shell_command"].is_object(), "{tools}");
+
+    let r = a.tool(&name, "add", json!({"a": 2, "b": 40})).await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["content"][0]["text"], "42", "{r}");
+    // The server runs in the sandbox: its host name is the sandbox's, its files land in the
+    // sandbox's /workspace (visible to the file API and the shell).
+    let r = a.tool(&name, "where", json!({})).await;
+    let seen = r["content"][0]["text"].as_str().unwrap().to_string();
+    let host = stdout(&a.shell(&name, "hostname").await);
+    assert_eq!(seen, format!("{} first", host.trim()));
+    let r = a
+        .tool(&name, "write_note", json!({"text": "from mcp"}))
+        .await;
+    assert_eq!(r["content"][0]["text"], "/workspace/notes.txt", "{r}");
+    let (status, _, body) = a.read(&name, "notes.txt", "text").await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"from mcp\n"[..])
+    );
+
+    // A tool's own failure (bad arguments) is an isError result, not a server error.
+    let r = a.tool(&name, "add", json!({"a": "x"})).await;
+    assert_eq!(r["isError"], true, "{r}");
+
+    // Adding it again without overwrite keeps the running server; with overwrite, it restarts
+    // with the new environment.
+    a.call(
+        "add_mcp_servers",
+        json!({"identity": name, "server_configs": configs("second")}),
+    )
+    .await;
+    let r = a.tool(&name, "where", json!({})).await;
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(" first"),
+        "{r}"
+    );
+    a.call(
+        "add_mcp_servers",
+        json!({"identity": name, "server_configs": configs("second"), "overwrite": true}),
+    )
+    .await;
+    let r = a.tool(&name, "where", json!({})).await;
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(" second"),
+        "{r}"
+    );
+
+    // The sandbox's own MCP routes (what a client talking to the sandbox's URL uses).
+    let rb = a.proxy(Method::GET, &name, "mcp/list_tools");
+    let groups = expect_ok(send(rb).await, "mcp/list_tools");
+    assert!(groups["calc"]["add"].is_object(), "{groups}");
+    let rb = a
+        .proxy(Method::POST, &name, "mcp/call_tool")
+        .json(&json!({"tool_name": "add", "arguments": {"a": 1, "b": 1}}));
+    let r = expect_ok(send(rb).await, "mcp/call_tool");
+    assert_eq!(r["content"][0]["text"], "2", "{r}");
+
+    // A server that cannot start is named with the reason; the running one is untouched.
+    let (status, reply) = a
+        .post(
+            "add_mcp_servers",
+            json!({"identity": name, "server_configs": {"mcpServers": {
+                "missing": {"command": "python3", "args": ["/workspace/no_such_server.py"]},
+            }}}),
+        )
+        .await;
+    assert_eq!(status, 500, "{reply}");
+    let detail = reply["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Failed to initialize server: missing")
+            && detail.contains("exited with code 2"),
+        "{detail}"
+    );
+    let r = a.tool(&name, "add", json!({"a": 3, "b": 4})).await;
+    assert_eq!(r["content"][0]["text"], "7", "{r}");
+
+    // Releasing the sandbox ends its MCP server with it.
+    // The agent and the MCP server (at least) live in the sandbox's cgroups.
+    let pids = sandbox_pids(&server.cgroup_parent);
+    assert!(pids.len() >= 2, "{pids:?}");
+    assert_eq!(a.call("release", json!({"identity": name})).await, true);
+    for pid in pids {
+        assert!(!pid_alive(pid), "pid {pid} outlived its sandbox");
+    }
+}
