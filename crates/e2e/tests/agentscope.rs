@@ -1,7 +1,7 @@
 //! AgentScope Runtime's wire protocol against a real `sandboxd serve` on the native backend:
 //! the manager's RPC (`POST /<method>[_async]`, `{"data": ...}`), the `/proxy/{identity}/workspace`
-//! file routes, auth, the instance limit, the warm pool, the heartbeat's recycle and restore, and
-//! the clean-up at shutdown. Requests and replies are built and checked by hand in AgentScope's
+//! file routes, auth, the instance limit, the warm pool, the heartbeat's recycle and restore, the
+//! `filesystem` type and extension types, MCP servers, and the clean-up at shutdown. Requests and replies are built and checked by hand in AgentScope's
 //! wire shapes (not through an SDK), so that a change of shape on the server fails here.
 
 mod common;
@@ -1091,4 +1091,156 @@ async fn mcp_server_from_the_official_sdk_runs_inside_the_sandbox() {
     for pid in pids {
         assert!(!pid_alive(pid), "pid {pid} outlived its sandbox");
     }
+}
+
+/// The `filesystem` type's tools on a real sandbox: each answers in the MCP filesystem
+/// server's words, the files are the sandbox's (the shell sees them), and escapes by path or
+/// by symlink are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn filesystem_type_tools_work_on_the_sandbox_files() {
+    let server = server(&[]).await;
+    let a = Agentscope::new(&server);
+    let name = a.create(json!({"sandbox_type": "filesystem"})).await;
+    let tools = a.call("list_tools", json!({"identity": name})).await;
+    let groups: Vec<&String> = tools.as_object().unwrap().keys().collect();
+    assert_eq!(groups, ["filesystem", "generic"], "{tools}");
+    assert_eq!(
+        tools["filesystem"].as_object().unwrap().len(),
+        11,
+        "{tools}"
+    );
+
+    let text = |r: &Value| {
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let steps: &[(&str, Value, &str, bool)] = &[
+        ("write_file", json!({"path": "notes/a.txt", "content": "alpha\nbeta\n"}), "Successfully wrote to notes/a.txt", false),
+        ("read_file", json!({"path": "/workspace/notes/a.txt"}), "alpha\nbeta\n", false),
+        ("create_directory", json!({"path": "src/pkg"}), "Successfully created directory src/pkg", false),
+        ("write_file", json!({"path": "src/pkg/Main.py", "content": "print('hi')\n"}), "Successfully wrote to src/pkg/Main.py", false),
+        ("list_directory", json!({"path": "."}), "[DIR] notes\n[DIR] src", false),
+        ("move_file", json!({"source": "notes/a.txt", "destination": "notes/b.txt"}), "Successfully moved notes/a.txt to notes/b.txt", false),
+        ("search_files", json!({"path": "/workspace", "pattern": "main"}), "/workspace/src/pkg/Main.py", false),
+        ("list_allowed_directories", json!({}), "Allowed directories:\n/workspace", false),
+        ("read_file", json!({"path": "../etc/passwd"}), "Error: Access denied - path outside allowed directories: /etc/passwd not in /workspace", true),
+        ("write_file", json!({"path": "/tmp/x", "content": "x"}), "Error: Access denied - path outside allowed directories: /tmp/x not in /workspace", true),
+    ];
+    for (tool, args, want, is_error) in steps {
+        let r = a.tool(&name, tool, args.clone()).await;
+        assert_eq!(r["isError"], *is_error, "{tool} {args}: {r}");
+        assert_eq!(text(&r), *want, "{tool} {args}");
+    }
+    let r = a
+        .tool(
+            &name,
+            "edit_file",
+            json!({"path": "notes/b.txt", "edits": [{"oldText": "beta", "newText": "gamma"}]}),
+        )
+        .await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(text(&r).contains("-beta\n+gamma"), "{r}");
+    let r = a
+        .tool(&name, "get_file_info", json!({"path": "notes/b.txt"}))
+        .await;
+    assert!(
+        text(&r).starts_with("size: 12\n") && text(&r).contains("isFile: true"),
+        "{r}"
+    );
+
+    // The shell sees the same files; a symlink out is refused by the agent's confinement.
+    let r = a
+        .shell(
+            &name,
+            "cat notes/b.txt src/pkg/Main.py; ln -s /etc/passwd notes/link",
+        )
+        .await;
+    assert_eq!(stdout(&r), "alpha\ngamma\nprint('hi')\n");
+    let r = a
+        .tool(&name, "read_file", json!({"path": "notes/link"}))
+        .await;
+    assert_eq!(r["isError"], true, "{r}");
+    assert_eq!(
+        text(&r),
+        "Error: Access denied - symlink target outside allowed directories"
+    );
+    assert_eq!(a.call("release", json!({"identity": name})).await, true);
+}
+
+/// A type from an extension file (`SANDBOXD_EXTENSIONS`) on a real sandbox: its environment,
+/// its resources as the sandbox's limits, its tool groups, and its per-call timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn extension_type_gives_its_environment_limits_tools_and_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ext = dir.path().join("types.toml");
+    std::fs::write(
+        &ext,
+        r#"
+[[sandbox]]
+type = "e2e_custom"
+template = "base"
+description = "an e2e type"
+timeout = 3
+tools = ["generic", "filesystem"]
+[sandbox.environment]
+E2E_GREETING = "from the type"
+[sandbox.resources]
+memory_mb = 192
+pids = 96
+"#,
+    )
+    .unwrap();
+    let server = server(&[("SANDBOXD_EXTENSIONS", ext.to_str().unwrap())]).await;
+    let a = Agentscope::new(&server);
+    let name = a.create(json!({"sandbox_type": "e2e_custom"})).await;
+    let info = a.info(&name).await;
+    assert_eq!(
+        (info["sandbox_type"].as_str(), info["timeout"].as_u64()),
+        (Some("e2e_custom"), Some(3)),
+        "{info}"
+    );
+    let tools = a.call("list_tools", json!({"identity": name})).await;
+    assert!(tools["filesystem"]["write_file"].is_object(), "{tools}");
+
+    let r = a
+        .shell(
+            &name,
+            "echo $E2E_GREETING; cat /sys/fs/cgroup/pids.max 2>/dev/null || true",
+        )
+        .await;
+    assert!(stdout(&r).starts_with("from the type\n"), "{r}");
+    // The limits are the box's: the /v1 view of the sandbox and its memory cgroup agree.
+    let (status, sb) =
+        send(a.request(Method::GET, &format!("/v1/sandboxes/{}", sandbox_id(&name)))).await;
+    assert_eq!(status, 200, "{sb}");
+    assert_eq!(
+        (
+            sb["resources"]["memory_mb"].as_u64(),
+            sb["resources"]["pids"].as_u64()
+        ),
+        (Some(192), Some(96)),
+        "{sb}"
+    );
+    let limit = sandbox_cgroups(&server.cgroup_parent)
+        .iter()
+        .filter_map(|d| {
+            std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+                .ok()
+        })
+        .find_map(|s| s.trim().parse::<u64>().ok())
+        .expect("a memory limit in the sandbox's cgroup");
+    assert_eq!(limit, 192 << 20);
+
+    // The type's timeout bounds one call: the command is killed and the result says so.
+    let t0 = Instant::now();
+    let r = a.shell(&name, "sleep 30").await;
+    assert!(t0.elapsed() < Duration::from_secs(20), "{r}");
+    assert!(
+        is_error(&r) && texts(&r)["stderr"].contains("timed out"),
+        "{r}"
+    );
+    assert_eq!(a.call("release", json!({"identity": name})).await, true);
 }
