@@ -3,6 +3,8 @@
 //! - create → first output: create a sandbox and stream `echo hi` until its first output byte
 //!   arrives (sandboxd, over the HTTP API); start `bwrap … echo hi` and read its first output
 //!   byte (bubblewrap, a whole process per sandbox).
+//! - create from a warm pool → first output: the same, with `from_pool` against a server that
+//!   keeps one sandbox warm (`POOL_SIZE=1`), waiting for the refill before each sample.
 //! - exec round-trip of `true`: `POST /exec` of `true` in one running sandbox until the reply
 //!   arrives; for bubblewrap, `bwrap … true` from spawn to exit (it has no long-lived sandbox).
 //!
@@ -21,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use futures::StreamExt;
 use sandboxd_e2e::{percentile, Server, ServerOptions};
-use sandboxd_types::{CreateSandboxRequest, ExecEvent, ExecRequest};
+use sandboxd_types::{CreateSandboxRequest, ExecEvent, ExecRequest, SandboxState};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark sandboxd against bubblewrap on this machine")]
@@ -32,6 +34,9 @@ struct Args {
     /// Create → first output samples.
     #[arg(long, default_value_t = 50)]
     creates: usize,
+    /// Create-from-a-warm-pool → first output samples (only with a server of its own).
+    #[arg(long, default_value_t = 30)]
+    pooled: usize,
     /// Exec round-trip samples.
     #[arg(long, default_value_t = 500)]
     execs: usize,
@@ -85,19 +90,40 @@ async fn main() -> Result<()> {
     };
     let mut tti = Vec::with_capacity(args.creates);
     for _ in 0..args.creates {
-        let t0 = Instant::now();
-        let sb = client.create(&create).await.context("create")?;
-        let mut events = client.exec_stream(&sb.id, &echo).await?;
-        loop {
-            match events.next().await {
-                Some(Ok(ExecEvent::Stdout { .. })) => break,
-                Some(Ok(ExecEvent::Started { .. })) => {}
-                other => bail!("no output from echo: {other:?}"),
+        let (took, _) = time_to_output(&client, &create, &echo).await?;
+        tti.push(took);
+    }
+
+    // From a warm pool: a server of our own keeps one sandbox of the type warm; each sample
+    // waits for the refill, then asks for a pooled sandbox and checks it got the warm one.
+    let mut pooled = Vec::new();
+    let pool_server;
+    if args.url.is_none() {
+        eprintln!(
+            "create from a warm pool → first output, sandboxd ({} samples) …",
+            args.pooled
+        );
+        pool_server = Server::start(ServerOptions {
+            env: vec![
+                ("POOL_SIZE".into(), "1".into()),
+                ("DEFAULT_SANDBOX_TYPE".into(), args.r#type.clone()),
+            ],
+            ..Default::default()
+        })
+        .await?;
+        let pool_client = pool_server.client();
+        let from_pool = CreateSandboxRequest {
+            from_pool: true,
+            ..create.clone()
+        };
+        for _ in 0..args.pooled {
+            let warm = wait_warm(&pool_client).await?;
+            let (took, id) = time_to_output(&pool_client, &from_pool, &echo).await?;
+            if id != warm {
+                bail!("the pooled create did not get the warm sandbox {warm} (got {id})");
             }
+            pooled.push(took);
         }
-        tti.push(t0.elapsed());
-        drop(events);
-        client.delete(&sb.id).await?;
     }
 
     eprintln!(
@@ -147,6 +173,12 @@ async fn main() -> Result<()> {
             target_p50: Duration::from_millis(30),
         },
         Row {
+            what: "create from a warm pool → first output",
+            ours: pooled,
+            peer: None,
+            target_p50: Duration::ZERO,
+        },
+        Row {
             what: "exec round-trip `true`",
             ours: rtt,
             peer: peer_rtt,
@@ -165,6 +197,9 @@ async fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     for mut r in rows {
+        if r.ours.is_empty() {
+            continue;
+        }
         r.ours.sort();
         let (p50, p95) = (percentile(&r.ours, 50.0), percentile(&r.ours, 95.0));
         let (bp50, bp95, ratio) = match r.peer.as_mut() {
@@ -198,6 +233,44 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One sample: create a sandbox with `create`, stream `echo` until its first output, delete it.
+/// The time from the create request to that output, and the sandbox's id.
+async fn time_to_output(
+    client: &sandboxd_client::Client,
+    create: &CreateSandboxRequest,
+    echo: &ExecRequest,
+) -> Result<(Duration, String)> {
+    let t0 = Instant::now();
+    let sb = client.create(create).await.context("create")?;
+    let mut events = client.exec_stream(&sb.id, echo).await?;
+    loop {
+        match events.next().await {
+            Some(Ok(ExecEvent::Stdout { .. })) => break,
+            Some(Ok(ExecEvent::Started { .. })) => {}
+            other => bail!("no output from echo: {other:?}"),
+        }
+    }
+    let took = t0.elapsed();
+    drop(events);
+    client.delete(&sb.id).await?;
+    Ok((took, sb.id))
+}
+
+/// The id of a warm sandbox, once the pool has one.
+async fn wait_warm(client: &sandboxd_client::Client) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = client.list(&Default::default()).await?;
+        if let Some(sb) = all.into_iter().find(|s| s.state == SandboxState::Warm) {
+            return Ok(sb.id);
+        }
+        if Instant::now() > deadline {
+            bail!("the pool did not refill within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// bubblewrap over the same template: a new set of namespaces per run, like a sandbox.
