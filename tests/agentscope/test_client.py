@@ -329,3 +329,22 @@ def test_heartbeat_reap_then_restore(heartbeat_server):
         assert mgr.check_health(old) is True
         session = info["session_ctx_id"]
         assert mgr.get_session_mapping(session) == [info["container_name"]]
+
+
+def test_stop_and_start(server):
+    """`stop` freezes the sandbox (its state kept), `start` lets it run on."""
+    mgr = SandboxManager(base_url=server.url, bearer_token=server.token)
+    name = mgr.create(sandbox_type="base")
+    try:
+        r = mgr.call_tool(name, "run_ipython_cell", {"code": "kept = 6 * 7"})
+        assert r["isError"] is False
+        assert mgr.stop(name) is True
+        assert mgr.get_status(name) == "exited"
+        r = mgr.call_tool(name, "run_shell_command", {"command": "true"})
+        assert r["isError"] is True and "not running" in r["content"][0]["text"], r
+        assert mgr.start(name) is True
+        assert mgr.get_status(name) == "running"
+        r = mgr.call_tool(name, "run_ipython_cell", {"code": "print(kept)"})
+        assert texts(r) == {"stdout": "42\n"}
+    finally:
+        mgr.release(name)

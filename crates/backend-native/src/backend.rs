@@ -738,6 +738,21 @@ impl Backend for NativeBackend {
         !sys::poll_readable(state.pidfd.as_raw_fd(), 0).unwrap_or(true)
     }
 
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), BackendError> {
+        if !self.inner.boxes.lock().unwrap().contains_key(id) {
+            return Err(BackendError::NotFound(id.to_string()));
+        }
+        let inner = self.inner.clone();
+        let owned_id = id.to_string();
+        tokio::task::spawn_blocking(move || inner.cgroups.set_frozen(&owned_id, paused))
+            .await
+            .map_err(|e| BackendError::Io {
+                context: "pause task".into(),
+                source: io::Error::other(e),
+            })?
+            .map_err(|e| NativeError::from(e).into())
+    }
+
     async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError> {
         let inner = self.inner.clone();
         let report = tokio::task::spawn_blocking(move || cleanup_blocking(&inner))

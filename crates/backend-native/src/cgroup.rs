@@ -78,6 +78,14 @@ pub enum CgroupError {
         /// The cgroup directory.
         path: PathBuf,
     },
+    /// Freezing or thawing a box's cgroup did not finish in time.
+    #[error("cgroup {path} did not become {want} in time")]
+    FreezeTimeout {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// `frozen` or `thawed`.
+        want: &'static str,
+    },
 }
 
 impl CgroupError {
@@ -725,7 +733,11 @@ impl<F: CgroupFs> Cgroups<F> {
             }
             _ => false,
         };
-        if !killed_by_v2 {
+        if killed_by_v2 {
+            // A task frozen by v1's freezer only dies once thawed (v2's frozen tasks die at
+            // once); a paused box may have been frozen either way.
+            self.thaw_v1(id);
+        } else {
             self.kill_frozen(id)?;
         }
         // Whatever is still listed (a v1-only host without a freezer, or a task the freezer
@@ -744,6 +756,63 @@ impl<F: CgroupFs> Cgroups<F> {
                 let _ = self.fs.kill(pid);
             }
             self.fs.pause(Duration::from_millis(5));
+        }
+    }
+
+    /// Freeze every process of the box (`frozen`), or thaw them, and wait until the kernel
+    /// reports it done. v2's `cgroup.freeze` when the box has a v2 group (in the hybrid layout
+    /// too), else v1's `freezer` controller.
+    pub fn set_frozen(&self, id: &str, frozen: bool) -> Result<(), CgroupError> {
+        let want = if frozen { "frozen" } else { "thawed" };
+        // (group, file to write, value, file that reports the state, its line once done)
+        let (dir, control, value, status, done) = match self.v2_box_dir(id) {
+            Some(dir) if self.fs.exists(&dir.join("cgroup.freeze")) => {
+                let (value, done) = if frozen {
+                    ("1", "frozen 1")
+                } else {
+                    ("0", "frozen 0")
+                };
+                (dir, "cgroup.freeze", value, "cgroup.events", done)
+            }
+            _ => {
+                let h = self
+                    .layout
+                    .v1_for("freezer")
+                    .ok_or(CgroupError::MissingController("freezer"))?;
+                let value = if frozen { "FROZEN" } else { "THAWED" };
+                let dir = h.mountpoint.join(&self.parent).join(id);
+                (dir, "freezer.state", value, "freezer.state", value)
+            }
+        };
+        self.write(&dir.join(control), value)?;
+        let status = dir.join(status);
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let now = self
+                .fs
+                .read(&status)
+                .map_err(|e| CgroupError::io("read", &status, e))?;
+            if now.lines().any(|l| l.trim() == done) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::FreezeTimeout { path: dir, want });
+            }
+            self.fs.pause(Duration::from_millis(1));
+        }
+    }
+
+    /// Thaw the box's v1 freezer group if it has one and it is not thawed.
+    fn thaw_v1(&self, id: &str) {
+        if let Some(h) = self.layout.v1_for("freezer") {
+            let state = h
+                .mountpoint
+                .join(&self.parent)
+                .join(id)
+                .join("freezer.state");
+            if self.fs.read(&state).is_ok_and(|s| s.trim() != "THAWED") {
+                let _ = self.fs.write(&state, "THAWED");
+            }
         }
     }
 

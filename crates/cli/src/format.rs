@@ -56,6 +56,7 @@ fn state_name(s: SandboxState) -> &'static str {
         SandboxState::Creating => "creating",
         SandboxState::Running => "running",
         SandboxState::Warm => "warm",
+        SandboxState::Paused => "paused",
         SandboxState::Stopping => "stopping",
         SandboxState::Stopped => "stopped",
         SandboxState::Error => "error",

@@ -52,6 +52,18 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Freeze sandboxes (processes and memory kept) until `resume`.
+    Pause {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Let paused sandboxes run on.
+    Resume {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Copy a file into or out of a sandbox: one side is `<id>:<path>` (path relative to
     /// /workspace), the other a local path or `-` for stdin/stdout.
     Cp {
@@ -252,22 +264,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ls(a) => ls(&c, a).await,
         Command::Exec(a) => exec(&c, a).await,
         Command::Rm { ids } => {
-            let mut failed = false;
-            for id in ids {
-                match c.delete(&id).await {
-                    Ok(()) => println!("{id}"),
-                    Err(e) if e.is_connect() => return Err(e.into()),
-                    Err(e) => {
-                        eprintln!("error: {id}: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            let c = &c;
+            each(ids, |id| async move { c.delete(&id).await }).await
+        }
+        Command::Pause { ids } => {
+            let c = &c;
+            each(ids, |id| async move { c.pause(&id).await.map(drop) }).await
+        }
+        Command::Resume { ids } => {
+            let c = &c;
+            each(ids, |id| async move { c.resume(&id).await.map(drop) }).await
         }
         Command::Cp { src, dst } => cp(&c, &src, &dst).await,
         Command::Python { id, code, timeout } => python(&c, &id, &code, timeout).await,
@@ -286,6 +292,31 @@ async fn serve(args: sandboxd_server::ServeArgs) -> Result<ExitCode> {
     let settings = sandboxd_server::Settings::load(&args)?;
     sandboxd_server::run(settings).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Do `op` to each sandbox id, printing the ids it worked for and the errors of the others;
+/// exit code 1 if any failed. A server that cannot be reached stops it at once.
+async fn each<F, Fut>(ids: Vec<String>, op: F) -> anyhow::Result<ExitCode>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), sandboxd_client::Error>>,
+{
+    let mut failed = false;
+    for id in ids {
+        match op(id.clone()).await {
+            Ok(()) => println!("{id}"),
+            Err(e) if e.is_connect() => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {id}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {

@@ -299,6 +299,19 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sandboxes/{id}/pause`: freeze the sandbox (its processes and memory kept)
+    /// until [`Client::resume`].
+    pub async fn pause(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &Self::sandbox_path(id, "/pause")))
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/resume`: let a paused sandbox run on.
+    pub async fn resume(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &Self::sandbox_path(id, "/resume")))
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/exec`, buffered: waits for the command to end.
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult> {
         let req = ExecRequest {

@@ -116,6 +116,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether the box's processes are still alive.
     async fn is_alive(&self, id: &str) -> bool;
 
+    /// Freeze every process of the box (`paused`), or let them run on. A paused box keeps its
+    /// processes and memory, does no work and answers nothing until it is resumed;
+    /// [`Backend::destroy`] works on it as on any box.
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), BackendError> {
+        let _ = (id, paused);
+        Err(BackendError::Unavailable(format!(
+            "the {} backend cannot pause a sandbox",
+            self.name()
+        )))
+    }
+
     /// Remove everything an earlier run of this backend (with the same configuration) left
     /// behind: processes, mounts, cgroups, directories. Called once at start-up, before any
     /// box is created.

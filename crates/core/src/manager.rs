@@ -564,13 +564,79 @@ impl Manager {
         Ok(rec.sandbox)
     }
 
-    /// Remove a running sandbox's box but keep its record (state `recycled`, with `reason`) and
+    /// Freeze a running sandbox: its processes keep their memory and state but do nothing, and
+    /// requests to it are refused (`not_running`) until [`Manager::resume`]. Pausing a paused
+    /// sandbox does nothing. Its timeout keeps running; deleting it works as usual.
+    pub async fn pause(&self, id: &str) -> Result<Sandbox, CoreError> {
+        let mut was = SandboxState::Running;
+        let rec = self
+            .modify(id, |r| {
+                was = r.sandbox.state;
+                if was == SandboxState::Running {
+                    r.sandbox.state = SandboxState::Paused;
+                }
+            })
+            .await?;
+        match was {
+            SandboxState::Paused => return Ok(rec.sandbox),
+            SandboxState::Running => {}
+            _ => return Err(CoreError::NotRunning(id.to_string())),
+        }
+        // A kept connection would only wait on a frozen agent.
+        self.conns.forget(id);
+        if let Err(e) = self.backend.set_paused(id, true).await {
+            // Not frozen (or not all of it): let it run on as before.
+            let _ = self.backend.set_paused(id, false).await;
+            let _ = self
+                .modify(id, |r| {
+                    if r.sandbox.state == SandboxState::Paused {
+                        r.sandbox.state = SandboxState::Running;
+                    }
+                })
+                .await;
+            return Err(e.into());
+        }
+        Ok(rec.sandbox)
+    }
+
+    /// Let a paused sandbox run on, where it stopped. Resuming a running sandbox does nothing.
+    pub async fn resume(&self, id: &str) -> Result<Sandbox, CoreError> {
+        let rec = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        match rec.sandbox.state {
+            SandboxState::Running => return Ok(rec.sandbox),
+            SandboxState::Paused => {}
+            _ => return Err(CoreError::NotRunning(id.to_string())),
+        }
+        self.backend.set_paused(id, false).await?;
+        let mut resumed = false;
+        let rec = self
+            .modify(id, |r| {
+                resumed = r.sandbox.state == SandboxState::Paused;
+                if resumed {
+                    r.sandbox.state = SandboxState::Running;
+                }
+            })
+            .await?;
+        if !resumed && rec.sandbox.state != SandboxState::Running {
+            return Err(CoreError::NotRunning(id.to_string()));
+        }
+        Ok(rec.sandbox)
+    }
+
+    /// Remove a running (or paused) sandbox's box but keep its record (state `recycled`, with `reason`) and
     /// its workspace, so that [`Manager::restore`] can bring it back. The record is kept for
     /// `retired_keep`.
     pub async fn recycle(&self, id: &str, reason: &str) -> Result<Sandbox, CoreError> {
         let mut claimed = false;
         self.modify(id, |r| {
-            claimed = r.sandbox.state == SandboxState::Running;
+            claimed = matches!(
+                r.sandbox.state,
+                SandboxState::Running | SandboxState::Paused
+            );
             if claimed {
                 r.sandbox.state = SandboxState::Stopping;
             }
@@ -673,7 +739,7 @@ impl Manager {
             // Creating and stopping sandboxes belong to the request working on them.
             if !matches!(
                 rec.sandbox.state,
-                SandboxState::Running | SandboxState::Error
+                SandboxState::Running | SandboxState::Paused | SandboxState::Error
             ) {
                 continue;
             }

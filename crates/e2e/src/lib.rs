@@ -99,6 +99,13 @@ impl Server {
         Ok(server)
     }
 
+    /// The host directory of a session's `/workspace` (the server's default
+    /// `DEFAULT_MOUNT_DIR`, `<state>/workspaces`; a sandbox's session is its id unless the
+    /// create named one).
+    pub fn workspace(&self, session: &str) -> PathBuf {
+        self.state.path().join("workspaces").join(session)
+    }
+
     async fn spawn(&mut self) -> Result<()> {
         let exe = bin_dir().join("sandboxd");
         if !exe.exists() {

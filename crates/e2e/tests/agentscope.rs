@@ -1244,3 +1244,34 @@ pids = 96
     );
     assert_eq!(a.call("release", json!({"identity": name})).await, true);
 }
+
+/// `stop` freezes the sandbox (`get_status` says `exited`, tools are refused) and `start` lets
+/// it run on with its state.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_freezes_and_start_continues() {
+    let server = server(&[]).await;
+    let a = Agentscope::new(&server);
+    let name = a.create(json!({"sandbox_type": "base"})).await;
+    a.ipython(&name, "n = 7").await;
+    assert_eq!(a.call("stop", json!({"identity": name})).await, true);
+    assert_eq!(
+        a.call("get_status", json!({"identity": name})).await,
+        "exited"
+    );
+    let r = a.shell(&name, "true").await;
+    assert!(is_error(&r), "{r}");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("is not running"),
+        "{r}"
+    );
+    assert_eq!(a.call("start", json!({"identity": name})).await, true);
+    assert_eq!(
+        a.call("get_status", json!({"identity": name})).await,
+        "running"
+    );
+    assert_eq!(stdout(&a.ipython(&name, "print(n * 6)").await), "42\n");
+    assert_eq!(a.call("release", json!({"identity": name})).await, true);
+}

@@ -235,3 +235,83 @@ async fn bearer_token_is_required() {
     let sb = c.create(&create_req()).await.unwrap();
     c.delete(&sb.id).await.unwrap();
 }
+
+/// Pause freezes a sandbox's processes (a background loop stops ticking, requests are refused
+/// with `not_running`); resume lets them run on with their state (Python variables, the loop);
+/// a paused sandbox can be deleted and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_freezes_and_resume_continues() {
+    let server = common::server().await;
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    let py = |code: &str| PythonRequest {
+        code: code.into(),
+        timeout_ms: Some(30_000),
+    };
+    c.python(&sb.id, &py("kept = 'across the pause'"))
+        .await
+        .unwrap();
+    // A loop that appends a line every 20 ms, detached from the exec.
+    let r = sh(
+        &c,
+        &sb.id,
+        "nohup sh -c 'while :; do echo t >> /workspace/ticks; sleep 0.02; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let ticks = || {
+        std::fs::read_to_string(server.workspace(&sb.id).join("ticks"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks() < 3 {
+        assert!(Instant::now() < deadline, "the loop does not tick");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let paused = c.pause(&sb.id).await.unwrap();
+    assert_eq!(paused.state, sandboxd_types::SandboxState::Paused);
+    // Pausing again is no error.
+    assert_eq!(
+        c.pause(&sb.id).await.unwrap().state,
+        sandboxd_types::SandboxState::Paused
+    );
+    assert_eq!(
+        c.get(&sb.id).await.unwrap().state,
+        sandboxd_types::SandboxState::Paused
+    );
+    let frozen_at = ticks();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticks(), frozen_at, "the loop ran while paused");
+    let truth = ExecRequest {
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    let err = c.exec(&sb.id, &truth).await.unwrap_err();
+    assert_eq!(api_code(&err), Some(ErrorCode::NotRunning), "{err}");
+
+    let resumed = c.resume(&sb.id).await.unwrap();
+    assert_eq!(resumed.state, sandboxd_types::SandboxState::Running);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ticks() <= frozen_at {
+        assert!(
+            Instant::now() < deadline,
+            "the loop did not run on after resume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = c.python(&sb.id, &py("kept")).await.unwrap();
+    assert_eq!(r.result.as_deref(), Some("'across the pause'"));
+    // Resuming a running sandbox is no error either.
+    c.resume(&sb.id).await.unwrap();
+
+    // Deleting a paused sandbox kills its frozen processes too.
+    c.pause(&sb.id).await.unwrap();
+    c.delete(&sb.id).await.unwrap();
+    assert!(common::sandbox_pids(&server.cgroup_parent).is_empty());
+    assert!(common::sandbox_cgroups(&server.cgroup_parent).is_empty());
+    let err = c.resume(&sb.id).await.unwrap_err();
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound), "{err}");
+}

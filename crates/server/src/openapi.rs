@@ -24,6 +24,8 @@ use crate::routes::{exec, files, meta, sandboxes};
         sandboxes::get,
         sandboxes::delete,
         sandboxes::set_timeout,
+        sandboxes::pause,
+        sandboxes::resume,
         exec::exec,
         exec::python,
         files::read,

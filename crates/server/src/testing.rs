@@ -120,6 +120,15 @@ impl Backend for FakeBackend {
         self.boxes.lock().unwrap().contains_key(id)
     }
 
+    /// Nothing to freeze in a fake box: the manager's state is what the routes see.
+    async fn set_paused(&self, id: &str, _paused: bool) -> Result<(), BackendError> {
+        if self.boxes.lock().unwrap().contains_key(id) {
+            Ok(())
+        } else {
+            Err(BackendError::NotFound(id.to_string()))
+        }
+    }
+
     async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError> {
         Ok(CleanupReport::default())
     }

@@ -131,7 +131,24 @@ async fn lifecycle_envelope_aliases_and_sessions() {
         Value::Null
     );
     assert_eq!(data(&h, "start", json!({"identity": name})).await, true);
-    assert_eq!(data(&h, "stop", json!({"identity": name})).await, false);
+    assert_eq!(data(&h, "stop", json!({"identity": name})).await, true);
+    assert_eq!(
+        data(&h, "get_status", json!({"identity": name})).await,
+        "exited"
+    );
+    assert_eq!(
+        data(&h, "get_info", json!({"identity": name})).await["state"],
+        "running"
+    );
+    assert_eq!(
+        data(&h, "check_health", json!({"identity": name})).await,
+        false
+    );
+    assert_eq!(data(&h, "start_async", json!({"args": name})).await, true);
+    assert_eq!(
+        data(&h, "get_status", json!({"identity": name})).await,
+        "running"
+    );
     assert_eq!(
         data(&h, "check_health", json!({"identity": name})).await,
         true

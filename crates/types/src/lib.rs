@@ -86,6 +86,9 @@ pub enum SandboxState {
     /// Started and waiting in a warm pool, not handed out yet: it has no expiry until it is
     /// handed out (then it becomes `running`).
     Warm,
+    /// Its processes are frozen (`POST /v1/sandboxes/{id}/pause`): memory and state are kept,
+    /// nothing runs and requests are refused until it is resumed. Its timeout keeps running.
+    Paused,
     /// Being torn down.
     Stopping,
     /// Gone; kept briefly so clients can see how it ended.

@@ -68,7 +68,9 @@ pub fn version_of(template: &str) -> String {
 /// AgentScope's container state of a sandbox state.
 pub fn state_of(state: SandboxState) -> &'static str {
     match state {
-        SandboxState::Creating | SandboxState::Running => "running",
+        // AgentScope's container states have no "stopped": a stopped (paused) container is
+        // still the session's.
+        SandboxState::Creating | SandboxState::Running | SandboxState::Paused => "running",
         SandboxState::Warm => "warm",
         SandboxState::Stopping | SandboxState::Stopped => "released",
         SandboxState::Error => "error",
@@ -82,6 +84,8 @@ pub fn status_of(state: SandboxState) -> &'static str {
     match state {
         SandboxState::Creating => "created",
         SandboxState::Running | SandboxState::Warm => "running",
+        // What Docker says of a stopped container.
+        SandboxState::Paused => "exited",
         SandboxState::Stopping => "removing",
         SandboxState::Stopped
         | SandboxState::Error

@@ -375,19 +375,20 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
                 }
             }))
         }
+        // Upstream stops and starts the container; here `stop` freezes the sandbox (its
+        // processes and memory kept) and `start` lets it run on.
         Call::Start(a) => Ok(Value::Bool(match sandbox(state, &a.identity).await {
-            Ok(sb) => sb.state == SandboxState::Running,
+            Ok(sb) => manager.resume(&sb.id).await.is_ok(),
             Err(_) => false,
         })),
         Call::Stop(a) => Ok(Value::Bool(match sandbox(state, &a.identity).await {
-            Ok(sb) => {
-                // A sandbox cannot be paused and kept yet; only released.
-                tracing::warn!(
-                    sandbox = %sb.id,
-                    "stop is not supported (a sandbox cannot be paused yet); use release"
-                );
-                false
-            }
+            Ok(sb) => match manager.pause(&sb.id).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(sandbox = %sb.id, error = %e, "stop: could not pause");
+                    false
+                }
+            },
             Err(_) => true,
         })),
         Call::GetStatus(a) => Ok(match sandbox(state, &a.identity).await {

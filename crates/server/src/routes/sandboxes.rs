@@ -1,4 +1,4 @@
-//! Sandbox lifecycle: create, list, get, delete, set timeout.
+//! Sandbox lifecycle: create, list, get, delete, set timeout, pause, resume.
 
 use std::collections::BTreeMap;
 
@@ -143,4 +143,47 @@ pub async fn set_timeout(
     Ok(axum::Json(
         state.manager.set_timeout(&id, req.timeout_secs).await?,
     ))
+}
+
+/// Freeze a running sandbox: its processes and memory are kept, nothing runs, and requests to
+/// it answer `not_running` until it is resumed. Its timeout keeps running.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/pause",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox, paused", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 502, description = "The backend failed", body = ErrorBody),
+    )
+)]
+pub async fn pause(
+    State(state): State<AppState>,
+    SandboxIdPath(id): SandboxIdPath,
+) -> Result<axum::Json<Sandbox>, ApiError> {
+    Ok(axum::Json(state.manager.pause(&id).await?))
+}
+
+/// Let a paused sandbox run on where it stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/resume",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox, running", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is neither paused nor running", body = ErrorBody),
+        (status = 502, description = "The backend failed", body = ErrorBody),
+    )
+)]
+pub async fn resume(
+    State(state): State<AppState>,
+    SandboxIdPath(id): SandboxIdPath,
+) -> Result<axum::Json<Sandbox>, ApiError> {
+    Ok(axum::Json(state.manager.resume(&id).await?))
 }
