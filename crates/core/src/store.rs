@@ -1,4 +1,4 @@
-//! Where sandbox records live: in memory for one process, in Redis for many (a later store).
+//! Where sandbox records live: in memory for one process, in Redis for many.
 //!
 //! Every implementation must pass the contract suite in the `sandboxd-store` crate.
 
@@ -21,14 +21,15 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
-    /// Whether the sandbox counts against the instance limit. Warm (pooled) sandboxes do: they
-    /// hold a box's memory and processes like any other.
+    /// Whether the sandbox counts against the instance limit. Warm (pooled) and paused
+    /// sandboxes do: they hold a box's memory and processes like any other.
     pub fn is_live(&self) -> bool {
         matches!(
             self.sandbox.state,
             SandboxState::Creating
                 | SandboxState::Running
                 | SandboxState::Warm
+                | SandboxState::Paused
                 | SandboxState::Stopping
         )
     }

@@ -35,6 +35,57 @@ pub async fn run_all<S: SandboxStore>(store: &S) {
     limit_counts_live_records(store).await;
     list_is_oldest_first(store).await;
     cleanup(store).await;
+    live_count_follows_updates(store).await;
+    records_round_trip(store).await;
+    cleanup(store).await;
+}
+
+/// A record stops counting against the limit when an update makes it not live, and counts
+/// again when one makes it live.
+async fn live_count_follows_updates<S: SandboxStore>(store: &S) {
+    store
+        .insert(record("sb-u1", SandboxState::Running), Some(1))
+        .await
+        .unwrap();
+    let full = store
+        .insert(record("sb-u2", SandboxState::Running), Some(1))
+        .await;
+    assert!(matches!(full, Err(StoreError::LimitReached(1))), "{full:?}");
+    let mut r = store.get("sb-u1").await.unwrap().unwrap();
+    r.sandbox.state = SandboxState::Recycled;
+    let mut r = store.update(r).await.unwrap();
+    store
+        .insert(record("sb-u2", SandboxState::Running), Some(1))
+        .await
+        .unwrap();
+    store.remove("sb-u2").await.unwrap();
+    r.sandbox.state = SandboxState::Running;
+    store.update(r).await.unwrap();
+    assert!(matches!(
+        store
+            .insert(record("sb-u3", SandboxState::Running), Some(1))
+            .await,
+        Err(StoreError::LimitReached(1))
+    ));
+    store.remove("sb-u1").await.unwrap();
+}
+
+/// Every field of a record comes back as it was stored.
+async fn records_round_trip<S: SandboxStore>(store: &S) {
+    let mut r = record("sb-full", SandboxState::Paused);
+    r.sandbox.metadata = BTreeMap::from([("k".to_string(), "v \u{e9}\"".to_string())]);
+    r.sandbox.expires_at_ms = Some(1_234);
+    r.sandbox.reason = Some("why".into());
+    r.sandbox.resources.memory_mb = Some(64);
+    r.endpoint = Some(sandboxd_core::backend::AgentEndpoint::Unix {
+        path: "/run/x.sock".into(),
+    });
+    store.insert(r.clone(), None).await.unwrap();
+    let got = store.get("sb-full").await.unwrap().unwrap();
+    r.version = 1;
+    assert_eq!(got, r);
+    assert_eq!(store.list().await.unwrap(), [r.clone()]);
+    assert_eq!(store.remove("sb-full").await.unwrap(), Some(r));
 }
 
 async fn cleanup<S: SandboxStore>(store: &S) {

@@ -1,6 +1,8 @@
 //! Implementations of [`SandboxStore`], and the contract suite every one of them must pass.
 //!
 //! - [`MemoryStore`]: one process, nothing else to run (the default).
+//! - [`RedisStore`](redis::RedisStore): records in Redis, shared by several server processes
+//!   and machines.
 //!
 //! Invariant: a store holds records only; it never talks to a backend or an agent.
 
@@ -11,6 +13,8 @@ use sandboxd_core::store::{SandboxRecord, SandboxStore, StoreError};
 use tokio::sync::Mutex;
 
 pub mod contract;
+pub mod redis;
+pub mod testing;
 
 /// Records in this process's memory.
 #[derive(Debug, Default)]
