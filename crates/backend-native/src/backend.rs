@@ -729,7 +729,11 @@ impl Backend for NativeBackend {
 
     async fn is_alive(&self, id: &str) -> bool {
         let Some(state) = self.inner.boxes.lock().unwrap().get(id).cloned() else {
-            return false;
+            // Not started by this process (another worker of this node, or an earlier run
+            // whose box was adopted): alive while its cgroup has processes.
+            return valid_id(id)
+                && !self.inner.own_groups.contains(id)
+                && !self.inner.cgroups.pids(id).is_empty();
         };
         if state.exited.borrow().is_some() {
             return false;
@@ -739,7 +743,7 @@ impl Backend for NativeBackend {
     }
 
     async fn set_paused(&self, id: &str, paused: bool) -> Result<(), BackendError> {
-        if !self.inner.boxes.lock().unwrap().contains_key(id) {
+        if !valid_id(id) || self.inner.own_groups.contains(id) || !self.is_alive(id).await {
             return Err(BackendError::NotFound(id.to_string()));
         }
         let inner = self.inner.clone();
@@ -753,9 +757,10 @@ impl Backend for NativeBackend {
             .map_err(|e| NativeError::from(e).into())
     }
 
-    async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError> {
+    async fn cleanup_stale(&self, keep: &BTreeSet<String>) -> Result<CleanupReport, BackendError> {
         let inner = self.inner.clone();
-        let report = tokio::task::spawn_blocking(move || cleanup_blocking(&inner))
+        let keep = keep.clone();
+        let report = tokio::task::spawn_blocking(move || cleanup_blocking(&inner, &keep))
             .await
             .map_err(|e| BackendError::Io {
                 context: "cleanup task".into(),
@@ -779,12 +784,20 @@ fn subdir_names(dir: &Path) -> Result<BTreeSet<String>, NativeError> {
     Ok(out)
 }
 
-fn cleanup_blocking(inner: &Inner) -> Result<CleanupReport, NativeError> {
+fn cleanup_blocking(inner: &Inner, keep: &BTreeSet<String>) -> Result<CleanupReport, NativeError> {
     let started = Instant::now();
     let mut ids = inner.cgroups.stale_ids()?;
     ids.extend(subdir_names(&inner.config.state_dir.join("boxes"))?);
     ids.extend(subdir_names(&inner.config.run_dir)?);
     let mut live: BTreeSet<String> = inner.boxes.lock().unwrap().keys().cloned().collect();
+    // Adopted: boxes the store still records as alive and whose processes still run. (One
+    // whose processes are gone is cleaned up like any other; the reaper then marks its record.)
+    let adopted: Vec<String> = keep
+        .iter()
+        .filter(|id| valid_id(id) && !inner.cgroups.pids(id).is_empty())
+        .cloned()
+        .collect();
+    live.extend(adopted.iter().cloned());
     // The parents go too when no box is left, except when rootless (the server could not
     // make the delegated parents again) or when they hold the server itself.
     let remove_parents = live.is_empty() && inner.own_groups.is_empty() && inner.rootless.is_none();

@@ -532,10 +532,10 @@ async fn create_to_hello_latency() {
 const CRASH_ROOT: &str = "SANDBOXD_TEST_CRASH_ROOT";
 const CRASH_PARENT: &str = "SANDBOXD_TEST_CRASH_PARENT";
 
-/// Plays the server in `cleanup_stale_after_server_crash`: makes two boxes, prints their
+/// Plays the server in `cleanup_stale_after_server_crash_adopts_what_the_store_keeps`: makes two boxes, prints their
 /// pids, and waits to be SIGKILLed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "helper process of cleanup_stale_after_server_crash"]
+#[ignore = "helper process of cleanup_stale_after_server_crash_adopts_what_the_store_keeps"]
 async fn crash_helper() {
     let (Ok(root), Ok(parent)) = (std::env::var(CRASH_ROOT), std::env::var(CRASH_PARENT)) else {
         return;
@@ -591,7 +591,7 @@ impl Drop for KillOnDrop {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_stale_after_server_crash() {
+async fn cleanup_stale_after_server_crash_adopts_what_the_store_keeps() {
     use std::io::BufRead;
     let tmp = tempfile::Builder::new()
         .prefix("sbxc-")
@@ -668,21 +668,56 @@ async fn cleanup_stale_after_server_crash() {
         box_pids.len() >= 4,
         "each box runs its agent and a sleep: {box_pids:?}"
     );
-    let report = backend.cleanup_stale().await.unwrap();
-    assert_eq!(report.boxes_killed, 2, "{report:?}");
-    // 2 boxes x (one group per hierarchy + state dir + run dir) + the parent groups.
+    // The store still records crash0 as alive: it is adopted; crash1 is cleaned up.
+    let keep = std::collections::BTreeSet::from(["crash0".to_string()]);
+    let report = backend.cleanup_stale(&keep).await.unwrap();
+    assert_eq!(report.boxes_killed, 1, "{report:?}");
+    // One box x (one group per hierarchy + state dir + run dir); the parents stay for crash0.
     let per_box = backend.cgroup_parent_dirs().len() + 2;
-    assert_eq!(
-        report.resources_removed,
-        2 * per_box + backend.cgroup_parent_dirs().len(),
-        "{report:?}"
+    assert_eq!(report.resources_removed, per_box, "{report:?}");
+    let crash1_pids: Vec<i32> = box_pids
+        .iter()
+        .copied()
+        .filter(|p| {
+            !backend.cgroup_dirs("crash0").iter().any(|d| {
+                fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .any(|q| q == p.to_string())
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || crash1_pids
+            .iter()
+            .all(|&p| !process_running(p))),
+        "crash1's processes survived cleanup_stale"
     );
+
+    // The adopted box works through the new backend: alive, its agent answers on its socket,
+    // it pauses and resumes, and destroying it removes it like one of its own.
+    assert!(backend.is_alive("crash0").await);
+    assert!(!backend.is_alive("crash1").await);
+    let handle = sandboxd_core::backend::BoxHandle {
+        id: "crash0".into(),
+        endpoint: sandboxd_core::backend::AgentEndpoint::Unix {
+            path: config.run_dir.join("crash0").join("agent.sock"),
+        },
+    };
+    assert_hello(Agent::connect(&handle).hello());
+    backend.set_paused("crash0", true).await.unwrap();
+    backend.set_paused("crash0", false).await.unwrap();
+    assert!(Agent::connect(&handle).sh("true").ok());
+    backend.destroy("crash0").await.unwrap();
+    assert!(!backend.is_alive("crash0").await);
     assert!(
         eventually(Duration::from_secs(10), || box_pids
             .iter()
             .all(|&p| !process_running(p))),
-        "box processes survived cleanup_stale"
+        "box processes survived"
     );
+    // With no box left, a cleanup removes the parents too.
+    backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_no_leftovers(&backend, &config);
     assert_eq!(
         host_mounts_mentioning(tmp.path()),
@@ -690,7 +725,7 @@ async fn cleanup_stale_after_server_crash() {
         "a box mount leaked to the host"
     );
     // A second run finds nothing.
-    let again = backend.cleanup_stale().await.unwrap();
+    let again = backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!((again.boxes_killed, again.resources_removed), (0, 0));
 }
 
@@ -705,7 +740,7 @@ async fn cleanup_stale_after_dropping_the_backend() {
         pids.push(first.init_pid(id).unwrap());
     }
     drop(first);
-    let report = fx.backend.cleanup_stale().await.unwrap();
+    let report = fx.backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!(report.boxes_killed, 3, "{report:?}");
     assert!(
         eventually(Duration::from_secs(10), || pids

@@ -486,7 +486,7 @@ async fn helper_server(root: &Path, parent: &str) {
     let backend = NativeBackend::new(helper_config(root, parent)).expect("rootless backend");
     assert!(backend.is_rootless());
     // The server's own group under the parent is not a stale box.
-    let report = backend.cleanup_stale().await.unwrap();
+    let report = backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!((report.boxes_killed, report.resources_removed), (0, 0));
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -653,7 +653,7 @@ async fn helper_server(root: &Path, parent: &str) {
         assert!(!backend.box_dir(id).exists(), "{id}: box dir left");
         assert!(!root.join("run").join(id).exists(), "{id}: run dir left");
     }
-    let report = backend.cleanup_stale().await.unwrap();
+    let report = backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!((report.boxes_killed, report.resources_removed), (0, 0));
     for dir in backend.cgroup_parent_dirs() {
         assert!(
@@ -704,11 +704,11 @@ async fn helper_server(root: &Path, parent: &str) {
 
 async fn helper_cleanup(root: &Path, parent: &str) {
     let backend = NativeBackend::new(helper_config(root, parent)).expect("rootless backend");
-    let report = backend.cleanup_stale().await.unwrap();
+    let report = backend.cleanup_stale(&Default::default()).await.unwrap();
     // 2 boxes x (a group per hierarchy + state dir + run dir); the parents are kept.
     let per_box = backend.cgroup_parent_dirs().len() + 2;
     assert_eq!(report.resources_removed, 2 * per_box, "{report:?}");
     println!("ROOTLESS-KILLED {}", report.boxes_killed);
-    let again = backend.cleanup_stale().await.unwrap();
+    let again = backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!((again.boxes_killed, again.resources_removed), (0, 0));
 }

@@ -128,7 +128,11 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Remove everything an earlier run of this backend (with the same configuration) left
-    /// behind: processes, mounts, cgroups, directories. Called once at start-up, before any
-    /// box is created.
-    async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError>;
+    /// behind: processes, mounts, cgroups, directories, except the boxes in `keep`, which the
+    /// store still records as alive: those are adopted (the backend serves them as if it had
+    /// made them). Called once at start-up, before any box is created.
+    async fn cleanup_stale(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<CleanupReport, BackendError>;
 }

@@ -51,6 +51,15 @@ pub struct ManagerConfig {
     /// How long the record of a recycled or replaced sandbox is kept (a recycled one can be
     /// restored until then; a replaced one redirects until then).
     pub retired_keep: Duration,
+    /// This machine's name among the servers sharing a store: its sandboxes' records carry it
+    /// as their owner, and it only ever manages boxes it owns.
+    pub node_id: String,
+    /// One of several worker processes of one machine (`WORKERS`): it neither cleans up at
+    /// start nor removes the sandboxes at shutdown (its supervisor does both, once).
+    pub worker: bool,
+    /// How long a lock taken in the store (a pool refill, a restore, a heartbeat scan) lasts
+    /// when its holder dies without giving it up.
+    pub lock_ttl: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -71,6 +80,9 @@ impl Default for ManagerConfig {
             pool_size: 0,
             pools: Vec::new(),
             retired_keep: Duration::from_secs(3600),
+            node_id: "local".into(),
+            worker: false,
+            lock_ttl: Duration::from_secs(120),
         }
     }
 }
@@ -99,8 +111,8 @@ pub struct Manager {
     pools: Pools,
     /// Idle connections to agents.
     conns: ConnPool,
-    /// Serializes restores, so that two touches of a recycled sandbox make one successor.
-    restoring: tokio::sync::Mutex<()>,
+    /// This process's name as the holder of store locks (`<node>:<pid>`).
+    holder: String,
 }
 
 impl std::fmt::Debug for Manager {
@@ -202,6 +214,33 @@ pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<(), CoreError>
     Ok(())
 }
 
+/// Before a (non-worker) start: the ids of this node's sandboxes that the store says are alive
+/// (running, paused or warm), whose boxes the backend keeps and the manager adopts; records of
+/// this node caught half-way (creating, stopping) are dropped, and their boxes cleaned up.
+async fn adopt_or_forget(
+    store: &dyn SandboxStore,
+    node: &str,
+) -> Result<std::collections::BTreeSet<String>, CoreError> {
+    let mut keep = std::collections::BTreeSet::new();
+    for r in store.list().await? {
+        if r.owner.as_deref().is_some_and(|o| o != node) {
+            continue;
+        }
+        match r.sandbox.state {
+            SandboxState::Running | SandboxState::Paused | SandboxState::Warm
+                if r.endpoint.is_some() =>
+            {
+                keep.insert(r.sandbox.id);
+            }
+            SandboxState::Creating | SandboxState::Stopping => {
+                store.remove(&r.sandbox.id).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(keep)
+}
+
 impl Manager {
     /// Start a manager: clean what an earlier run of the backend left behind, then start the
     /// reaper.
@@ -211,14 +250,24 @@ impl Manager {
         templates: Templates,
         config: ManagerConfig,
     ) -> Result<Arc<Self>, CoreError> {
-        let report = backend.cleanup_stale().await?;
-        if report != Default::default() {
-            tracing::warn!(
-                boxes_killed = report.boxes_killed,
-                resources_removed = report.resources_removed,
-                "cleaned up after an earlier run that did not shut down cleanly"
-            );
+        if !config.worker {
+            let keep = adopt_or_forget(&*store, &config.node_id).await?;
+            let report = backend.cleanup_stale(&keep).await?;
+            if report != Default::default() {
+                tracing::warn!(
+                    boxes_killed = report.boxes_killed,
+                    resources_removed = report.resources_removed,
+                    "cleaned up after an earlier run that did not shut down cleanly"
+                );
+            }
+            if !keep.is_empty() {
+                tracing::info!(
+                    sandboxes = keep.len(),
+                    "adopted the sandboxes of an earlier run recorded in the store"
+                );
+            }
         }
+        let config_node = config.node_id.clone();
         std::fs::create_dir_all(&config.mount_dir).map_err(|e| {
             invalid(format!(
                 "cannot create DEFAULT_MOUNT_DIR {}: {e}",
@@ -233,7 +282,7 @@ impl Manager {
             shutting_down: AtomicBool::new(false),
             pools: Pools::default(),
             conns: ConnPool::default(),
-            restoring: tokio::sync::Mutex::new(()),
+            holder: format!("{}:{}", config_node, std::process::id()),
         });
         let weak = Arc::downgrade(&manager);
         let interval = manager.config.reap_interval;
@@ -399,6 +448,7 @@ impl Manager {
             sandbox,
             endpoint: None,
             version: 0,
+            owner: Some(self.config.node_id.clone()),
         };
         loop {
             match self.store.insert(record.clone(), limit).await {
@@ -678,7 +728,33 @@ impl Manager {
         timeout_secs: Option<u64>,
         env: BTreeMap<String, String>,
     ) -> Result<Sandbox, CoreError> {
-        let _one_at_a_time = self.restoring.lock().await;
+        // One restore of a sandbox at a time, across every process sharing the store, so that
+        // two touches of a recycled sandbox make one successor.
+        let lock = format!("restore:{id}");
+        let deadline = Instant::now() + self.config.start_timeout * 3;
+        while !self
+            .store
+            .try_lock(&lock, &self.holder, self.config.lock_ttl)
+            .await?
+        {
+            if Instant::now() > deadline {
+                return Err(CoreError::Timeout(format!(
+                    "another restore of sandbox {id} is still running"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let restored = self.restore_locked(id, timeout_secs, env).await;
+        let _ = self.store.unlock(&lock, &self.holder).await;
+        restored
+    }
+
+    async fn restore_locked(
+        &self,
+        id: &str,
+        timeout_secs: Option<u64>,
+        env: BTreeMap<String, String>,
+    ) -> Result<Sandbox, CoreError> {
         let old = self.get(id).await?;
         match (old.state, &old.replaced_by) {
             (SandboxState::Replaced, Some(next)) => return self.get(next).await,
@@ -718,6 +794,10 @@ impl Manager {
         let now = now_ms();
         for rec in records {
             let id = &rec.sandbox.id;
+            if !self.owns(&rec) {
+                // Another node's box: only its node can see and remove it.
+                continue;
+            }
             if matches!(
                 rec.sandbox.state,
                 SandboxState::Recycled | SandboxState::Replaced
@@ -761,7 +841,10 @@ impl Manager {
     /// Remove every sandbox; refuse new ones. Called when the server stops.
     pub async fn shutdown(&self) {
         self.stop_pools().await;
-        let records = self.store.list().await.unwrap_or_default();
+        if self.config.worker {
+            return;
+        }
+        let records = self.own_records().await;
         let tasks = records.into_iter().map(|r| async move {
             let id = r.sandbox.id;
             if let Err(e) = self.destroy_box(&id).await {
@@ -785,12 +868,40 @@ impl Manager {
     /// sandboxes in use (`AUTO_CLEANUP=false`). Warm ones belong to nobody, so they go.
     pub async fn shutdown_pools(&self) {
         self.stop_pools().await;
-        let records = self.store.list().await.unwrap_or_default();
+        if self.config.worker {
+            return;
+        }
+        let records = self.own_records().await;
         let warm = records
             .into_iter()
             .filter(|r| r.sandbox.state == SandboxState::Warm)
             .map(|r| async move { self.discard_warm(&r.sandbox.id).await });
         futures::future::join_all(warm).await;
+    }
+
+    /// Take the store lock `name` for this process for the configured lock TTL (see
+    /// [`SandboxStore::try_lock`]); false when another process holds it or the store is
+    /// unreachable.
+    pub async fn try_lock(&self, name: &str) -> bool {
+        self.store
+            .try_lock(name, &self.holder, self.config.lock_ttl)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Give up the store lock `name` taken with [`Manager::try_lock`].
+    pub async fn unlock(&self, name: &str) {
+        let _ = self.store.unlock(name, &self.holder).await;
+    }
+
+    /// The records of this node's sandboxes (and of sandboxes recorded without an owner).
+    async fn own_records(&self) -> Vec<SandboxRecord> {
+        let all = self.store.list().await.unwrap_or_default();
+        all.into_iter().filter(|r| self.owns(r)).collect()
+    }
+
+    fn owns(&self, r: &SandboxRecord) -> bool {
+        r.owner.as_deref().is_none_or(|o| o == self.config.node_id)
     }
 
     fn pools_enabled(&self) -> bool {
@@ -815,8 +926,21 @@ impl Manager {
         check_metadata(&metadata)?;
         let started = Instant::now();
         let timeout = timeout_secs.unwrap_or(self.config.default_timeout_secs);
+        let mut from_store: Option<Vec<String>> = None;
         let handed = loop {
-            let Some(id) = self.pools.pop(pool) else {
+            // This process's queue first; then the warm sandboxes of the pool that other
+            // processes of this node made (or an earlier run left), found in the store.
+            let next = match self.pools.pop(pool) {
+                Some(id) => Some(id),
+                None => {
+                    let ids = match &mut from_store {
+                        Some(ids) => ids,
+                        None => from_store.insert(self.warm_in_store(pool).await?),
+                    };
+                    ids.pop()
+                }
+            };
+            let Some(id) = next else {
                 break None;
             };
             if !self.backend.is_alive(&id).await {
@@ -852,6 +976,27 @@ impl Manager {
             self.pools.wake.notify_one();
         }
         Ok(handed)
+    }
+
+    /// Ids of this node's warm sandboxes of `pool` in the store, the oldest last.
+    async fn warm_in_store(&self, pool: &str) -> Result<Vec<String>, CoreError> {
+        let mut ids: Vec<String> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| r.sandbox.state == SandboxState::Warm && self.owns(r))
+            .filter(|r| {
+                r.sandbox
+                    .metadata
+                    .get(POOL_METADATA_KEY)
+                    .unwrap_or(&r.sandbox.sandbox_type)
+                    == pool
+            })
+            .map(|r| r.sandbox.id)
+            .collect();
+        ids.reverse();
+        Ok(ids)
     }
 
     /// Remove one warm sandbox to make room under the instance limit; false when there is
@@ -903,12 +1048,28 @@ impl Manager {
         if !self.pools_enabled() {
             return;
         }
+        // One refill at a time across the processes of the node: each counts the warm
+        // sandboxes in the store, and two counting at once would both fill the same gap.
+        let lock = format!("pool-refill:{}", self.config.node_id);
+        match self
+            .store
+            .try_lock(&lock, &self.holder, self.config.lock_ttl)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+        self.refill_locked().await;
+        let _ = self.store.unlock(&lock, &self.holder).await;
+    }
+
+    async fn refill_locked(&self) {
         let mut warm: std::collections::HashMap<String, usize> = Default::default();
         let Ok(records) = self.store.list().await else {
             return;
         };
         for mut r in records {
-            if r.sandbox.state == SandboxState::Warm {
+            if r.sandbox.state == SandboxState::Warm && self.owns(&r) {
                 let pool = r
                     .sandbox
                     .metadata

@@ -18,6 +18,9 @@ pub struct SandboxRecord {
     pub endpoint: Option<AgentEndpoint>,
     /// Incremented by every successful [`SandboxStore::update`]; the compare-and-set token.
     pub version: u64,
+    /// The node (machine) whose backend runs the box; `None` in records older than owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl SandboxRecord {
@@ -75,4 +78,18 @@ pub trait SandboxStore: Send + Sync + 'static {
 
     /// All records, oldest first.
     async fn list(&self) -> Result<Vec<SandboxRecord>, StoreError>;
+
+    /// Take the lock `name` for `holder` for `ttl`, unless someone else holds it: whether it
+    /// was taken. A holder taking its own lock again renews it. A lock whose holder died is
+    /// free once its `ttl` has passed, so a crash never blocks the others for longer than that.
+    /// Every process sharing the store sees the same locks.
+    async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Give up lock `name` if `holder` holds it.
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

@@ -42,8 +42,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use sandboxd_core::backend::Backend;
+use sandboxd_core::store::SandboxStore;
 use sandboxd_core::templates::Templates;
 use sandboxd_core::{CoreError, Manager, ManagerConfig};
+use sandboxd_store::redis::RedisStore;
 use sandboxd_store::MemoryStore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -58,6 +60,7 @@ pub mod routes;
 pub mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod workers;
 
 pub use error::ApiError;
 pub use settings::{ServeArgs, Settings, SettingsError};
@@ -235,6 +238,12 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    /// The state store cannot be used.
+    #[error("state store: {0}")]
+    Store(String),
+    /// A worker process could not be started or supervised.
+    #[error("workers: {0}")]
+    Workers(String),
 }
 
 /// A server started by [`start`].
@@ -315,9 +324,10 @@ impl RunningServer {
 
 /// The manager's settings. Its types are templates: `DEFAULT_SANDBOX_TYPE`'s names are
 /// AgentScope types, each mapped to its template and its warm pool.
-fn manager_config(settings: &Settings, templates: &Templates) -> ManagerConfig {
+pub(crate) fn manager_config(settings: &Settings, templates: &Templates) -> ManagerConfig {
     let d = ManagerConfig::default();
     let installed = templates.list();
+    let worker = workers::is_worker();
     let type_of = |name: &str| settings.sandbox_types.resolve(name, &installed);
     ManagerConfig {
         default_type: type_of(settings.default_sandbox_type()).template,
@@ -326,6 +336,9 @@ fn manager_config(settings: &Settings, templates: &Templates) -> ManagerConfig {
         mount_dir: settings.default_mount_dir.clone(),
         readonly_mounts: settings.readonly_mounts.clone(),
         pool_size: settings.pool_size as usize,
+        node_id: settings.node_id.clone(),
+        worker,
+        lock_ttl: std::time::Duration::from_secs(settings.heartbeat_lock_ttl_secs.max(1)),
         pools: settings
             .default_sandbox_types
             .iter()
@@ -340,15 +353,22 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
-    if settings.workers > 1 {
-        return Err(ServerError::Unsupported(format!(
-            "WORKERS={} needs sandbox state shared between processes (a Redis store), which is \
-             not available yet; use WORKERS=1",
-            settings.workers
-        )));
-    }
     let backend: Arc<dyn Backend> = backends::build(&settings)?;
     start_with_backend(settings, backend).await
+}
+
+/// The state store the settings ask for: Redis (`REDIS_ENABLED`), else this process's memory.
+pub async fn build_store(settings: &Settings) -> Result<Arc<dyn SandboxStore>, ServerError> {
+    match &settings.redis {
+        Some(cfg) => {
+            let store = RedisStore::connect(cfg)
+                .await
+                .map_err(|e| ServerError::Store(e.to_string()))?;
+            tracing::info!(redis = %cfg.address(), prefix = %cfg.prefix, node = %settings.node_id, "state in Redis");
+            Ok(Arc::new(store))
+        }
+        None => Ok(Arc::new(MemoryStore::new())),
+    }
 }
 
 /// [`start`] with a given backend (tests use a fake one).
@@ -358,9 +378,10 @@ pub async fn start_with_backend(
 ) -> Result<RunningServer, ServerError> {
     let backend_name = backend.name();
     let templates = Templates::new(settings.templates_dir());
+    let store = build_store(&settings).await?;
     let manager = Manager::start(
         backend,
-        Arc::new(MemoryStore::new()),
+        store,
         templates.clone(),
         manager_config(&settings, &templates),
     )
@@ -391,12 +412,15 @@ pub async fn start_with_backend(
         );
     let scanner = agentscope::heartbeat::spawn_scanner(state.clone());
     let addr = settings.bind_addr();
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
+    let listener = match workers::inherited_listener() {
+        // A worker serves the socket its supervisor bound, with the other workers.
+        Some(l) => l.and_then(tokio::net::TcpListener::from_std),
+        None => tokio::net::TcpListener::bind(&addr).await,
+    }
+    .map_err(|source| ServerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
     let local = listener.local_addr().map_err(ServerError::Serve)?;
     let found = templates.list();
     tracing::info!(
@@ -433,8 +457,12 @@ pub async fn start_with_backend(
     })
 }
 
-/// `sandboxd serve`: start, serve until SIGINT or SIGTERM, then shut down cleanly.
+/// `sandboxd serve`: start, serve until SIGINT or SIGTERM, then shut down cleanly. With
+/// `WORKERS` > 1 this process supervises that many worker processes instead ([`workers`]).
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
+    if settings.workers > 1 && !workers::is_worker() {
+        return workers::supervise(settings).await;
+    }
     let mut server = start(settings).await?;
     let failed = tokio::select! {
         _ = shutdown_signal() => None,
@@ -461,7 +489,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let term = async {
         match signal(SignalKind::terminate()) {

@@ -16,6 +16,24 @@ use sandboxd_core::backend::ReadonlyMount;
 use sandboxd_core::templates::Templates;
 
 use crate::agentscope::types::{ExtensionError, TypeRegistry};
+use sandboxd_store::redis::RedisConfig;
+
+/// The host name (the default `SANDBOXD_NODE_ID`), or `node` when it cannot be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_node_id(h))
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Whether `id` can name a node: 1 to 64 letters, digits, `-`, `_` and `.`.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 /// Flags of `sandboxd serve`; each overrides the environment variable of the same name.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -212,6 +230,14 @@ pub const OUR_KEYS: &[&str] = &[
     "HEARTBEAT_SCAN_INTERVAL",
     "HEARTBEAT_LOCK_TTL",
     "SANDBOXD_EXTENSIONS",
+    "REDIS_ENABLED",
+    "REDIS_SERVER",
+    "REDIS_PORT",
+    "REDIS_DB",
+    "REDIS_USER",
+    "REDIS_PASSWORD",
+    "SANDBOXD_REDIS_PREFIX",
+    "SANDBOXD_NODE_ID",
 ];
 
 /// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
@@ -228,7 +254,7 @@ const AGENTSCOPE_KEYS: &[&str] = &[
 
 /// Main switches of the unsupported families, looked for in the environment (which, unlike a
 /// config file, holds many unrelated variables, so prefixes are not matched there).
-const AGENTSCOPE_ENV_SWITCHES: &[&str] = &["REDIS_ENABLED", "OSS_ENDPOINT", "K8S_NAMESPACE"];
+const AGENTSCOPE_ENV_SWITCHES: &[&str] = &["OSS_ENDPOINT", "K8S_NAMESPACE"];
 
 /// Prefixes of families of AgentScope Runtime settings not implemented yet.
 const AGENTSCOPE_PREFIXES: &[&str] = &[
@@ -368,8 +394,15 @@ pub struct Settings {
     pub heartbeat_timeout_secs: u64,
     /// `HEARTBEAT_SCAN_INTERVAL` (or `WATCHER_SCAN_INTERVAL`): seconds between scans, 0 = none.
     pub heartbeat_scan_interval_secs: u64,
-    /// `HEARTBEAT_LOCK_TTL`: accepted and unused (one server process needs no lock).
+    /// `HEARTBEAT_LOCK_TTL`: how long one process holds the lock of a heartbeat scan (or a
+    /// pool refill) before another may take it, in seconds.
     pub heartbeat_lock_ttl_secs: u64,
+    /// `REDIS_ENABLED` and `REDIS_*`: keep the state in this Redis (shared by every server
+    /// process that uses it) instead of in memory.
+    pub redis: Option<RedisConfig>,
+    /// `SANDBOXD_NODE_ID`: this machine's name among the servers sharing a Redis; its
+    /// sandboxes are recorded as its own (default: the host name).
+    pub node_id: String,
     /// `--extension` (or `SANDBOXD_EXTENSIONS`): the files sandbox types were loaded from.
     pub extensions: Vec<PathBuf>,
     /// The sandbox types: the built-in ones and those of `extensions`.
@@ -409,6 +442,8 @@ impl fmt::Debug for Settings {
                 &self.heartbeat_scan_interval_secs,
             )
             .field("heartbeat_lock_ttl_secs", &self.heartbeat_lock_ttl_secs)
+            .field("redis", &self.redis)
+            .field("node_id", &self.node_id)
             .field("extensions", &self.extensions)
             .field("sandbox_types", &self.sandbox_types)
             .finish()
@@ -442,6 +477,8 @@ impl Default for Settings {
             heartbeat_timeout_secs: 300,
             heartbeat_scan_interval_secs: 1,
             heartbeat_lock_ttl_secs: 120,
+            redis: None,
+            node_id: default_node_id(),
             extensions: Vec::new(),
             sandbox_types: TypeRegistry::builtin(),
             warnings: Vec::new(),
@@ -692,7 +729,7 @@ impl Settings {
         let mut s = Settings::default();
         let invalid = |key: &str, r: &Raw, reason: String| SettingsError::Invalid {
             key: key.to_string(),
-            shown: if key == "BEARER_TOKEN" {
+            shown: if key == "BEARER_TOKEN" || key == "REDIS_PASSWORD" {
                 String::new()
             } else {
                 format!("={:?}", r.value)
@@ -886,6 +923,81 @@ impl Settings {
         }
         s.sandbox_types = TypeRegistry::load(&s.extensions, &Templates::new(s.templates_dir()))?;
 
+        let redis_enabled = match get("REDIS_ENABLED") {
+            Some(r) => parse_bool(&r.value).ok_or_else(|| {
+                invalid("REDIS_ENABLED", r, "expected true/false/1/0/yes/no".into())
+            })?,
+            None => false,
+        };
+        if redis_enabled {
+            let mut cfg = RedisConfig::default();
+            if let Some(r) = get("REDIS_SERVER") {
+                let v = r.value.trim();
+                let ok = !v.is_empty()
+                    && (v.parse::<IpAddr>().is_ok()
+                        || v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+                if !ok {
+                    return Err(invalid(
+                        "REDIS_SERVER",
+                        r,
+                        "expected an IP address or host name".into(),
+                    ));
+                }
+                cfg.host = v.to_string();
+            }
+            if let Some(r) = get("REDIS_PORT") {
+                cfg.port = r
+                    .value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        invalid("REDIS_PORT", r, "expected a port number 1-65535".into())
+                    })?;
+            }
+            if let Some(r) = get("REDIS_DB") {
+                cfg.db = r
+                    .value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|d| (0..=1_000_000).contains(d))
+                    .ok_or_else(|| invalid("REDIS_DB", r, "expected a database number".into()))?;
+            }
+            let text = |key: &str| {
+                get(key)
+                    .map(|r| r.value.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            };
+            cfg.username = text("REDIS_USER");
+            cfg.password = text("REDIS_PASSWORD");
+            if let Some(r) = get("SANDBOXD_REDIS_PREFIX") {
+                let v = r.value.trim();
+                if v.is_empty() || v.len() > 64 || v.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err(invalid(
+                        "SANDBOXD_REDIS_PREFIX",
+                        r,
+                        "expected 1 to 64 characters without spaces".into(),
+                    ));
+                }
+                cfg.prefix = v.to_string();
+            }
+            s.redis = Some(cfg);
+        }
+        if let Some(r) = get("SANDBOXD_NODE_ID") {
+            let v = r.value.trim();
+            if !valid_node_id(v) {
+                return Err(invalid(
+                    "SANDBOXD_NODE_ID",
+                    r,
+                    "expected 1 to 64 letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            s.node_id = v.to_string();
+        }
+
         if s.pool_size == 0 && s.default_sandbox_types.len() > 1 {
             // The others only matter for warm pools.
             warnings.push(format!(
@@ -1008,11 +1120,11 @@ mod tests {
         assert_eq!(s.heartbeat_timeout_secs, 300);
         assert!(!s.warnings.join("\n").contains("HEARTBEAT"));
         let w = s.warnings.join("\n");
+        assert_eq!(s.redis, None);
+        assert!(!w.contains("REDIS"), "{w}");
         for k in [
             "DEBUG",
             "PORT_RANGE",
-            "REDIS_ENABLED",
-            "REDIS_SERVER",
             "FILE_SYSTEM",
             "K8S_NAMESPACE",
             "KUBECONFIG_PATH",
@@ -1021,6 +1133,51 @@ mod tests {
         }
         // The token never appears in debug output.
         assert!(!format!("{s:?}").contains("your-secret-token"));
+    }
+
+    #[test]
+    fn redis_settings() {
+        let s = Settings::from_sources(
+            &ServeArgs::default(),
+            &env_of(&[
+                ("REDIS_ENABLED", "True"),
+                ("REDIS_SERVER", "10.0.0.5"),
+                ("REDIS_PORT", "6380"),
+                ("REDIS_DB", "2"),
+                ("REDIS_USER", "app"),
+                ("REDIS_PASSWORD", "pw-secret"),
+                ("SANDBOXD_NODE_ID", "node-a"),
+            ]),
+        )
+        .unwrap();
+        let r = s.redis.clone().unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.db), ("10.0.0.5", 6380, 2));
+        assert_eq!(r.username.as_deref(), Some("app"));
+        assert_eq!(r.password.as_deref(), Some("pw-secret"));
+        assert_eq!(r.prefix, "sandboxd");
+        assert_eq!(s.node_id, "node-a");
+        assert!(!format!("{s:?}").contains("pw-secret"));
+        // Off unless enabled, whatever else is set.
+        let off =
+            Settings::from_sources(&ServeArgs::default(), &env_of(&[("REDIS_PORT", "1")])).unwrap();
+        assert_eq!(off.redis, None);
+        for (k, v) in [
+            ("REDIS_PORT", "0"),
+            ("REDIS_PORT", "x"),
+            ("REDIS_SERVER", "a b"),
+            ("REDIS_ENABLED", "maybe"),
+            ("SANDBOXD_NODE_ID", "a/b"),
+        ] {
+            let mut env = vec![("REDIS_ENABLED", "true")];
+            if k == "REDIS_ENABLED" {
+                env.clear();
+            }
+            env.push((k, v));
+            let e = Settings::from_sources(&ServeArgs::default(), &env_of(&env))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
     }
 
     #[test]

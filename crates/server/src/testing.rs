@@ -129,7 +129,10 @@ impl Backend for FakeBackend {
         }
     }
 
-    async fn cleanup_stale(&self) -> Result<CleanupReport, BackendError> {
+    async fn cleanup_stale(
+        &self,
+        _keep: &std::collections::BTreeSet<String>,
+    ) -> Result<CleanupReport, BackendError> {
         Ok(CleanupReport::default())
     }
 }

@@ -25,6 +25,7 @@ pub fn record(id: &str, state: SandboxState) -> SandboxRecord {
         },
         endpoint: None,
         version: 0,
+        owner: None,
     }
 }
 
@@ -38,6 +39,29 @@ pub async fn run_all<S: SandboxStore>(store: &S) {
     live_count_follows_updates(store).await;
     records_round_trip(store).await;
     cleanup(store).await;
+    locks_exclude_and_expire(store).await;
+}
+
+/// A lock has one holder at a time, is renewed by its holder, freed by `unlock` (only by its
+/// holder) or when its TTL passes.
+async fn locks_exclude_and_expire<S: SandboxStore>(store: &S) {
+    use std::time::Duration;
+    let long = Duration::from_secs(60);
+    assert!(store.try_lock("l", "a", long).await.unwrap());
+    assert!(!store.try_lock("l", "b", long).await.unwrap());
+    assert!(store.try_lock("l", "a", long).await.unwrap());
+    store.unlock("l", "b").await.unwrap();
+    assert!(!store.try_lock("l", "b", long).await.unwrap());
+    store.unlock("l", "a").await.unwrap();
+    assert!(store
+        .try_lock("l", "b", Duration::from_millis(100))
+        .await
+        .unwrap());
+    assert!(store.try_lock("other", "a", long).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.try_lock("l", "a", long).await.unwrap());
+    store.unlock("l", "a").await.unwrap();
+    store.unlock("other", "a").await.unwrap();
 }
 
 /// A record stops counting against the limit when an update makes it not live, and counts
@@ -80,6 +104,7 @@ async fn records_round_trip<S: SandboxStore>(store: &S) {
     r.endpoint = Some(sandboxd_core::backend::AgentEndpoint::Unix {
         path: "/run/x.sock".into(),
     });
+    r.owner = Some("node-1".into());
     store.insert(r.clone(), None).await.unwrap();
     let got = store.get("sb-full").await.unwrap().unwrap();
     r.version = 1;

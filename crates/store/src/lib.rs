@@ -7,6 +7,7 @@
 //! Invariant: a store holds records only; it never talks to a backend or an agent.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sandboxd_core::store::{SandboxRecord, SandboxStore, StoreError};
@@ -27,6 +28,8 @@ pub struct MemoryStore {
 struct Inner {
     records: BTreeMap<String, (u64, SandboxRecord)>,
     next_seq: u64,
+    /// Locks: name → (holder, expiry).
+    locks: BTreeMap<String, (String, Instant)>,
 }
 
 impl MemoryStore {
@@ -94,6 +97,28 @@ impl SandboxStore for MemoryStore {
         let mut all: Vec<_> = inner.records.values().cloned().collect();
         all.sort_by_key(|(seq, _)| *seq);
         Ok(all.into_iter().map(|(_, r)| r).collect())
+    }
+
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().await;
+        let now = Instant::now();
+        match inner.locks.get(name) {
+            Some((h, until)) if h != holder && *until > now => Ok(false),
+            _ => {
+                inner
+                    .locks
+                    .insert(name.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().await;
+        if inner.locks.get(name).is_some_and(|(h, _)| h == holder) {
+            inner.locks.remove(name);
+        }
+        Ok(())
     }
 }
 

@@ -7,7 +7,8 @@
 //!   record as JSON);
 //! - `index`: a sorted set of ids scored by insertion order, so that listings are oldest first;
 //! - `live`: the set of ids that count against the instance limit ([`SandboxRecord::is_live`]);
-//! - `seq`: the insertion counter.
+//! - `seq`: the insertion counter;
+//! - `lock:<name>`: a lock ([`SandboxStore::try_lock`]): its holder, expiring after its TTL.
 //!
 //! Every operation that reads and writes is one Lua script, so it is atomic on the server:
 //! `insert` checks the id and the instance limit and inserts in one step, `update` compares the
@@ -147,6 +148,18 @@ end
 return out
 ";
 
+const LOCK: &str = r"
+local h = redis.call('GET', KEYS[1])
+if h and h ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
 /// Errors of connecting a [`RedisStore`].
 #[derive(Debug, thiserror::Error)]
 pub enum RedisStoreError {
@@ -177,6 +190,8 @@ pub struct RedisStore {
     update: Script,
     remove: Script,
     list: Script,
+    lock: Script,
+    unlock: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -220,6 +235,8 @@ impl RedisStore {
             update: Script::new(UPDATE),
             remove: Script::new(REMOVE),
             list: Script::new(LIST),
+            lock: Script::new(LOCK),
+            unlock: Script::new(UNLOCK),
         };
         store
             .ping()
@@ -397,5 +414,25 @@ impl SandboxStore for RedisStore {
                 Self::decode("(listed)", v, &pair[1])
             })
             .collect()
+    }
+
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut inv = self.lock.prepare_invoke();
+        inv.key(self.key(&format!("lock:{name}")))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64);
+        let taken: i64 = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut inv = self.unlock.prepare_invoke();
+        inv.key(self.key(&format!("lock:{name}"))).arg(holder);
+        let _: i64 = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(())
     }
 }

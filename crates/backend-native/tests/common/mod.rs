@@ -162,7 +162,11 @@ impl Fixture {
     /// Remove everything the test left and check that nothing stays.
     pub async fn finish(mut self) {
         self.finished = true;
-        let report = self.backend.cleanup_stale().await.unwrap();
+        let report = self
+            .backend
+            .cleanup_stale(&Default::default())
+            .await
+            .unwrap();
         assert_eq!(report.boxes_killed, 0, "the test left boxes running");
         assert_no_leftovers(&self.backend, &self.config);
     }
@@ -182,7 +186,7 @@ impl Drop for Fixture {
                 .unwrap();
             rt.block_on(async {
                 if let Ok(b) = NativeBackend::new(config) {
-                    let _ = b.cleanup_stale().await;
+                    let _ = b.cleanup_stale(&Default::default()).await;
                 }
             });
         })

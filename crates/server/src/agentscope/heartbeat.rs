@@ -186,7 +186,12 @@ pub fn spawn_scanner(state: AppState) -> Option<JoinHandle<()>> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            scan_once(&state).await;
+            // One scan at a time among the processes sharing the store (HEARTBEAT_LOCK_TTL
+            // frees the lock of one that died mid-scan).
+            if state.manager.try_lock("heartbeat-scan").await {
+                scan_once(&state).await;
+                state.manager.unlock("heartbeat-scan").await;
+            }
         }
     }))
 }
