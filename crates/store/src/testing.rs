@@ -1,4 +1,5 @@
-//! A real `redis-server` for tests: started on a free loopback port with no persistence, and
+//! A real `redis-server` for tests: started on a free loopback port, without persistence or
+//! with an append-only file synced at every write ([`RedisServer::start_persistent`]), and
 //! killed when dropped. Tests that need Redis use it rather than a fake, so that what they
 //! prove holds against the server users run.
 
@@ -13,6 +14,7 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: tempfile::TempDir,
+    persistent: bool,
 }
 
 fn free_port() -> u16 {
@@ -26,10 +28,22 @@ impl RedisServer {
     /// Start one on a free port and wait until it accepts connections. Panics, saying how to
     /// install it, when `redis-server` is missing.
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// Like [`RedisServer::start`], but every write is in its append-only file before it is
+    /// answered, so that a kill and [`RedisServer::restart`] lose nothing (as a production
+    /// Redis with `appendfsync always`).
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> RedisServer {
         let mut s = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temporary directory"),
+            persistent,
         };
         s.spawn();
         s
@@ -38,7 +52,12 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -59,7 +78,7 @@ impl RedisServer {
         }
     }
 
-    /// Kill it (its data is gone: it keeps none on disk).
+    /// Kill it (SIGKILL, as a crash would). Unless persistent, its data is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -67,7 +86,7 @@ impl RedisServer {
         }
     }
 
-    /// Start it again on the same port, empty.
+    /// Start it again on the same port: empty, or, when persistent, with everything it had.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
