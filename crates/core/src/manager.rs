@@ -113,6 +113,9 @@ pub struct Manager {
     conns: ConnPool,
     /// This process's name as the holder of store locks (`<node>:<pid>`).
     holder: String,
+    /// Serializes this process's restores: its store lock is one holder's, which the
+    /// process's own tasks would share.
+    restoring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -283,6 +286,7 @@ impl Manager {
             pools: Pools::default(),
             conns: ConnPool::default(),
             holder: format!("{}:{}", config_node, std::process::id()),
+            restoring: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&manager);
         let interval = manager.config.reap_interval;
@@ -730,6 +734,7 @@ impl Manager {
     ) -> Result<Sandbox, CoreError> {
         // One restore of a sandbox at a time, across every process sharing the store, so that
         // two touches of a recycled sandbox make one successor.
+        let _one_here = self.restoring.lock().await;
         let lock = format!("restore:{id}");
         let deadline = Instant::now() + self.config.start_timeout * 3;
         while !self

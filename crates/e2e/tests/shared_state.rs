@@ -382,3 +382,114 @@ async fn redis_restart_gives_clear_errors_then_recovery() {
     c.delete(&sb.id).await.unwrap();
     assert!(node.boxes().is_empty());
 }
+
+/// POST an AgentScope RPC; its `data`.
+async fn rpc(url: &str, method: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/{method}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{method}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["data"].clone()
+}
+
+/// AgentScope sessions across two processes: sandboxes bound to one session through either
+/// show in both mappings, and a recycled session touched through both at once is restored once:
+/// one successor, which both processes' old names lead to, with its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_are_shared_and_a_recycled_one_is_restored_once() {
+    use serde_json::json;
+    let redis = RedisServer::start();
+    let node = Node::new(&redis);
+    let heartbeat = [("HEARTBEAT_TIMEOUT", "1"), ("HEARTBEAT_SCAN_INTERVAL", "1")];
+    let a = node.server(&heartbeat).await;
+    let b = node.server(&heartbeat).await;
+
+    let meta = json!({"session_ctx_id": "shared-session"});
+    let mut names = BTreeSet::new();
+    for url in [&a.url, &b.url, &a.url] {
+        let name = rpc(url, "create", json!({"sandbox_type": "base", "meta": meta})).await;
+        names.insert(name.as_str().unwrap().to_string());
+    }
+    for url in [&a.url, &b.url] {
+        let mapped: BTreeSet<String> = rpc(
+            url,
+            "get_session_mapping",
+            json!({"session_ctx_id": "shared-session"}),
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+        assert_eq!(mapped, names);
+    }
+    // Release all but one, through the other process.
+    let keep = names.iter().next().unwrap().clone();
+    for n in names.iter().filter(|n| **n != keep) {
+        assert_eq!(rpc(&b.url, "release", json!({"identity": n})).await, true);
+    }
+    let r = rpc(
+        &a.url,
+        "call_tool",
+        json!({"identity": keep, "tool_name": "run_shell_command", "arguments": {"command": "echo saved > f.txt"}}),
+    )
+    .await;
+    assert_eq!(r["isError"], false, "{r}");
+
+    // Idle past HEARTBEAT_TIMEOUT: one of the two processes' scanners recycles it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = rpc(&b.url, "get_info", json!({"identity": keep})).await;
+        if info["state"] == "recycled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recycled: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both processes touch it at once, several times.
+    let touches: Vec<_> = (0..6)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            let keep = keep.clone();
+            tokio::spawn(async move { rpc(&url, "check_health", json!({"identity": keep})).await })
+        })
+        .collect();
+    for t in touches {
+        assert_eq!(t.await.unwrap(), true);
+    }
+    let mut successors = BTreeSet::new();
+    for url in [&a.url, &b.url] {
+        let info = rpc(url, "get_info", json!({"identity": keep})).await;
+        successors.insert(info["container_name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(successors.len(), 1, "{successors:?}");
+    let successor = successors.into_iter().next().unwrap();
+    assert_ne!(successor, keep);
+    let mapped = rpc(
+        &a.url,
+        "get_session_mapping",
+        json!({"session_ctx_id": "shared-session"}),
+    )
+    .await;
+    assert_eq!(
+        mapped,
+        json!([successor]),
+        "one live sandbox for the session"
+    );
+    let r = rpc(
+        &b.url,
+        "call_tool",
+        json!({"identity": keep, "tool_name": "run_shell_command", "arguments": {"command": "cat f.txt"}}),
+    )
+    .await;
+    assert_eq!(r["content"][0]["text"], "saved\n", "{r}");
+}

@@ -115,11 +115,17 @@ async fn restore_session(state: &AppState, sandbox: &Sandbox) -> Result<Sandbox,
     let timeout = state.heartbeat.session_timeout(session.is_some());
     // The type's environment comes back; the create request's own does not (it is not kept).
     let env = |sb: &Sandbox| super::type_of(state, sb).environment;
+    // A successor inherits its predecessor's metadata: mark the activity first, or a scan
+    // (of any process) could find the successor idle since before the recycle and recycle it
+    // again before its first touch.
+    let active = || BTreeMap::from([(META_LAST_ACTIVE.to_string(), now_ms().to_string())]);
+    let _ = manager.set_metadata(&sandbox.id, active()).await;
     let successor = manager.restore(&sandbox.id, timeout, env(sandbox)).await?;
     if let Some(session) = session {
         let filter = BTreeMap::from([(META_SESSION_CTX_ID.to_string(), session.clone())]);
         for other in manager.list(&filter).await? {
             if other.state == SandboxState::Recycled {
+                let _ = manager.set_metadata(&other.id, active()).await;
                 if let Err(e) = manager.restore(&other.id, timeout, env(&other)).await {
                     tracing::warn!(sandbox = %other.id, error = %e, "could not restore a sandbox of the session");
                 }
