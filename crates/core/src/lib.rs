@@ -15,6 +15,7 @@ pub mod backend;
 pub mod error;
 pub mod manager;
 pub mod mcp;
+pub mod nodes;
 pub mod pool;
 pub mod store;
 pub mod templates;

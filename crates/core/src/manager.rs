@@ -60,6 +60,10 @@ pub struct ManagerConfig {
     /// How long a lock taken in the store (a pool refill, a restore, a heartbeat scan) lasts
     /// when its holder dies without giving it up.
     pub lock_ttl: Duration,
+    /// The URL other nodes reach this one at, when several machines share the store: the node
+    /// then registers itself, takes over the sandboxes of nodes that are gone, and hands its
+    /// own back (recycles them) at shutdown. See [`crate::nodes`].
+    pub node_url: Option<String>,
 }
 
 impl Default for ManagerConfig {
@@ -83,6 +87,7 @@ impl Default for ManagerConfig {
             node_id: "local".into(),
             worker: false,
             lock_ttl: Duration::from_secs(120),
+            node_url: None,
         }
     }
 }
@@ -127,7 +132,7 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -302,6 +307,20 @@ impl Manager {
                 m.reap_once().await;
             }
         });
+        if manager.multi_node() {
+            manager.register_node().await;
+            let weak = Arc::downgrade(&manager);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::nodes::NODE_RENEW).await;
+                    let Some(m) = weak.upgrade() else { break };
+                    if m.shutting_down.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    m.register_node().await;
+                }
+            });
+        }
         if manager.pools_enabled() {
             let weak = Arc::downgrade(&manager);
             let wake = manager.pools.wake.clone();
@@ -329,6 +348,10 @@ impl Manager {
     /// The manager's settings.
     pub fn config(&self) -> &ManagerConfig {
         &self.config
+    }
+
+    pub(crate) fn store(&self) -> &dyn SandboxStore {
+        &*self.store
     }
 
     /// The backend's name.
@@ -797,6 +820,9 @@ impl Manager {
             return;
         };
         let now = now_ms();
+        if self.multi_node() {
+            self.take_over_dead_nodes(&records).await;
+        }
         for rec in records {
             let id = &rec.sandbox.id;
             if !self.owns(&rec) {
@@ -807,6 +833,11 @@ impl Manager {
                 rec.sandbox.state,
                 SandboxState::Recycled | SandboxState::Replaced
             ) {
+                if self.multi_node() && rec.endpoint.is_none() && self.backend.is_alive(id).await {
+                    // Taken over while this node was out of reach: its box must not run on.
+                    tracing::warn!(sandbox = %id, "sandbox was taken over by another node; removing its box here");
+                    let _ = self.destroy_box(id).await;
+                }
                 // Their box is gone already: only the record goes.
                 if rec.sandbox.expires_at_ms.is_some_and(|t| t <= now) {
                     let _ = self.store.remove(id).await;
@@ -852,12 +883,31 @@ impl Manager {
         let records = self.own_records().await;
         let tasks = records.into_iter().map(|r| async move {
             let id = r.sandbox.id;
+            match r.sandbox.state {
+                // No box; a recycled record stays restorable, on any node.
+                SandboxState::Recycled | SandboxState::Replaced => return,
+                // Hand it back: recycled, to be restored on another node at its next touch.
+                SandboxState::Running | SandboxState::Paused if self.multi_node() => {
+                    if let Err(e) = self.recycle(&id, "its node shut down").await {
+                        tracing::warn!(sandbox = %id, error = %e, "could not hand the sandbox back at shutdown");
+                    }
+                    return;
+                }
+                _ => {}
+            }
             if let Err(e) = self.destroy_box(&id).await {
                 tracing::warn!(sandbox = %id, error = %e, "could not remove sandbox at shutdown");
             }
             let _ = self.store.remove(&id).await;
         });
         futures::future::join_all(tasks).await;
+        if let Some(url) = &self.config.node_url {
+            // Gone at once, not after the registration's TTL: the others take over now.
+            let _ = self
+                .store
+                .unlock(&crate::nodes::node_lock(&self.config.node_id), url)
+                .await;
+        }
     }
 
     /// Stop refilling the pools and refuse new sandboxes; waits for a warm create in flight,

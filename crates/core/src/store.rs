@@ -92,4 +92,7 @@ pub trait SandboxStore: Send + Sync + 'static {
 
     /// Give up lock `name` if `holder` holds it.
     async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Who holds lock `name` now (`None` when nobody, or its TTL has passed).
+    async fn lock_holder(&self, name: &str) -> Result<Option<String>, StoreError>;
 }

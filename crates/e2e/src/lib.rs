@@ -48,6 +48,8 @@ pub struct Server {
     pub cgroup_parent: String,
     args: Vec<(String, String)>,
     port: u16,
+    host: String,
+    netns: Option<String>,
 }
 
 /// Options of [`Server::start`].
@@ -57,6 +59,12 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// A bearer token to require.
     pub token: Option<String>,
+    /// Run the server in this network namespace (one made with `ip netns add`).
+    pub netns: Option<String>,
+    /// Listen on this address instead of 127.0.0.1.
+    pub host: Option<String>,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -92,9 +100,14 @@ impl Server {
             state,
             cgroup_parent,
             args,
-            port: free_port()?,
+            port: match opts.port {
+                Some(p) => p,
+                None => free_port()?,
+            },
+            host: opts.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            netns: opts.netns.clone(),
         };
-        server.url = format!("http://127.0.0.1:{}", server.port);
+        server.url = format!("http://{}:{}", server.host, server.port);
         server.spawn().await?;
         Ok(server)
     }
@@ -114,10 +127,20 @@ impl Server {
                 exe.display()
             );
         }
-        let mut cmd = Command::new(&exe);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                // nsenter joins only the network namespace (`ip netns exec` would also mount a
+                // new /sys, hiding the cgroup file systems) and execs the server in place: the
+                // child's pid is the server's.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         cmd.arg("serve")
             .env("PORT", self.port.to_string())
-            .env("HOST", "127.0.0.1")
+            .env("HOST", &self.host)
             .stdin(Stdio::null());
         for (k, v) in &self.args {
             cmd.env(k, v);

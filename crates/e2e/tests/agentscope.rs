@@ -28,6 +28,7 @@ async fn server(env: &[(&str, &str)]) -> Server {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         token: Some(TOKEN.into()),
+        ..Default::default()
     })
     .await
 }

@@ -66,7 +66,7 @@ impl Node {
         common::require_base();
         let mut s = Server::start(ServerOptions {
             env: self.env(extra),
-            token: None,
+            ..Default::default()
         })
         .await
         .expect("start sandboxd serve");

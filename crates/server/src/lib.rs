@@ -55,6 +55,7 @@ pub mod auth;
 mod backends;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod openapi;
 pub mod routes;
 pub mod settings;
@@ -87,6 +88,8 @@ pub struct AppState {
     pub types: Arc<agentscope::types::TypeRegistry>,
     /// The AgentScope type of a create that names none (`DEFAULT_SANDBOX_TYPE`'s first).
     pub default_type: Arc<str>,
+    /// Client for forwarding requests to other nodes ([`forward`]).
+    pub http: reqwest::Client,
 }
 
 impl std::fmt::Debug for AppState {
@@ -115,6 +118,10 @@ impl AppState {
             container_prefix: Arc::from(Settings::default().container_prefix_key.as_str()),
             heartbeat: Default::default(),
             types: Default::default(),
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .expect("an HTTP client without TLS builds"),
         }
     }
 
@@ -184,6 +191,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(meta::not_found)
         .method_not_allowed_fallback(meta::method_not_allowed)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::forward_to_owner,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -339,6 +350,7 @@ pub(crate) fn manager_config(settings: &Settings, templates: &Templates) -> Mana
         node_id: settings.node_id.clone(),
         worker,
         lock_ttl: std::time::Duration::from_secs(settings.heartbeat_lock_ttl_secs.max(1)),
+        node_url: settings.node_url.clone(),
         pools: settings
             .default_sandbox_types
             .iter()

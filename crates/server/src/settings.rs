@@ -238,6 +238,7 @@ pub const OUR_KEYS: &[&str] = &[
     "REDIS_PASSWORD",
     "SANDBOXD_REDIS_PREFIX",
     "SANDBOXD_NODE_ID",
+    "SANDBOXD_NODE_URL",
 ];
 
 /// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
@@ -403,6 +404,9 @@ pub struct Settings {
     /// `SANDBOXD_NODE_ID`: this machine's name among the servers sharing a Redis; its
     /// sandboxes are recorded as its own (default: the host name).
     pub node_id: String,
+    /// `SANDBOXD_NODE_URL`: the URL other machines reach this node at; set, the node joins the
+    /// machines sharing the Redis (requests for its sandboxes are forwarded to it).
+    pub node_url: Option<String>,
     /// `--extension` (or `SANDBOXD_EXTENSIONS`): the files sandbox types were loaded from.
     pub extensions: Vec<PathBuf>,
     /// The sandbox types: the built-in ones and those of `extensions`.
@@ -444,6 +448,7 @@ impl fmt::Debug for Settings {
             .field("heartbeat_lock_ttl_secs", &self.heartbeat_lock_ttl_secs)
             .field("redis", &self.redis)
             .field("node_id", &self.node_id)
+            .field("node_url", &self.node_url)
             .field("extensions", &self.extensions)
             .field("sandbox_types", &self.sandbox_types)
             .finish()
@@ -479,6 +484,7 @@ impl Default for Settings {
             heartbeat_lock_ttl_secs: 120,
             redis: None,
             node_id: default_node_id(),
+            node_url: None,
             extensions: Vec::new(),
             sandbox_types: TypeRegistry::builtin(),
             warnings: Vec::new(),
@@ -985,6 +991,25 @@ impl Settings {
                 cfg.prefix = v.to_string();
             }
             s.redis = Some(cfg);
+        }
+        if let Some(r) = get("SANDBOXD_NODE_URL") {
+            let v = r.value.trim().trim_end_matches('/');
+            let host = v.strip_prefix("http://").unwrap_or("");
+            if host.is_empty() || host.contains('/') || host.chars().any(|c| c.is_whitespace()) {
+                return Err(invalid(
+                    "SANDBOXD_NODE_URL",
+                    r,
+                    "expected http://HOST:PORT, the address other nodes reach this one at".into(),
+                ));
+            }
+            if s.redis.is_none() {
+                return Err(invalid(
+                    "SANDBOXD_NODE_URL",
+                    r,
+                    "needs REDIS_ENABLED=true: the nodes find each other in Redis".into(),
+                ));
+            }
+            s.node_url = Some(v.to_string());
         }
         if let Some(r) = get("SANDBOXD_NODE_ID") {
             let v = r.value.trim();

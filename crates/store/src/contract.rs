@@ -47,7 +47,9 @@ pub async fn run_all<S: SandboxStore>(store: &S) {
 async fn locks_exclude_and_expire<S: SandboxStore>(store: &S) {
     use std::time::Duration;
     let long = Duration::from_secs(60);
+    assert_eq!(store.lock_holder("l").await.unwrap(), None);
     assert!(store.try_lock("l", "a", long).await.unwrap());
+    assert_eq!(store.lock_holder("l").await.unwrap().as_deref(), Some("a"));
     assert!(!store.try_lock("l", "b", long).await.unwrap());
     assert!(store.try_lock("l", "a", long).await.unwrap());
     store.unlock("l", "b").await.unwrap();
@@ -59,6 +61,7 @@ async fn locks_exclude_and_expire<S: SandboxStore>(store: &S) {
         .unwrap());
     assert!(store.try_lock("other", "a", long).await.unwrap());
     tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(store.lock_holder("l").await.unwrap(), None);
     assert!(store.try_lock("l", "a", long).await.unwrap());
     store.unlock("l", "a").await.unwrap();
     store.unlock("other", "a").await.unwrap();

@@ -120,6 +120,15 @@ impl SandboxStore for MemoryStore {
         }
         Ok(())
     }
+
+    async fn lock_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let inner = self.inner.lock().await;
+        Ok(inner
+            .locks
+            .get(name)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(h, _)| h.clone()))
+    }
 }
 
 #[cfg(test)]

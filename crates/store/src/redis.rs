@@ -427,6 +427,17 @@ impl SandboxStore for RedisStore {
         Ok(taken == 1)
     }
 
+    async fn lock_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let key = self.key(&format!("lock:{name}"));
+        self.run(|mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let mut inv = self.unlock.prepare_invoke();
         inv.key(self.key(&format!("lock:{name}"))).arg(holder);

@@ -117,7 +117,7 @@ pub fn sandbox_id_of<'a>(prefix: &str, identity: &'a str) -> Option<&'a str> {
 
 /// Most `replaced_by` links followed from one name (a restored sandbox that is recycled and
 /// restored again adds one).
-const MAX_REDIRECTS: usize = 16;
+pub(crate) const MAX_REDIRECTS: usize = 16;
 
 /// The sandbox with this id, following `replaced_by` links to the newest successor, so that
 /// the name of a sandbox that was recycled and restored keeps working.

@@ -1,0 +1,356 @@
+//! Three machines sharing one Redis, each with its own native backend: network namespaces made
+//! here, one for Redis and one per node, each node on its own address, joined by a bridge
+//! (the test itself talks to them over the bridge from the host). A sandbox made through one
+//! node is used through the others (streaming included); a node killed with SIGKILL has its
+//! sessions restored elsewhere with their workspace files (the workspaces are on a directory
+//! every node reaches); a node that stops hands its sessions back; the other sandboxes are
+//! untouched throughout.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sandboxd_e2e::{Server, ServerOptions};
+use sandboxd_types::{ExecEvent, ExecRequest};
+use serde_json::{json, Value};
+
+/// The network: a bridge on the host and namespaces `0` (Redis) and `1..=3` (nodes), at
+/// `10.<subnet>.0.<n + 1>`; the host is `.254`.
+struct Net {
+    tag: String,
+    subnet: u8,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new() -> Net {
+        let pid = std::process::id();
+        let net = Net {
+            tag: format!("{:x}", pid % 0xfffff),
+            subnet: 100 + (pid % 100) as u8,
+        };
+        let br = net.bridge();
+        ip(&["link", "add", &br, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{}/24", net.addr(253)), "dev", &br]);
+        ip(&["link", "set", &br, "up"]);
+        for n in 0..4 {
+            let ns = net.ns(n);
+            let (host_end, ns_end) = (format!("sv{}{n}", net.tag), format!("sp{}{n}", net.tag));
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ]);
+            ip(&["link", "set", &ns_end, "netns", &ns]);
+            ip(&["link", "set", &host_end, "master", &br, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(n)),
+                "dev",
+                &ns_end,
+            ]);
+            ip(&["-n", &ns, "link", "set", &ns_end, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("sbr{}", self.tag)
+    }
+
+    fn ns(&self, n: u8) -> String {
+        format!("sbx{}n{n}", self.tag)
+    }
+
+    /// Namespace `n`'s address (`253` is the host's).
+    fn addr(&self, n: u8) -> String {
+        format!("10.{}.0.{}", self.subnet, n + 1)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in 0..4 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(n)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .status();
+    }
+}
+
+/// `redis-server` in namespace 0, and its directory (removed with it).
+struct Redis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(net: &Net) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.ns(0), "redis-server"])
+            .args(["--bind", &net.addr(0), "--port", "6379", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((net.addr(0).as_str(), 6379)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, _dir: dir }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PORT: u16 = 8000;
+
+async fn node(net: &Net, n: u8, workspaces: &std::path::Path, prefix: &str) -> Server {
+    common::require_base();
+    let addr = net.addr(n);
+    let env = [
+        ("REDIS_ENABLED", "true".to_string()),
+        ("REDIS_SERVER", net.addr(0)),
+        ("REDIS_PORT", "6379".to_string()),
+        ("SANDBOXD_REDIS_PREFIX", prefix.to_string()),
+        ("SANDBOXD_NODE_ID", format!("node{n}")),
+        ("SANDBOXD_NODE_URL", format!("http://{addr}:{PORT}")),
+        ("DEFAULT_MOUNT_DIR", workspaces.display().to_string()),
+        ("SANDBOX_TIMEOUT", "600".to_string()),
+    ];
+    Server::start(ServerOptions {
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        netns: Some(net.ns(n)),
+        host: Some(addr),
+        port: Some(PORT),
+        ..Default::default()
+    })
+    .await
+    .expect("start a node")
+}
+
+async fn rpc(node: &Server, method: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/{method}", node.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{method} {body}");
+    let v: Value = r.json().await.unwrap();
+    v["data"].clone()
+}
+
+async fn shell(node: &Server, name: &str, command: &str) -> String {
+    let r = rpc(
+        node,
+        "call_tool",
+        json!({"identity": name, "tool_name": "run_shell_command", "arguments": {"command": command}}),
+    )
+    .await;
+    assert_eq!(r["isError"], false, "{command}: {r}");
+    r["content"][0]["text"].as_str().unwrap().to_string()
+}
+
+async fn ipython(node: &Server, name: &str, code: &str) -> String {
+    let r = rpc(
+        node,
+        "call_tool",
+        json!({"identity": name, "tool_name": "run_ipython_cell", "arguments": {"code": code}}),
+    )
+    .await;
+    assert_eq!(r["isError"], false, "{code}: {r}");
+    r["content"][0]["text"].as_str().unwrap().to_string()
+}
+
+async fn create(node: &Server, session: &str) -> String {
+    let name = rpc(
+        node,
+        "create",
+        json!({"sandbox_type": "base", "meta": {"session_ctx_id": session}}),
+    )
+    .await;
+    name.as_str().expect("a name").to_string()
+}
+
+/// Wait until `name`'s record is in `state`. Until the dead node's registration lapses,
+/// requests for its sandboxes are still forwarded to it and fail with 502: those are retried.
+async fn wait_state(node: &Server, name: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = reqwest::Client::new()
+            .post(format!("{}/get_info", node.url))
+            .json(&json!({"identity": name}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or_default();
+        if status == 200 && body["data"]["state"] == state {
+            return body["data"].clone();
+        }
+        let info = body;
+        assert!(
+            status == 200 || status == 502,
+            "get_info {name}: {status} {info}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {state}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_forward_fail_over_and_hand_back() {
+    let net = Net::new();
+    let _redis = Redis::start(&net);
+    let workspaces = tempfile::Builder::new()
+        .prefix("sandboxd-e2e-shared-ws-")
+        .tempdir()
+        .unwrap();
+    let prefix = format!("nodes-{}", std::process::id());
+    let n1 = node(&net, 1, workspaces.path(), &prefix).await;
+    let mut n2 = node(&net, 2, workspaces.path(), &prefix).await;
+    let mut n3 = node(&net, 3, workspaces.path(), &prefix).await;
+
+    // One sandbox per node, each made through its node.
+    let s1 = create(&n1, "s1").await;
+    let s2 = create(&n2, "s2").await;
+    let s3 = create(&n3, "s3").await;
+
+    // s1 is used through all three nodes: the same box answers (its host name), with its
+    // Python state and its files.
+    let host1 = shell(&n1, &s1, "hostname").await;
+    assert_eq!(shell(&n2, &s1, "hostname").await, host1);
+    assert_eq!(shell(&n3, &s1, "hostname").await, host1);
+    ipython(&n2, &s1, "x = 20").await;
+    assert_eq!(ipython(&n3, &s1, "print(x + 1)").await, "21\n");
+    let put = reqwest::Client::new()
+        .put(format!(
+            "{}/proxy/{s1}/workspace/file?path=via-n3.txt",
+            n3.url
+        ))
+        .body("written through node 3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let got = reqwest::get(format!(
+        "{}/proxy/{s1}/workspace/file?path=via-n3.txt",
+        n2.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(got.text().await.unwrap(), "written through node 3");
+
+    // A streamed exec through another node streams: the first line arrives before the
+    // command ends.
+    let id1 = s1.trim_start_matches("sandboxd-");
+    let mut events = n3
+        .client()
+        .exec_stream(
+            id1,
+            &ExecRequest {
+                shell: Some("echo one; sleep 2; echo two".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut first_at = None;
+    let mut out = String::new();
+    while let Some(ev) = events.next().await {
+        match ev.unwrap() {
+            ExecEvent::Stdout { data } => {
+                first_at.get_or_insert(t0.elapsed());
+                out.push_str(&data);
+            }
+            ExecEvent::Exit { exit_code, .. } => {
+                assert_eq!(exit_code, Some(0));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(out, "one\ntwo\n");
+    let first_at = first_at.unwrap();
+    assert!(
+        first_at < Duration::from_millis(1500),
+        "first output after {first_at:?}"
+    );
+
+    // Node 2's sandbox has state and files; node 2 then dies.
+    shell(&n3, &s2, "echo kept > data.txt").await;
+    ipython(&n1, &s3, "y = 'three'").await;
+    n2.kill_hard();
+
+    // Its session comes back elsewhere on its next touch, once its registration lapsed and
+    // a node took it over; the workspace files are there.
+    wait_state(&n1, &s2, "recycled").await;
+    assert_eq!(shell(&n3, &s2, "cat data.txt").await, "kept\n");
+    let info = rpc(&n1, "get_info", json!({"identity": s2})).await;
+    assert_eq!(info["state"], "running", "{info}");
+    assert_ne!(info["container_name"], s2.as_str(), "{info}");
+    // The old name works through every live node.
+    assert_eq!(shell(&n1, &s2, "cat data.txt").await, "kept\n");
+
+    // The other sandboxes are untouched: same boxes, same state.
+    assert_eq!(shell(&n1, &s1, "hostname").await, host1);
+    assert_eq!(ipython(&n3, &s1, "print(x)").await, "20\n");
+    assert_eq!(ipython(&n1, &s3, "print(y)").await, "three\n");
+    assert_eq!(
+        rpc(&n1, "get_info", json!({"identity": s3})).await["container_name"],
+        s3.as_str()
+    );
+
+    // Node 3 stops gracefully: it hands its sandboxes back (s3, and s2's successor), and the
+    // next touch through node 1 restores them there with their files.
+    shell(&n3, &s3, "echo three > t.txt").await;
+    let status = n3.stop().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(shell(&n1, &s3, "cat t.txt").await, "three\n");
+    assert_eq!(shell(&n1, &s2, "cat data.txt").await, "kept\n");
+    assert_eq!(
+        shell(&n1, &s1, "cat via-n3.txt").await,
+        "written through node 3"
+    );
+
+    // Node 2 starts again: what ran there was taken over, so its start removes those boxes.
+    n2.restart().await.unwrap();
+    n2.stop();
+}
