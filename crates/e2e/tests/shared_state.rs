@@ -294,6 +294,26 @@ async fn workers_share_one_port_one_pool_and_stop_together() {
         .await
         .unwrap();
     assert!(warm_ids.contains(&sb.id), "{} was not warm", sb.id);
+    c.python(&sb.id, &py("held = 'across a crash'"))
+        .await
+        .unwrap();
+
+    // The supervisor killed with SIGKILL: its workers follow it (they would hold the port),
+    // and a new supervisor adopts the node's sandboxes.
+    server.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers.iter().any(|&w| common::pid_alive(w)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived a killed supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.restart().await.unwrap();
+    let workers = children_of(server.pid().unwrap() as i32);
+    assert_eq!(workers.len(), 4, "{workers:?}");
+    let v = c.python(&sb.id, &py("held")).await.unwrap();
+    assert_eq!(v.result.as_deref(), Some("'across a crash'"));
 
     let status = server.stop().unwrap();
     assert!(status.success(), "{status:?}");

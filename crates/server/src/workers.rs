@@ -52,14 +52,25 @@ pub fn inherited_listener() -> Option<std::io::Result<std::net::TcpListener>> {
 fn spawn_worker(n: usize, fd: i32) -> Result<Child, ServerError> {
     let exe = std::env::current_exe()
         .map_err(|e| ServerError::Workers(format!("cannot find this executable: {e}")))?;
-    Command::new(&exe)
-        .args(std::env::args_os().skip(1))
+    let mut cmd = Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
         .env(WORKER_ENV, "1")
         .env(LISTEN_FD_ENV, fd.to_string())
         .env("SANDBOXD_WORKER_INDEX", n.to_string())
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+    // which is async-signal-safe. A worker must not outlive a supervisor killed with SIGKILL:
+    // it would keep the port, and the next supervisor could not bind it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
         .map_err(|e| ServerError::Workers(format!("cannot start worker {n}: {e}")))
 }
 
