@@ -267,6 +267,110 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A private `dockerd` for tests: its own data and exec roots and socket in a temporary
+/// directory, no bridge network and no iptables rules (sandboxes have no network anyway), so
+/// that it touches nothing of the machine's and several can run at once. Stopped when dropped.
+pub struct DockerDaemon {
+    child: Option<Child>,
+    /// `unix://<socket>`, for `DOCKER_HOST`.
+    pub host: String,
+    dir: tempfile::TempDir,
+}
+
+impl DockerDaemon {
+    /// Start one and wait until it answers. Fails, saying how to install it, when `dockerd`
+    /// is missing.
+    pub fn start() -> Result<DockerDaemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("sandboxd-dockerd-")
+            .tempdir()?;
+        let sock = dir.path().join("docker.sock");
+        let log = std::fs::File::create(dir.path().join("dockerd.log"))?;
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "cannot start dockerd; install it: scripts/setup (apt-get install docker.io)",
+            )?;
+        let mut d = DockerDaemon {
+            child: Some(child),
+            host: format!("unix://{}", sock.display()),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && Command::new("docker")
+                    .env("DOCKER_HOST", &d.host)
+                    .arg("info")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                return Ok(d);
+            }
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("dockerd exited at start ({status}): {}", d.log());
+            }
+            if Instant::now() > deadline {
+                bail!("dockerd did not answer within 60 s: {}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Names of the containers it has (running or not).
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for DockerDaemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child, not reaped yet; SIGTERM lets dockerd stop its
+            // containers and unmount its layers.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,17 +2,37 @@
 
 use std::sync::Arc;
 
+use sandboxd_backend_docker::{DockerBackend, DockerConfig};
 use sandboxd_backend_native::{NativeBackend, NativeConfig};
 use sandboxd_core::backend::Backend;
 
 use crate::{ServerError, Settings};
 
 /// Backends this build can run.
-pub const AVAILABLE: &[&str] = &["native"];
+pub const AVAILABLE: &[&str] = &["native", "docker"];
 
 /// The backend `settings` ask for, if this build has it.
-pub(crate) fn build(settings: &Settings) -> Result<Arc<dyn Backend>, ServerError> {
+pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, ServerError> {
     match settings.container_deployment.as_str() {
+        "docker" => {
+            let (_, default_agent) = NativeConfig::default_binaries();
+            let config = DockerConfig {
+                host: None,
+                run_dir: settings.run_dir.join("docker"),
+                agent_bin: settings.agent_bin.clone().unwrap_or(default_agent),
+                name_prefix: settings.container_prefix_key.clone(),
+                // One server's containers (and a machine's workers'), as its cgroups are.
+                instance: settings.cgroup_parent.clone(),
+            };
+            let backend =
+                DockerBackend::connect(config)
+                    .await
+                    .map_err(|e| ServerError::Backend {
+                        backend: "docker".into(),
+                        message: e.to_string(),
+                    })?;
+            Ok(Arc::new(backend))
+        }
         "native" => {
             let (default_init, default_agent) = NativeConfig::default_binaries();
             let config = NativeConfig {

@@ -365,7 +365,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, ServerError> {
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
-    let backend: Arc<dyn Backend> = backends::build(&settings)?;
+    let backend: Arc<dyn Backend> = backends::build(&settings).await?;
     start_with_backend(settings, backend).await
 }
 

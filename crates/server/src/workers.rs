@@ -92,7 +92,7 @@ pub async fn supervise(settings: Settings) -> Result<(), ServerError> {
     config.pool_size = 0;
     config.worker = false;
     let manager = Manager::start(
-        backends::build(&settings)?,
+        backends::build(&settings).await?,
         build_store(&settings).await?,
         templates,
         config,

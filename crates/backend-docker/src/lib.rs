@@ -1,0 +1,392 @@
+//! The `docker` backend: each sandbox is a container on a Docker Engine (or Podman's
+//! Docker-compatible socket), reached through the Engine API (bollard; the API version is
+//! negotiated with the daemon).
+//!
+//! # A box
+//!
+//! - Image: the sandbox type's template, imported once as the image
+//!   `sandboxd-template/<name>:<build>` (`<build>` changes when the template is rebuilt): the
+//!   template's tree is streamed to `POST /images/create?fromSrc=-` (what `docker import`
+//!   does; no registry is needed).
+//! - The guest agent is not in the image: the static agent binary is bind-mounted read-only
+//!   and is the container's entrypoint (PID 1, reaping zombies), listening on a Unix socket in
+//!   a per-box host directory that is bind-mounted too. The host reaches the agent there, as
+//!   with the native backend, so every tool works unchanged. This needs the daemon on this
+//!   machine (a local socket, or TCP to this machine).
+//! - `/workspace` is bound from the session's workspace; `READONLY_MOUNTS` read-only.
+//! - Limits: memory (no swap beyond it), CPU (`NanoCpus`), pids. No network (`none`), every
+//!   capability dropped, `no-new-privileges`, Docker's default seccomp profile.
+//! - Named `<prefix><id>` and labelled with the server's instance and the sandbox id, so that
+//!   [`Backend::cleanup_stale`] finds this server's containers after a crash.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use sandboxd_core::backend::{
+    AgentEndpoint, Backend, BackendError, BoxHandle, BoxSpec, CleanupReport,
+};
+
+/// Label holding the server instance a container belongs to.
+pub const LABEL_INSTANCE: &str = "sandboxd.instance";
+/// Label holding the sandbox id.
+pub const LABEL_ID: &str = "sandboxd.id";
+/// Where the agent binary is mounted in a box.
+const AGENT_IN_BOX: &str = "/.sandboxd/agent";
+/// Where the box's socket directory is mounted in a box.
+const RUN_IN_BOX: &str = "/.sandboxd/run";
+/// `PATH` of a box.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long a new container's agent may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Settings of the docker backend.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// The daemon (`unix:///path` or `tcp://host:port`); `None`: `DOCKER_HOST`, else the
+    /// default socket.
+    pub host: Option<String>,
+    /// Host directory with one subdirectory per box, holding the agent's socket.
+    pub run_dir: PathBuf,
+    /// The static guest agent binary.
+    pub agent_bin: PathBuf,
+    /// Containers are named `<name_prefix><sandbox id>`.
+    pub name_prefix: String,
+    /// This server's instance (its containers carry it in [`LABEL_INSTANCE`]).
+    pub instance: String,
+}
+
+/// Sandboxes as containers.
+pub struct DockerBackend {
+    docker: Docker,
+    config: DockerConfig,
+    /// Serializes image imports (two creates of a new template import it once).
+    importing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("docker: {what}: {e}"))
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::StartFailed(format!("docker: {what}: {e}"))
+}
+
+fn io(context: String, source: std::io::Error) -> BackendError {
+    BackendError::Io { context, source }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerBackend {
+    /// Connect to the daemon and agree on an API version.
+    pub async fn connect(config: DockerConfig) -> Result<DockerBackend, BackendError> {
+        let docker = match &config.host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_defaults(),
+        }
+        .map_err(|e| unavailable("cannot set up a connection", e))?;
+        let docker = docker.negotiate_version().await.map_err(|e| {
+            unavailable(
+                "the daemon does not answer (is dockerd running? DOCKER_HOST?)",
+                e,
+            )
+        })?;
+        if !config.agent_bin.is_file() {
+            return Err(BackendError::Unavailable(format!(
+                "docker: the guest agent {} is missing (build it: scripts/build)",
+                config.agent_bin.display()
+            )));
+        }
+        std::fs::create_dir_all(&config.run_dir)
+            .map_err(|e| io(format!("create {}", config.run_dir.display()), e))?;
+        Ok(DockerBackend {
+            docker,
+            config,
+            importing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn name_of(&self, id: &str) -> String {
+        format!("{}{id}", self.config.name_prefix)
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.config.run_dir.join(id)
+    }
+
+    /// The image of a template, imported from its tree when the daemon does not have it.
+    async fn image_for(&self, rootfs: &Path) -> Result<String, BackendError> {
+        let template = rootfs.parent().unwrap_or(rootfs);
+        let name = template
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "template".into());
+        // A rebuilt template is a new tag: its ready marker is written last by each build.
+        let build = std::fs::metadata(template.join("ready"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let (repo, tag) = (format!("sandboxd-template/{name}"), build.to_string());
+        let image = format!("{repo}:{tag}");
+        if self.docker.inspect_image(&image).await.is_ok() {
+            return Ok(image);
+        }
+        let _one = self.importing.lock().await;
+        if self.docker.inspect_image(&image).await.is_ok() {
+            return Ok(image);
+        }
+        tracing::info!(%image, rootfs = %rootfs.display(), "importing the template as an image (once)");
+        let started = Instant::now();
+        let mut tar = tokio::process::Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .args(["--numeric-owner", "-c", "."])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed("cannot run tar to import the template", e))?;
+        let stdout = tar.stdout.take().expect("piped");
+        let body = tokio_util::io::ReaderStream::new(stdout);
+        let opts = CreateImageOptionsBuilder::new()
+            .from_src("-")
+            .repo(&repo)
+            .tag(&tag)
+            .build();
+        let mut progress =
+            self.docker
+                .create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| failed(&format!("importing {image}"), e))?;
+        }
+        let status = tar
+            .wait()
+            .await
+            .map_err(|e| failed("tar of the template", e))?;
+        if !status.success() {
+            return Err(failed("tar of the template", status));
+        }
+        tracing::info!(%image, secs = started.elapsed().as_secs_f64(), "template imported");
+        Ok(image)
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, BackendError> {
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let removed = match self
+            .docker
+            .remove_container(&self.name_of(id), Some(opts))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(failed(&format!("remove container of {id}"), e)),
+        };
+        match std::fs::remove_dir_all(self.run_dir(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("remove {}", self.run_dir(id).display()), e)),
+        }
+        Ok(removed)
+    }
+
+    async fn start(&self, spec: &BoxSpec) -> Result<BoxHandle, BackendError> {
+        let image = self.image_for(&spec.template_rootfs).await?;
+        let run = self.run_dir(&spec.id);
+        std::fs::create_dir_all(&run).map_err(|e| io(format!("create {}", run.display()), e))?;
+        let socket = run.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut env = vec![
+            format!("PATH={DEFAULT_PATH}"),
+            "HOME=/root".to_string(),
+            format!("HOSTNAME={}", spec.hostname),
+            "SANDBOXD_FILES_ROOT=/workspace".to_string(),
+        ];
+        env.extend(
+            spec.env
+                .iter()
+                .filter(|(k, _)| !k.starts_with("SANDBOXD_"))
+                .map(|(k, v)| format!("{k}={v}")),
+        );
+        let mut binds = vec![
+            format!("{}:{AGENT_IN_BOX}:ro", self.config.agent_bin.display()),
+            format!("{}:{RUN_IN_BOX}:rw", run.display()),
+            format!("{}:/workspace:rw", spec.workspace.display()),
+        ];
+        binds.extend(
+            spec.readonly_mounts
+                .iter()
+                .map(|m| format!("{}:{}:ro", m.host.display(), m.guest.display())),
+        );
+        let memory = spec.limits.memory_bytes as i64;
+        let body = ContainerCreateBody {
+            image: Some(image),
+            hostname: Some(spec.hostname.clone()),
+            env: Some(env),
+            entrypoint: Some(vec![
+                AGENT_IN_BOX.to_string(),
+                "--listen".to_string(),
+                format!("{RUN_IN_BOX}/agent.sock"),
+            ]),
+            working_dir: Some("/workspace".into()),
+            labels: Some(HashMap::from([
+                (LABEL_INSTANCE.to_string(), self.config.instance.clone()),
+                (LABEL_ID.to_string(), spec.id.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some(spec.limits.cpu_millis as i64 * 1_000_000),
+                pids_limit: Some(spec.limits.pids as i64),
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = self.name_of(&spec.id);
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| failed(&format!("create container {name}"), e))?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| failed(&format!("start container {name}"), e))?;
+        // The agent makes its socket once it runs; connections need it to exist.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(failed(
+                    &format!("container {name}"),
+                    "its agent did not start listening",
+                ));
+            }
+            if !self.is_alive(&spec.id).await {
+                return Err(failed(&format!("container {name}"), "it exited at start"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(BoxHandle {
+            id: spec.id.clone(),
+            endpoint: AgentEndpoint::Unix { path: socket },
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn create(&self, spec: BoxSpec) -> Result<BoxHandle, BackendError> {
+        match self.start(&spec).await {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                // Nothing of a failed box is left behind.
+                let _ = self.remove(&spec.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), BackendError> {
+        self.remove(id).await.map(drop)
+    }
+
+    async fn is_alive(&self, id: &str) -> bool {
+        match self.docker.inspect_container(&self.name_of(id), None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<(), BackendError> {
+        let name = self.name_of(id);
+        let r = if paused {
+            self.docker.pause_container(&name).await
+        } else {
+            self.docker.unpause_container(&name).await
+        };
+        r.map_err(|e| match e {
+            e if is_not_found(&e) => BackendError::NotFound(id.to_string()),
+            e => failed(&format!("pause/unpause {name}"), e),
+        })
+    }
+
+    async fn cleanup_stale(&self, keep: &BTreeSet<String>) -> Result<CleanupReport, BackendError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_INSTANCE}={}", self.config.instance)],
+        )]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| unavailable("list containers", e))?;
+        let mut report = CleanupReport::default();
+        let mut seen = BTreeSet::new();
+        for c in containers {
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else {
+                continue;
+            };
+            seen.insert(id.clone());
+            if keep.contains(&id) && self.is_alive(&id).await {
+                continue;
+            }
+            if self.remove(&id).await? {
+                report.boxes_killed += 1;
+                report.resources_removed += 1;
+            }
+        }
+        // Socket directories of boxes with no container left.
+        let dirs = std::fs::read_dir(&self.config.run_dir)
+            .map(|d| d.flatten().collect::<Vec<_>>())
+            .unwrap_or_default();
+        for d in dirs {
+            let id = d.file_name().to_string_lossy().into_owned();
+            if !(keep.contains(&id) && seen.contains(&id))
+                && std::fs::remove_dir_all(d.path()).is_ok()
+            {
+                report.resources_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,243 @@
+//! The backend contract: what every backend must do, checked through the HTTP API of a real
+//! server on that backend. `tests/backends.rs` runs it on each backend.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sandboxd_e2e::Server;
+use sandboxd_types::{ErrorCode, ExecEvent, ExecRequest, PythonRequest, SandboxState};
+
+use super::{api_code, create_req, sh, with_limits};
+
+fn py(code: &str) -> PythonRequest {
+    PythonRequest {
+        code: code.into(),
+        timeout_ms: Some(60_000),
+    }
+}
+
+fn argv(args: &[&str]) -> ExecRequest {
+    ExecRequest {
+        cmd: Some(args.iter().map(|a| a.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+/// Every check, in turn, on `server`, whose backend is `backend`.
+pub async fn run_all(server: &mut Server, backend: &str) {
+    lifecycle_and_streaming(server, backend).await;
+    files_and_python(server).await;
+    host_processes_are_invisible(server).await;
+    host_loopback_is_unreachable(server).await;
+    memory_and_pids_limits_hold(server).await;
+    pause_and_timeout(server).await;
+    crash_of_the_server_leaves_nothing(server).await;
+}
+
+async fn lifecycle_and_streaming(server: &Server, backend: &str) {
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    assert_eq!(sb.backend, backend);
+    assert_eq!(sb.state, SandboxState::Running);
+    assert!(c
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.id == sb.id));
+    let req = ExecRequest {
+        shell: Some("echo first; sleep 2; echo second >&2; exit 3".into()),
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut events = c.exec_stream(&sb.id, &req).await.unwrap();
+    let (mut first_at, mut out, mut err, mut exit) = (None, String::new(), String::new(), None);
+    while let Some(ev) = events.next().await {
+        match ev.unwrap() {
+            ExecEvent::Stdout { data } => {
+                first_at.get_or_insert(t0.elapsed());
+                out.push_str(&data);
+            }
+            ExecEvent::Stderr { data } => err.push_str(&data),
+            ExecEvent::Exit { exit_code, .. } => {
+                exit = Some((exit_code, t0.elapsed()));
+                break;
+            }
+            ExecEvent::Error { error } => panic!("{error:?}"),
+            _ => {}
+        }
+    }
+    let (code, ended) = exit.expect("an exit event");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(3), "first\n", "second\n")
+    );
+    assert!(
+        ended - first_at.unwrap() >= Duration::from_millis(1500),
+        "the first line did not stream before the end"
+    );
+    c.delete(&sb.id).await.unwrap();
+    let e = c.get(&sb.id).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(ErrorCode::NotFound), "{e}");
+}
+
+async fn files_and_python(server: &Server) {
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    c.write_file(&sb.id, "dir/a.txt", b"hello".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&c, &sb.id, "cat /workspace/dir/a.txt").await.stdout,
+        "hello"
+    );
+    let back = c.read_file(&sb.id, "dir/a.txt").await.unwrap();
+    assert_eq!(&back[..], b"hello");
+    for escape in ["../../etc/passwd", "/etc/passwd"] {
+        let e = c.read_file(&sb.id, escape).await.unwrap_err();
+        assert_eq!(
+            api_code(&e),
+            Some(ErrorCode::PathOutsideSandbox),
+            "{escape}: {e}"
+        );
+    }
+    sh(&c, &sb.id, "ln -s /etc/passwd /workspace/link").await;
+    let e = c.read_file(&sb.id, "link").await.unwrap_err();
+    assert_eq!(api_code(&e), Some(ErrorCode::PathOutsideSandbox), "{e}");
+    c.python(&sb.id, &py("x = 21")).await.unwrap();
+    let r = c.python(&sb.id, &py("x * 2")).await.unwrap();
+    assert_eq!(r.result.as_deref(), Some("42"));
+    c.delete(&sb.id).await.unwrap();
+}
+
+async fn host_processes_are_invisible(server: &Server) {
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    let r = sh(&c, &sb.id, "ls /proc | grep -c '^[0-9]*$'").await;
+    let count: usize = r.stdout.trim().parse().unwrap();
+    assert!(count < 10, "sees {count} processes: {r:?}");
+    let host_pid = server.pid().unwrap();
+    let r = sh(&c, &sb.id, &format!("cat /proc/{host_pid}/cmdline")).await;
+    assert!(
+        !r.stdout.contains("serve"),
+        "the server's process is visible: {r:?}"
+    );
+    c.delete(&sb.id).await.unwrap();
+}
+
+async fn host_loopback_is_unreachable(server: &Server) {
+    let c = server.client();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sb = c.create(&create_req()).await.unwrap();
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    print('connected')\nexcept OSError as e:\n    print('refused', e)\n"
+    );
+    let r = c
+        .exec(&sb.id, &argv(&["python3", "-c", &code]))
+        .await
+        .unwrap();
+    assert!(r.stdout.starts_with("refused"), "{r:?}");
+    let mut buf = [0u8; 1];
+    match listener.accept() {
+        Ok((mut s, _)) => panic!("the host listener got a connection: {:?}", s.read(&mut buf)),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+    c.delete(&sb.id).await.unwrap();
+}
+
+async fn memory_and_pids_limits_hold(server: &Server) {
+    let c = server.client();
+    let sb = c.create(&with_limits(64, 40)).await.unwrap();
+    let r = sh(
+        &c,
+        &sb.id,
+        "python3 -c \"b = bytearray(300 << 20); print(len(b))\"",
+    )
+    .await;
+    assert!(
+        r.signal == Some(9) || r.exit_code == Some(137),
+        "the memory hog was not killed: {r:?}"
+    );
+    assert_eq!(
+        sh(&c, &sb.id, "echo still here").await.stdout,
+        "still here\n"
+    );
+    let forker = r#"
+import os, time
+kids, err = [], None
+for i in range(100):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+print(len(kids), type(err).__name__)
+for k in kids:
+    os.kill(k, 9)
+    os.waitpid(k, 0)
+"#;
+    let r = c
+        .exec(&sb.id, &argv(&["python3", "-c", forker]))
+        .await
+        .unwrap();
+    let mut words = r.stdout.split_whitespace();
+    let forked: usize = words.next().unwrap_or("").parse().unwrap_or(usize::MAX);
+    assert!(forked < 40, "more tasks than the pids limit: {r:?}");
+    assert_eq!(words.next(), Some("BlockingIOError"), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        sh(&c, &sb.id, "echo still here").await.stdout,
+        "still here\n"
+    );
+    c.delete(&sb.id).await.unwrap();
+}
+
+async fn pause_and_timeout(server: &Server) {
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    c.python(&sb.id, &py("kept = 1")).await.unwrap();
+    assert_eq!(c.pause(&sb.id).await.unwrap().state, SandboxState::Paused);
+    let e = c.exec(&sb.id, &argv(&["true"])).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(ErrorCode::NotRunning), "{e}");
+    c.resume(&sb.id).await.unwrap();
+    assert_eq!(
+        c.python(&sb.id, &py("kept"))
+            .await
+            .unwrap()
+            .result
+            .as_deref(),
+        Some("1")
+    );
+    // A sandbox whose timeout passes is removed by the reaper.
+    c.set_timeout(&sb.id, 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.get(&sb.id).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the expired sandbox was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server killed with SIGKILL and started again: what it left is cleaned up (the
+/// in-memory store forgot it).
+async fn crash_of_the_server_leaves_nothing(server: &mut Server) {
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    assert_eq!(sh(&c, &sb.id, "echo up").await.stdout, "up\n");
+    server.kill_hard();
+    server.restart().await.unwrap();
+    let c = server.client();
+    assert!(c.list(&Default::default()).await.unwrap().is_empty());
+    let e = c.exec(&sb.id, &argv(&["true"])).await.unwrap_err();
+    assert_eq!(api_code(&e), Some(ErrorCode::NotFound), "{e}");
+}
