@@ -5,9 +5,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use sandboxd_e2e::ServerOptions;
-use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecEvent, ExecRequest, PythonRequest};
+use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, PythonRequest};
 
 use common::{api_code, create_req, sh};
 
@@ -28,47 +27,6 @@ async fn python_state_survives_between_calls() {
     let err = r.error.expect("an exception");
     assert_eq!(err.ename, "ZeroDivisionError");
     assert!(err.traceback.join("\n").contains("ZeroDivisionError"));
-    c.delete(&sb.id).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn exec_output_streams_before_the_command_ends() {
-    let server = common::server().await;
-    let c = server.client();
-    let sb = c.create(&create_req()).await.unwrap();
-    let req = ExecRequest {
-        shell: Some("echo first; sleep 2; echo second".into()),
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    let mut events = c.exec_stream(&sb.id, &req).await.unwrap();
-    let mut first_at = None;
-    let mut out = String::new();
-    let mut exit = None;
-    while let Some(ev) = events.next().await {
-        match ev.unwrap() {
-            ExecEvent::Stdout { data } => {
-                first_at.get_or_insert(t0.elapsed());
-                out.push_str(&data);
-            }
-            ExecEvent::Exit { exit_code, .. } => {
-                exit = Some((exit_code, t0.elapsed()));
-                break;
-            }
-            ExecEvent::Error { error } => panic!("{error:?}"),
-            _ => {}
-        }
-    }
-    let (code, ended) = exit.expect("an exit event");
-    assert_eq!(code, Some(0));
-    assert_eq!(out, "first\nsecond\n");
-    // The command sleeps 2 s between its two lines: the first line must have arrived well
-    // before the end, however slow the machine.
-    let first = first_at.unwrap();
-    assert!(
-        ended - first >= Duration::from_millis(1500),
-        "first output at {first:?}, exit at {ended:?}"
-    );
     c.delete(&sb.id).await.unwrap();
 }
 

@@ -27,6 +27,14 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// Whether `v` is an IP address or a host name.
+fn is_host(v: &str) -> bool {
+    !v.is_empty()
+        && (v.parse::<IpAddr>().is_ok()
+            || v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+}
+
 /// Whether `id` can name a node: 1 to 64 letters, digits, `-`, `_` and `.`.
 pub fn valid_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -745,20 +753,20 @@ impl Settings {
         };
         let get = |key: &str| raw.get(key);
 
-        if let Some(r) = get("HOST") {
+        let host = |key: &str, r: &Raw| {
             let v = r.value.trim();
-            let ok = !v.is_empty()
-                && (v.parse::<IpAddr>().is_ok()
-                    || v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-            if !ok {
-                return Err(invalid(
-                    "HOST",
+            if is_host(v) {
+                Ok(v.to_string())
+            } else {
+                Err(invalid(
+                    key,
                     r,
                     "expected an IP address or host name".into(),
-                ));
+                ))
             }
-            s.host = v.to_string();
+        };
+        if let Some(r) = get("HOST") {
+            s.host = host("HOST", r)?;
         }
         if let Some(r) = get("PORT") {
             s.port = r
@@ -938,19 +946,7 @@ impl Settings {
         if redis_enabled {
             let mut cfg = RedisConfig::default();
             if let Some(r) = get("REDIS_SERVER") {
-                let v = r.value.trim();
-                let ok = !v.is_empty()
-                    && (v.parse::<IpAddr>().is_ok()
-                        || v.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
-                if !ok {
-                    return Err(invalid(
-                        "REDIS_SERVER",
-                        r,
-                        "expected an IP address or host name".into(),
-                    ));
-                }
-                cfg.host = v.to_string();
+                cfg.host = host("REDIS_SERVER", r)?;
             }
             if let Some(r) = get("REDIS_PORT") {
                 cfg.port = r
