@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use sandboxd_agent::{init, Agent, Config};
 
-const USAGE: &str = "usage: sandboxd-agent [--listen <socket path>]
+const USAGE: &str = "usage: sandboxd-agent [--listen <socket path>] | --relay <socket path>
 
 Serves the sandboxd host protocol inside a sandbox.
   --listen <path>   bind a Unix socket at <path> (ignored when SANDBOXD_LISTEN_FD is set)
+  --relay <path>    connect to the agent at <path> and relay its stream over stdin/stdout
+                    (how a host reaches an agent through `docker exec`)
   --version         print the agent and protocol versions
 Environment:
   SANDBOXD_LISTEN_FD    inherited listening socket descriptor (normally 3)
@@ -26,6 +28,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
+            Some("--relay") => {
+                let Some(p) = args.next() else {
+                    eprintln!("sandboxd-agent: --relay needs a path\n{USAGE}");
+                    return ExitCode::from(2);
+                };
+                return match relay(std::path::Path::new(&p)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("sandboxd-agent: relay: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             Some("--version" | "-V") => {
                 let (major, minor) = sandboxd_protocol::PROTOCOL_VERSION;
                 println!(
@@ -64,4 +79,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Relay between stdin/stdout and the agent's socket at `path`, until either side ends. The
+/// end of stdin closes the socket's writing side, which the agent sees as the host hanging up.
+fn relay(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::net::UnixStream;
+    let sock = UnixStream::connect(path)?;
+    let mut to_agent = sock.try_clone()?;
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_agent);
+        let _ = to_agent.shutdown(std::net::Shutdown::Write);
+    });
+    // By hand rather than io::copy: stdout is line-buffered, and frames must go out at once.
+    let mut from_agent = sock;
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    let copied = loop {
+        use std::io::{Read, Write};
+        match from_agent.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = out.write_all(&buf[..n]).and_then(|()| out.flush()) {
+                    break Err(e);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    // The agent closed: nothing more can come from the host side either.
+    drop(writer);
+    copied
 }

@@ -18,13 +18,22 @@
 //!   capability dropped, `no-new-privileges`, Docker's default seccomp profile.
 //! - Named `<prefix><id>` and labelled with the server's instance and the sandbox id, so that
 //!   [`Backend::cleanup_stale`] finds this server's containers after a crash.
+//!
+//! # A shared engine
+//!
+//! With [`DockerConfig::shared`] (an engine several machines reach over TCP), a connection to
+//! an agent is a `docker exec` of the agent binary in relay mode (`--relay <socket>`), its
+//! stdin and stdout carrying the agent's stream, so every machine reaches every box through
+//! the engine. The bind mounts (the agent binary, the socket directory, the workspaces) are
+//! then paths on the engine's machine: the agent binary and `DEFAULT_MOUNT_DIR` must be there.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -32,7 +41,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 use sandboxd_core::backend::{
-    AgentEndpoint, Backend, BackendError, BoxHandle, BoxSpec, CleanupReport,
+    AgentEndpoint, AgentIo, Backend, BackendError, BoxHandle, BoxSpec, CleanupReport,
 };
 
 /// Label holding the server instance a container belongs to.
@@ -62,6 +71,10 @@ pub struct DockerConfig {
     pub name_prefix: String,
     /// This server's instance (its containers carry it in [`LABEL_INSTANCE`]).
     pub instance: String,
+    /// The engine is shared by several machines (reached over TCP): agents are then reached
+    /// through the engine, by a relay the engine runs in the box (`docker exec`), not by the
+    /// socket on the engine's machine, and the backend is [shared](Backend::shared).
+    pub shared: bool,
 }
 
 /// Sandboxes as containers.
@@ -298,10 +311,92 @@ impl DockerBackend {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let endpoint = if self.config.shared {
+            AgentEndpoint::Relay {
+                box_id: spec.id.clone(),
+            }
+        } else {
+            AgentEndpoint::Unix { path: socket }
+        };
         Ok(BoxHandle {
             id: spec.id.clone(),
-            endpoint: AgentEndpoint::Unix { path: socket },
+            endpoint,
         })
+    }
+
+    /// A stream to a box's agent through `docker exec` of the agent in relay mode.
+    async fn relay(&self, id: &str) -> Result<Box<dyn AgentIo>, BackendError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let name = self.name_of(id);
+        let exec = self
+            .docker
+            .create_exec(
+                &name,
+                ExecConfig {
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(false),
+                    cmd: Some(vec![
+                        AGENT_IN_BOX.to_string(),
+                        "--relay".to_string(),
+                        format!("{RUN_IN_BOX}/agent.sock"),
+                    ]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                e if is_not_found(&e) => BackendError::NotFound(id.to_string()),
+                e => unavailable(&format!("exec a relay in {name}"), e),
+            })?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(1 << 20),
+                }),
+            )
+            .await
+            .map_err(|e| unavailable(&format!("start the relay in {name}"), e))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Err(unavailable("the relay", "the engine did not attach"));
+        };
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (mut from_host, mut to_host) = tokio::io::split(theirs);
+        tokio::spawn(async move {
+            while let Some(Ok(out)) = output.next().await {
+                if let bollard::container::LogOutput::StdOut { message } = out {
+                    if to_host.write_all(&message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = to_host.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from_host.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if input.write_all(&buf[..n]).await.is_err() || input.flush().await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The host hung up: the relay's stdin ends, and the agent sees the hang-up.
+            let _ = input.shutdown().await;
+        });
+        Ok(Box::new(ours))
     }
 }
 
@@ -324,6 +419,14 @@ impl Backend for DockerBackend {
 
     async fn destroy(&self, id: &str) -> Result<(), BackendError> {
         self.remove(id).await.map(drop)
+    }
+
+    async fn connect_agent(&self, id: &str) -> Result<Box<dyn AgentIo>, BackendError> {
+        self.relay(id).await
+    }
+
+    fn shared(&self) -> bool {
+        self.config.shared
     }
 
     async fn is_alive(&self, id: &str) -> bool {

@@ -8,35 +8,50 @@ use sandboxd_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::backend::AgentEndpoint;
+use crate::backend::{AgentEndpoint, AgentIo};
 use crate::CoreError;
 
 /// One connection to a guest agent.
-#[derive(Debug)]
 pub struct AgentConn {
-    stream: BufReader<UnixStream>,
+    stream: BufReader<Box<dyn AgentIo>>,
+}
+
+impl std::fmt::Debug for AgentConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConn").finish_non_exhaustive()
+    }
 }
 
 impl AgentConn {
-    /// Connect to an agent.
+    /// Connect to an agent on a Unix socket. A [`AgentEndpoint::Relay`] needs its backend:
+    /// see [`AgentConn::from_io`].
     pub async fn connect(endpoint: &AgentEndpoint) -> Result<Self, CoreError> {
-        let AgentEndpoint::Unix { path } = endpoint;
+        let AgentEndpoint::Unix { path } = endpoint else {
+            return Err(CoreError::AgentUnreachable(
+                "a relayed agent is reached through its backend".into(),
+            ));
+        };
         let stream = UnixStream::connect(path)
             .await
             .map_err(|e| CoreError::AgentUnreachable(format!("connect: {e}")))?;
-        Ok(AgentConn {
-            stream: BufReader::with_capacity(64 * 1024, stream),
-        })
+        Ok(Self::from_io(Box::new(stream)))
+    }
+
+    /// A connection over a stream the backend opened.
+    pub fn from_io(io: Box<dyn AgentIo>) -> Self {
+        AgentConn {
+            stream: BufReader::with_capacity(64 * 1024, io),
+        }
     }
 
     /// Connect and shake hands, retrying the connection until `deadline` passes: a box's agent
     /// may still be starting. Returns the agent's version string.
     pub async fn handshake(
-        endpoint: &AgentEndpoint,
+        connect: impl std::future::Future<Output = Result<AgentConn, CoreError>>,
         within: Duration,
     ) -> Result<String, CoreError> {
         let attempt = async {
-            let mut conn = Self::connect(endpoint).await?;
+            let mut conn = connect.await?;
             let hello = Request::Hello {
                 version: PROTOCOL_VERSION,
             };

@@ -18,7 +18,18 @@ pub enum AgentEndpoint {
         /// Socket path on the host.
         path: PathBuf,
     },
+    /// Reached through the backend ([`Backend::connect_agent`]), e.g. a relay process that a
+    /// remote container engine runs in the box: for boxes on another machine.
+    Relay {
+        /// The box.
+        box_id: String,
+    },
 }
+
+/// A byte stream to a guest agent.
+pub trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> AgentIo for T {}
 
 /// A read-only bind mount from the host into a box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +126,22 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the box's processes are still alive.
     async fn is_alive(&self, id: &str) -> bool;
+
+    /// Open a stream to a box's agent, for [`AgentEndpoint::Relay`] endpoints.
+    async fn connect_agent(&self, id: &str) -> Result<Box<dyn AgentIo>, BackendError> {
+        let _ = id;
+        Err(BackendError::Unavailable(format!(
+            "the {} backend has no relayed agent connections",
+            self.name()
+        )))
+    }
+
+    /// Whether every node sharing the store reaches this backend's boxes (a container engine
+    /// over TCP, a cluster): its sandboxes then belong to no node, any node manages any of
+    /// them, and none is taken over or handed back when a node goes.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Freeze every process of the box (`paused`), or let them run on. A paused box keeps its
     /// processes and memory, does no work and answers nothing until it is resumed;

@@ -475,7 +475,8 @@ impl Manager {
             sandbox,
             endpoint: None,
             version: 0,
-            owner: Some(self.config.node_id.clone()),
+            // A shared backend's box belongs to every node alike.
+            owner: (!self.backend.shared()).then(|| self.config.node_id.clone()),
         };
         loop {
             match self.store.insert(record.clone(), limit).await {
@@ -530,7 +531,7 @@ impl Manager {
             hostname: id.to_string(),
         };
         let handle = self.backend.create(spec).await?;
-        AgentConn::handshake(&handle.endpoint, self.config.start_timeout).await?;
+        AgentConn::handshake(self.open(&handle.endpoint), self.config.start_timeout).await?;
         let updated = self
             .modify(id, |r| {
                 r.sandbox.state = state;
@@ -880,7 +881,12 @@ impl Manager {
         if self.config.worker {
             return;
         }
-        let records = self.own_records().await;
+        // With a shared backend, the other nodes go on serving every sandbox: none is removed.
+        let records = if self.multi_node() && self.backend.shared() {
+            Vec::new()
+        } else {
+            self.own_records().await
+        };
         let tasks = records.into_iter().map(|r| async move {
             let id = r.sandbox.id;
             match r.sandbox.state {
@@ -1185,7 +1191,20 @@ impl Manager {
 
     async fn conn(&self, id: &str) -> Result<AgentConn, CoreError> {
         let ep = self.endpoint(id).await?;
-        AgentConn::connect(&ep).await
+        self.open(&ep).await
+    }
+
+    /// A new connection to the agent at `ep`, through the backend for a relayed one.
+    async fn open(&self, ep: &AgentEndpoint) -> Result<AgentConn, CoreError> {
+        match ep {
+            AgentEndpoint::Unix { .. } => AgentConn::connect(ep).await,
+            AgentEndpoint::Relay { box_id } => self
+                .backend
+                .connect_agent(box_id)
+                .await
+                .map(AgentConn::from_io)
+                .map_err(|e| CoreError::AgentUnreachable(e.to_string())),
+        }
     }
 
     /// Send `req` and read the first answer, on a kept idle connection when there is one. A
@@ -1205,7 +1224,7 @@ impl Manager {
                 }
             }
         }
-        let mut conn = AgentConn::connect(&ep).await?;
+        let mut conn = self.open(&ep).await?;
         conn.send(req, payload).await?;
         let first = conn.recv().await?;
         Ok((conn, first))

@@ -274,6 +274,8 @@ pub struct DockerDaemon {
     child: Option<Child>,
     /// `unix://<socket>`, for `DOCKER_HOST`.
     pub host: String,
+    /// `tcp://127.0.0.1:<port>` when started with [`DockerDaemon::start_with_tcp`].
+    pub tcp: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -281,9 +283,24 @@ impl DockerDaemon {
     /// Start one and wait until it answers. Fails, saying how to install it, when `dockerd`
     /// is missing.
     pub fn start() -> Result<DockerDaemon> {
+        Self::start_inner(false)
+    }
+
+    /// Like [`DockerDaemon::start`], also listening on TCP on loopback (as an engine several
+    /// machines share would, on their network).
+    pub fn start_with_tcp() -> Result<DockerDaemon> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tcp: bool) -> Result<DockerDaemon> {
         let dir = tempfile::Builder::new()
             .prefix("sandboxd-dockerd-")
             .tempdir()?;
+        let tcp = if tcp {
+            Some(format!("tcp://127.0.0.1:{}", free_port()?))
+        } else {
+            None
+        };
         let sock = dir.path().join("docker.sock");
         let log = std::fs::File::create(dir.path().join("dockerd.log"))?;
         let child = Command::new("dockerd")
@@ -295,6 +312,7 @@ impl DockerDaemon {
             .arg(dir.path().join("dockerd.pid"))
             .arg("--host")
             .arg(format!("unix://{}", sock.display()))
+            .args(tcp.iter().flat_map(|t| ["--host", t.as_str()]))
             .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -306,6 +324,7 @@ impl DockerDaemon {
         let mut d = DockerDaemon {
             child: Some(child),
             host: format!("unix://{}", sock.display()),
+            tcp,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -27,3 +27,80 @@ async fn docker_backend_keeps_the_contract() {
     server.stop();
     assert_eq!(dockerd.containers(), Vec::<String>::new());
 }
+
+/// Two nodes sharing one Redis and one Docker engine reached over TCP: a sandbox made through
+/// one node is served by the other directly (its agent reached through the engine), and keeps
+/// running, untouched, when the node that made it dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_a_docker_engine() {
+    use sandboxd_store::testing::RedisServer;
+    use sandboxd_types::{PythonRequest, SandboxState};
+    let dockerd = DockerDaemon::start_with_tcp().expect("a private dockerd");
+    let redis = RedisServer::start();
+    let prefix = format!("shared-engine-{}", std::process::id());
+    let node = |n: u16, port: u16| {
+        let env = [
+            ("CONTAINER_DEPLOYMENT", "docker".to_string()),
+            ("DOCKER_HOST", dockerd.tcp.clone().unwrap()),
+            ("REDIS_ENABLED", "true".to_string()),
+            ("REDIS_SERVER", "127.0.0.1".to_string()),
+            ("REDIS_PORT", redis.port.to_string()),
+            ("SANDBOXD_REDIS_PREFIX", prefix.clone()),
+            ("SANDBOXD_NODE_ID", format!("engine-node{n}")),
+            ("SANDBOXD_NODE_URL", format!("http://127.0.0.1:{port}")),
+            // One engine, one set of containers: the same instance label for both nodes.
+            ("SANDBOXD_CGROUP_PARENT", prefix.clone()),
+        ];
+        ServerOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            port: Some(port),
+            ..Default::default()
+        }
+    };
+    let ports = [free_port(), free_port()];
+    let mut n1 = common::server_with(node(1, ports[0])).await;
+    let n2 = common::server_with(node(2, ports[1])).await;
+    let (c1, c2) = (n1.client(), n2.client());
+    let py = |code: &str| PythonRequest {
+        code: code.into(),
+        timeout_ms: Some(60_000),
+    };
+
+    let sb = c1.create(&common::create_req()).await.unwrap();
+    c1.python(&sb.id, &py("x = 'made through node 1'"))
+        .await
+        .unwrap();
+    let host = common::sh(&c1, &sb.id, "hostname").await.stdout;
+    assert_eq!(common::sh(&c2, &sb.id, "hostname").await.stdout, host);
+    let r = c2.python(&sb.id, &py("x")).await.unwrap();
+    assert_eq!(r.result.as_deref(), Some("'made through node 1'"));
+
+    // Node 1 dies: the sandbox runs on in the engine and node 2 goes on serving it.
+    n1.kill_hard();
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let got = c2.get(&sb.id).await.unwrap();
+    assert_eq!(got.state, SandboxState::Running, "{got:?}");
+    let r = c2.python(&sb.id, &py("x")).await.unwrap();
+    assert_eq!(r.result.as_deref(), Some("'made through node 1'"));
+    // Node 1 comes back and adopts it rather than removing it.
+    n1.restart().await.unwrap();
+    assert_eq!(
+        common::sh(&n1.client(), &sb.id, "hostname").await.stdout,
+        host
+    );
+    c2.delete(&sb.id).await.unwrap();
+    n1.stop();
+    drop(n2);
+    assert_eq!(dockerd.containers(), Vec::<String>::new());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -45,6 +45,10 @@ impl Net {
         };
         let br = net.bridge();
         ip(&["link", "add", &br, "type", "bridge"]);
+        // Where bridged traffic goes through iptables (br_netfilter) and a Docker engine set
+        // the FORWARD policy to DROP, these hosts would be cut off from each other: let the
+        // bridge's own traffic through (the rule goes with the network).
+        net.iptables("-I");
         ip(&["addr", "add", &format!("{}/24", net.addr(253)), "dev", &br]);
         ip(&["link", "set", &br, "up"]);
         for n in 0..4 {
@@ -71,6 +75,16 @@ impl Net {
         net
     }
 
+    /// Insert (`-I`) or delete (`-D`) the rule that forwards the bridge's own traffic. Without
+    /// iptables there is no such filtering to get past.
+    fn iptables(&self, op: &str) {
+        let br = self.bridge();
+        let _ = Command::new("iptables")
+            .args([op, "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT"])
+            .stderr(Stdio::null())
+            .status();
+    }
+
     fn bridge(&self) -> String {
         format!("sbr{}", self.tag)
     }
@@ -95,6 +109,7 @@ impl Drop for Net {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .status();
+        self.iptables("-D");
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, Serve
                 name_prefix: settings.container_prefix_key.clone(),
                 // One server's containers (and a machine's workers'), as its cgroups are.
                 instance: settings.cgroup_parent.clone(),
+                // An engine reached over TCP may serve several machines.
+                shared: std::env::var("DOCKER_HOST").is_ok_and(|h| h.starts_with("tcp://")),
             };
             let backend =
                 DockerBackend::connect(config)

@@ -274,7 +274,9 @@ impl Output {
 
 impl Agent {
     pub fn connect(handle: &BoxHandle) -> Agent {
-        let AgentEndpoint::Unix { path } = &handle.endpoint;
+        let AgentEndpoint::Unix { path } = &handle.endpoint else {
+            panic!("the native backend gives Unix endpoints")
+        };
         let stream = UnixStream::connect(path).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
