@@ -85,7 +85,23 @@ fn main() -> ExitCode {
 /// end of stdin closes the socket's writing side, which the agent sees as the host hanging up.
 fn relay(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::net::UnixStream;
-    let sock = UnixStream::connect(path)?;
+    // A box's agent may still be starting (its socket not there yet): wait a while for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sock = loop {
+        match UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut to_agent = sock.try_clone()?;
     let writer = std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_agent);
