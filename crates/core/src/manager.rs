@@ -955,6 +955,18 @@ impl Manager {
         let _ = self.store.unlock(name, &self.holder).await;
     }
 
+    /// Ids of the sandboxes this node manages (its own, and those of a shared backend).
+    pub async fn own_ids(&self) -> Result<std::collections::HashSet<String>, CoreError> {
+        Ok(self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| self.owns(r))
+            .map(|r| r.sandbox.id)
+            .collect())
+    }
+
     /// The records of this node's sandboxes (and of sandboxes recorded without an owner).
     async fn own_records(&self) -> Vec<SandboxRecord> {
         let all = self.store.list().await.unwrap_or_default();

@@ -164,8 +164,17 @@ pub async fn scan_once(state: &AppState) {
         entry.0 = entry.0.max(active);
         entry.1.push(sb.id);
     }
+    // A session's activity counts on every node, but each node recycles only its own boxes
+    // (another node's box is that node's to remove).
+    let Ok(own) = manager.own_ids().await else {
+        return;
+    };
     for (session, (active, ids)) in sessions {
         if now.saturating_sub(active) < timeout_ms {
+            continue;
+        }
+        let ids: Vec<String> = ids.into_iter().filter(|id| own.contains(id)).collect();
+        if ids.is_empty() {
             continue;
         }
         tracing::info!(session = %session, sandboxes = ids.len(), "heartbeat timeout; recycling the session");
@@ -192,11 +201,12 @@ pub fn spawn_scanner(state: AppState) -> Option<JoinHandle<()>> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            // One scan at a time among the processes sharing the store (HEARTBEAT_LOCK_TTL
-            // frees the lock of one that died mid-scan).
-            if state.manager.try_lock("heartbeat-scan").await {
+            // One scan at a time among the processes of a node (HEARTBEAT_LOCK_TTL frees the
+            // lock of one that died mid-scan); every node scans for its own boxes.
+            let lock = format!("heartbeat-scan:{}", state.manager.config().node_id);
+            if state.manager.try_lock(&lock).await {
                 scan_once(&state).await;
-                state.manager.unlock("heartbeat-scan").await;
+                state.manager.unlock(&lock).await;
             }
         }
     }))
