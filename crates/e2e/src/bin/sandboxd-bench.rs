@@ -13,7 +13,11 @@
 //!   see the machine in the same state (on a shared virtual machine the floor itself drifts by
 //!   a quarter from one minute to the next).
 //!
-//! Prints p50 and p95 of each figure and the ratio sandboxd / bwrap.
+//! - the same two on the docker backend (a private dockerd it starts), beside `docker run …
+//!   echo hi` (to its first output byte) and `docker exec … true` on the same engine, image and
+//!   container.
+//!
+//! Prints p50 and p95 of each figure and the ratio to its peer.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -26,7 +30,7 @@ use sandboxd_e2e::{percentile, Server, ServerOptions};
 use sandboxd_types::{CreateSandboxRequest, ExecEvent, ExecRequest, SandboxState};
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark sandboxd against bubblewrap on this machine")]
+#[command(about = "Benchmark sandboxd against bubblewrap and Docker on this machine")]
 struct Args {
     /// Sandbox type to create.
     #[arg(long, default_value = "base")]
@@ -43,15 +47,22 @@ struct Args {
     /// Use a running server at this URL instead of starting one.
     #[arg(long)]
     url: Option<String>,
-    /// Skip the bubblewrap rows.
+    /// Skip the peers' rows (bubblewrap, docker run, docker exec).
     #[arg(long)]
     no_peers: bool,
+    /// Skip the docker backend's rows (they start a private dockerd).
+    #[arg(long)]
+    no_docker: bool,
+    /// Samples of each docker row.
+    #[arg(long, default_value_t = 20)]
+    docker_samples: usize,
 }
 
 struct Row {
     what: &'static str,
     ours: Vec<Duration>,
-    peer: Option<Vec<Duration>>,
+    /// The peer doing the same, and its samples.
+    peer: Option<(&'static str, Vec<Duration>)>,
     target_p50: Duration,
 }
 
@@ -165,11 +176,40 @@ async fn main() -> Result<()> {
         }
     };
 
+    let docker = if args.no_docker || args.url.is_some() {
+        None
+    } else {
+        match docker_samples(&args).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("docker rows skipped: {e:#}");
+                None
+            }
+        }
+    };
+    let (docker_tti, docker_rtt) = match docker {
+        Some(d) => (
+            Row {
+                what: "create → first output, docker backend",
+                ours: d.tti,
+                peer: d.run.map(|p| ("docker run", p)),
+                target_p50: Duration::ZERO,
+            },
+            Row {
+                what: "exec round-trip `true`, docker backend",
+                ours: d.rtt,
+                peer: d.exec.map(|p| ("docker exec", p)),
+                target_p50: Duration::ZERO,
+            },
+        ),
+        None => (empty_row(), empty_row()),
+    };
+
     let rows = [
         Row {
             what: "create → first output",
             ours: tti,
-            peer: peer_tti,
+            peer: peer_tti.map(|p| ("bwrap", p)),
             target_p50: Duration::from_millis(30),
         },
         Row {
@@ -181,9 +221,11 @@ async fn main() -> Result<()> {
         Row {
             what: "exec round-trip `true`",
             ours: rtt,
-            peer: peer_rtt,
+            peer: peer_rtt.map(|p| ("bwrap", p)),
             target_p50: Duration::from_millis(2),
         },
+        docker_tti,
+        docker_rtt,
         Row {
             what: "host spawn+wait of /bin/true (floor)",
             ours: floor,
@@ -193,26 +235,27 @@ async fn main() -> Result<()> {
     ];
     println!();
     println!(
-        "| figure | p50 ms | p95 ms | bwrap p50 ms | bwrap p95 ms | p50 ratio to bwrap | target p50 ms |"
+        "| figure | p50 ms | p95 ms | peer | peer p50 ms | peer p95 ms | p50 ratio to peer | target p50 ms |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for mut r in rows {
         if r.ours.is_empty() {
             continue;
         }
         r.ours.sort();
         let (p50, p95) = (percentile(&r.ours, 50.0), percentile(&r.ours, 95.0));
-        let (bp50, bp95, ratio) = match r.peer.as_mut() {
-            Some(p) => {
+        let (peer, bp50, bp95, ratio) = match r.peer.as_mut() {
+            Some((name, p)) => {
                 p.sort();
                 let b50 = percentile(p, 50.0);
                 (
+                    *name,
                     ms(b50),
                     ms(percentile(p, 95.0)),
                     format!("{:.2}", p50.as_secs_f64() / b50.as_secs_f64()),
                 )
             }
-            None => ("-".into(), "-".into(), "-".into()),
+            None => ("-", "-".into(), "-".into(), "-".into()),
         };
         let target = if r.target_p50.is_zero() {
             "-".to_string()
@@ -222,10 +265,11 @@ async fn main() -> Result<()> {
             format!("{} (missed)", ms(r.target_p50))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.what,
             ms(p50),
             ms(p95),
+            peer,
             bp50,
             bp95,
             ratio,
@@ -233,6 +277,124 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn empty_row() -> Row {
+    Row {
+        what: "",
+        ours: Vec::new(),
+        peer: None,
+        target_p50: Duration::ZERO,
+    }
+}
+
+/// The docker rows' samples: sandboxd on the docker backend, and `docker run` / `docker exec`
+/// on the same engine, image and container.
+struct DockerSamples {
+    tti: Vec<Duration>,
+    rtt: Vec<Duration>,
+    run: Option<Vec<Duration>>,
+    exec: Option<Vec<Duration>>,
+}
+
+async fn docker_samples(args: &Args) -> Result<DockerSamples> {
+    use std::io::Read;
+    eprintln!("starting a private dockerd and sandboxd serve on the docker backend …");
+    let dockerd = sandboxd_e2e::DockerDaemon::start()?;
+    let server = Server::start(ServerOptions {
+        env: vec![
+            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+            ("DOCKER_HOST".into(), dockerd.host.clone()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let client = server.client();
+    let create = CreateSandboxRequest {
+        sandbox_type: Some(args.r#type.clone()),
+        timeout_secs: Some(120),
+        ..Default::default()
+    };
+    let echo = ExecRequest {
+        cmd: Some(vec!["echo".into(), "hi".into()]),
+        ..Default::default()
+    };
+    // The first create imports the template as an image: not a sample.
+    time_to_output(&client, &create, &echo).await?;
+    eprintln!(
+        "create → first output, docker backend ({} samples) …",
+        args.docker_samples
+    );
+    let mut tti = Vec::new();
+    for _ in 0..args.docker_samples {
+        tti.push(time_to_output(&client, &create, &echo).await?.0);
+    }
+    let sb = client.create(&create).await?;
+    let truth = ExecRequest {
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    let mut rtt = Vec::new();
+    for i in 0..(args.docker_samples * 5 + 10) {
+        let t0 = Instant::now();
+        client.exec(&sb.id, &truth).await?;
+        if i >= 10 {
+            rtt.push(t0.elapsed());
+        }
+    }
+    let docker = |args: &[&str]| {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", &dockerd.host).args(args);
+        c
+    };
+    let (mut run, mut exec) = (None, None);
+    if !args.no_peers {
+        let image = String::from_utf8(
+            docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                .output()?
+                .stdout,
+        )?;
+        let image = image
+            .lines()
+            .find(|l| l.starts_with("sandboxd-template/"))
+            .context("the imported template image")?
+            .to_string();
+        eprintln!("docker run … echo hi ({} samples) …", args.docker_samples);
+        let mut samples = Vec::new();
+        for _ in 0..args.docker_samples {
+            let t0 = Instant::now();
+            let mut child = docker(&["run", "--rm", "--network", "none", &image, "echo", "hi"])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut byte = [0u8; 1];
+            let n = child.stdout.as_mut().expect("piped").read(&mut byte)?;
+            samples.push(t0.elapsed());
+            child.wait()?;
+            if n != 1 {
+                bail!("docker run echo printed nothing");
+            }
+        }
+        run = Some(samples);
+        let container = format!("sandboxd-{}", sb.id);
+        eprintln!("docker exec … true ({} samples) …", args.docker_samples);
+        let mut samples = Vec::new();
+        for _ in 0..args.docker_samples {
+            let t0 = Instant::now();
+            let s = docker(&["exec", &container, "true"]).status()?;
+            samples.push(t0.elapsed());
+            if !s.success() {
+                bail!("docker exec true failed: {s}");
+            }
+        }
+        exec = Some(samples);
+    }
+    client.delete(&sb.id).await?;
+    Ok(DockerSamples {
+        tti,
+        rtt,
+        run,
+        exec,
+    })
 }
 
 /// One sample: create a sandbox with `create`, stream `echo` until its first output, delete it.
