@@ -44,19 +44,19 @@ impl AgentConn {
         }
     }
 
-    /// Connect and shake hands, retrying the connection until `deadline` passes: a box's agent
-    /// may still be starting. Returns the agent's version string.
+    /// Connect and shake hands within `within`: a box's agent may still be starting. Returns
+    /// the agent's version string and the connection, ready for the next request.
     pub async fn handshake(
         connect: impl std::future::Future<Output = Result<AgentConn, CoreError>>,
         within: Duration,
-    ) -> Result<String, CoreError> {
+    ) -> Result<(String, AgentConn), CoreError> {
         let attempt = async {
             let mut conn = connect.await?;
             let hello = Request::Hello {
                 version: PROTOCOL_VERSION,
             };
             match conn.call(&hello, &[]).await?.header {
-                Response::Hello { version, agent } if compatible(version) => Ok(agent),
+                Response::Hello { version, agent } if compatible(version) => Ok((agent, conn)),
                 Response::Hello { version, agent } => Err(CoreError::AgentUnreachable(format!(
                     "agent {agent} speaks protocol {}.{}, this server {}.{}",
                     version.0, version.1, PROTOCOL_VERSION.0, PROTOCOL_VERSION.1

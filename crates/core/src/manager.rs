@@ -531,13 +531,16 @@ impl Manager {
             hostname: id.to_string(),
         };
         let handle = self.backend.create(spec).await?;
-        AgentConn::handshake(self.open(&handle.endpoint), self.config.start_timeout).await?;
+        let (_, conn) =
+            AgentConn::handshake(self.open(&handle.endpoint), self.config.start_timeout).await?;
         let updated = self
             .modify(id, |r| {
                 r.sandbox.state = state;
                 r.endpoint = Some(handle.endpoint.clone());
             })
             .await?;
+        // Kept for the first request: it then needs no connect and no new agent thread.
+        self.conns.put(id, conn);
         Ok(updated.sandbox)
     }
 
