@@ -90,15 +90,7 @@ async fn main() -> Result<()> {
         "create → first output, sandboxd ({} samples) …",
         args.creates
     );
-    let create = CreateSandboxRequest {
-        sandbox_type: Some(args.r#type.clone()),
-        timeout_secs: Some(120),
-        ..Default::default()
-    };
-    let echo = ExecRequest {
-        cmd: Some(vec!["echo".into(), "hi".into()]),
-        ..Default::default()
-    };
+    let (create, echo) = sample_requests(args);
     let mut tti = Vec::with_capacity(args.creates);
     for _ in 0..args.creates {
         let (took, _) = time_to_output(&client, &create, &echo).await?;
@@ -279,6 +271,20 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// What a create → first output sample sends: the create, and the command it waits on.
+fn sample_requests(args: &Args) -> (CreateSandboxRequest, ExecRequest) {
+    let create = CreateSandboxRequest {
+        sandbox_type: Some(args.r#type.clone()),
+        timeout_secs: Some(120),
+        ..Default::default()
+    };
+    let echo = ExecRequest {
+        cmd: Some(vec!["echo".into(), "hi".into()]),
+        ..Default::default()
+    };
+    (create, echo)
+}
+
 fn empty_row() -> Row {
     Row {
         what: "",
@@ -310,15 +316,7 @@ async fn docker_samples(args: &Args) -> Result<DockerSamples> {
     })
     .await?;
     let client = server.client();
-    let create = CreateSandboxRequest {
-        sandbox_type: Some(args.r#type.clone()),
-        timeout_secs: Some(120),
-        ..Default::default()
-    };
-    let echo = ExecRequest {
-        cmd: Some(vec!["echo".into(), "hi".into()]),
-        ..Default::default()
-    };
+    let (create, echo) = sample_requests(args);
     // The first create imports the template as an image: not a sample.
     time_to_output(&client, &create, &echo).await?;
     eprintln!(
