@@ -90,7 +90,7 @@ async fn main() -> Result<()> {
         "create → first output, sandboxd ({} samples) …",
         args.creates
     );
-    let (create, echo) = sample_requests(args);
+    let (create, echo) = sample_requests(&args);
     let mut tti = Vec::with_capacity(args.creates);
     for _ in 0..args.creates {
         let (took, _) = time_to_output(&client, &create, &echo).await?;
