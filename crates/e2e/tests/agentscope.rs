@@ -932,22 +932,21 @@ async fn stop_with_auto_cleanup_leaves_no_sandbox_behind() {
             .await;
         assert_eq!(stdout(&r), "started\n", "{r}");
     }
-    let parent = server.cgroup_parent.clone();
-    let pids = sandbox_pids(&parent);
+    let pids = sandbox_pids(&server.cgroup_parent);
     assert!(
         pids.len() >= 4,
         "agents and sleeps in the cgroups: {pids:?}"
     );
+    common::stop_leaves_nothing(&mut server, &pids);
+}
 
-    let status = server.stop().expect("server was running");
-    assert!(status.success(), "server exited with {status}");
-    let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
-    assert!(
-        alive.is_empty(),
-        "sandbox processes outlived the server: {alive:?}"
-    );
-    let left = sandbox_cgroups(&parent);
-    assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
+/// What the test MCP server's `where` tool answers: its host name and its `MARKER`.
+async fn marker(a: &Agentscope, name: &str) -> String {
+    let r = a.tool(name, "where", json!({})).await;
+    r["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The test venv's site-packages (made by `scripts/setup`), which holds the official MCP SDK.
@@ -1033,27 +1032,13 @@ async fn mcp_server_from_the_official_sdk_runs_inside_the_sandbox() {
         json!({"identity": name, "server_configs": configs("second")}),
     )
     .await;
-    let r = a.tool(&name, "where", json!({})).await;
-    assert!(
-        r["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .ends_with(" first"),
-        "{r}"
-    );
+    assert!(marker(&a, &name).await.ends_with(" first"));
     a.call(
         "add_mcp_servers",
         json!({"identity": name, "server_configs": configs("second"), "overwrite": true}),
     )
     .await;
-    let r = a.tool(&name, "where", json!({})).await;
-    assert!(
-        r["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .ends_with(" second"),
-        "{r}"
-    );
+    assert!(marker(&a, &name).await.ends_with(" second"));
 
     // The sandbox's own MCP routes (what a client talking to the sandbox's URL uses).
     let rb = a.proxy(Method::GET, &name, "mcp/list_tools");

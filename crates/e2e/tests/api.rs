@@ -6,19 +6,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sandboxd_e2e::ServerOptions;
-use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, PythonRequest};
+use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest};
 
-use common::{api_code, create_req, sh};
+use common::{api_code, create_req, py, sh};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_state_survives_between_calls() {
     let server = common::server().await;
     let c = server.client();
     let sb = c.create(&create_req()).await.unwrap();
-    let py = |code: &str| PythonRequest {
-        code: code.into(),
-        timeout_ms: Some(30_000),
-    };
     let r = c.python(&sb.id, &py("x = 21\nprint('set')")).await.unwrap();
     assert_eq!(r.stdout, "set\n");
     let r = c.python(&sb.id, &py("x * 2")).await.unwrap();
@@ -202,10 +198,6 @@ async fn pause_freezes_and_resume_continues() {
     let server = common::server().await;
     let c = server.client();
     let sb = c.create(&create_req()).await.unwrap();
-    let py = |code: &str| PythonRequest {
-        code: code.into(),
-        timeout_ms: Some(30_000),
-    };
     c.python(&sb.id, &py("kept = 'across the pause'"))
         .await
         .unwrap();

@@ -33,8 +33,9 @@ async fn docker_backend_keeps_the_contract() {
 /// running, untouched, when the node that made it dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_a_docker_engine() {
+    use common::py;
     use sandboxd_store::testing::RedisServer;
-    use sandboxd_types::{PythonRequest, SandboxState};
+    use sandboxd_types::SandboxState;
     let dockerd = DockerDaemon::start_with_tcp().expect("a private dockerd");
     let redis = RedisServer::start();
     let prefix = format!("shared-engine-{}", std::process::id());
@@ -64,10 +65,6 @@ async fn nodes_share_a_docker_engine() {
     let mut n1 = common::server_with(node(1, ports[0])).await;
     let n2 = common::server_with(node(2, ports[1])).await;
     let (c1, c2) = (n1.client(), n2.client());
-    let py = |code: &str| PythonRequest {
-        code: code.into(),
-        timeout_ms: Some(60_000),
-    };
 
     let sb = c1.create(&common::create_req()).await.unwrap();
     c1.python(&sb.id, &py("x = 'made through node 1'"))

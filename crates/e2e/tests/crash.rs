@@ -83,17 +83,9 @@ async fn graceful_stop_removes_every_sandbox() {
         let sb = c.create(&create_req()).await.unwrap();
         sh(&c, &sb.id, "(sleep 1000 &); true").await;
     }
-    let parent = server.cgroup_parent.clone();
-    let pids = sandbox_pids(&parent);
+    let pids = sandbox_pids(&server.cgroup_parent);
     assert!(!pids.is_empty());
-    let status = server.stop().expect("server was running");
-    assert!(status.success(), "server exited with {status}");
-    let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
-    assert!(
-        alive.is_empty(),
-        "sandbox processes outlived the server: {alive:?}"
-    );
-    assert!(sandbox_cgroups(&parent).is_empty());
+    common::stop_leaves_nothing(&mut server, &pids);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,9 +14,9 @@ use sandboxd_core::store::SandboxStore;
 use sandboxd_e2e::{Server, ServerOptions};
 use sandboxd_store::redis::RedisStore;
 use sandboxd_store::testing::RedisServer;
-use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, PythonRequest, SandboxState};
+use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest, SandboxState};
 
-use common::{api_code, create_req, sandbox_pids};
+use common::{api_code, create_req, py, sandbox_pids};
 
 /// One machine's settings, shared by every process of the node: Redis, the node's name, its
 /// state and run directories and its cgroup parent.
@@ -100,13 +100,6 @@ fn sh(line: &str) -> ExecRequest {
         shell: Some(line.into()),
         timeout_ms: Some(60_000),
         ..Default::default()
-    }
-}
-
-fn py(code: &str) -> PythonRequest {
-    PythonRequest {
-        code: code.into(),
-        timeout_ms: Some(60_000),
     }
 }
 

@@ -215,13 +215,25 @@ async fn list_is_oldest_first<S: SandboxStore>(store: &S) {
 
 /// Concurrent inserts under a limit never exceed it. Needs a store shared across tasks.
 pub async fn limit_holds_under_concurrency<S: SandboxStore>(store: Arc<S>) {
-    let tasks: Vec<_> = (0..32)
+    limit_holds_across(std::slice::from_ref(&store), 32, 5).await;
+    for r in store.list().await.unwrap() {
+        store.remove(&r.sandbox.id).await.unwrap();
+    }
+}
+
+/// `tries` concurrent inserts under `limit`, spread over `stores` (handles on one shared
+/// state, as several processes would have): exactly `limit` succeed. The records stay.
+pub async fn limit_holds_across<S: SandboxStore>(stores: &[Arc<S>], tries: usize, limit: usize) {
+    let tasks: Vec<_> = (0..tries)
         .map(|i| {
-            let s = store.clone();
+            let s = stores[i % stores.len()].clone();
             tokio::spawn(async move {
-                s.insert(record(&format!("sb-c{i}"), SandboxState::Running), Some(5))
-                    .await
-                    .is_ok()
+                s.insert(
+                    record(&format!("sb-c{i}"), SandboxState::Running),
+                    Some(limit),
+                )
+                .await
+                .is_ok()
             })
         })
         .collect();
@@ -229,8 +241,5 @@ pub async fn limit_holds_under_concurrency<S: SandboxStore>(store: Arc<S>) {
     for t in tasks {
         ok += t.await.unwrap() as usize;
     }
-    assert_eq!(ok, 5);
-    for r in store.list().await.unwrap() {
-        store.remove(&r.sandbox.id).await.unwrap();
-    }
+    assert_eq!(ok, limit);
 }

@@ -35,21 +35,7 @@ async fn stores_on_one_redis_share_records_and_the_limit() {
     let a = Arc::new(RedisStore::connect(&redis.config("shared")).await.unwrap());
     let b = Arc::new(RedisStore::connect(&redis.config("shared")).await.unwrap());
     let other = RedisStore::connect(&redis.config("other")).await.unwrap();
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tokio::spawn(async move {
-                s.insert(record(&format!("sb-s{i}"), SandboxState::Running), Some(7))
-                    .await
-                    .is_ok()
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.unwrap() as usize;
-    }
-    assert_eq!(ok, 7);
+    contract::limit_holds_across(&[a.clone(), b.clone()], 40, 7).await;
     assert_eq!(a.list().await.unwrap(), b.list().await.unwrap());
     assert!(other.list().await.unwrap().is_empty());
 

@@ -7,16 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandboxd_e2e::Server;
-use sandboxd_types::{ErrorCode, ExecEvent, ExecRequest, PythonRequest, SandboxState};
+use sandboxd_types::{ErrorCode, ExecEvent, ExecRequest, SandboxState};
 
-use super::{api_code, create_req, sh, with_limits};
-
-fn py(code: &str) -> PythonRequest {
-    PythonRequest {
-        code: code.into(),
-        timeout_ms: Some(60_000),
-    }
-}
+use super::{api_code, create_req, py, sh, with_limits};
 
 fn argv(args: &[&str]) -> ExecRequest {
     ExecRequest {

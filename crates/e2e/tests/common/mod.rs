@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use sandboxd_client::{Client, Error};
 use sandboxd_e2e::{cgroup_dirs, Server, ServerOptions};
 use sandboxd_types::{
-    CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Resources, Sandbox, SandboxState,
+    CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, PythonRequest, Resources, Sandbox,
+    SandboxState,
 };
 
 /// The base template must exist: `scripts/test` builds it. Fail loudly otherwise.
@@ -49,6 +50,29 @@ pub fn with_limits(memory_mb: u64, pids: u64) -> CreateSandboxRequest {
         }),
         ..create_req()
     }
+}
+
+/// A request to run `code` in the sandbox's Python interpreter.
+pub fn py(code: &str) -> PythonRequest {
+    PythonRequest {
+        code: code.into(),
+        timeout_ms: Some(60_000),
+    }
+}
+
+/// Stop `server` with SIGTERM and check it exited cleanly, leaving none of `pids` alive and no
+/// sandbox cgroup under its parent.
+pub fn stop_leaves_nothing(server: &mut Server, pids: &[i32]) {
+    let parent = server.cgroup_parent.clone();
+    let status = server.stop().expect("server was running");
+    assert!(status.success(), "server exited with {status}");
+    let alive: Vec<_> = pids.iter().filter(|p| pid_alive(**p)).collect();
+    assert!(
+        alive.is_empty(),
+        "sandbox processes outlived the server: {alive:?}"
+    );
+    let left = sandbox_cgroups(&parent);
+    assert!(left.is_empty(), "sandbox cgroups left: {left:?}");
 }
 
 pub async fn sh(c: &Client, id: &str, script: &str) -> ExecResult {
