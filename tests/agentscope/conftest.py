@@ -53,6 +53,23 @@ def _cgroup_children(parent: str) -> list:
     ]
 
 
+def warm_sandboxes(server, n: int) -> list:
+    """The server's warm sandboxes (`/v1` records), once there are exactly `n`."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = requests.get(
+            f"{server.url}/v1/sandboxes",
+            headers={"Authorization": f"Bearer {server.token}"},
+            timeout=10,
+        )
+        r.raise_for_status()
+        warm = [s for s in r.json()["sandboxes"] if s["state"] == "warm"]
+        if len(warm) == n:
+            return warm
+        assert time.monotonic() < deadline, f"{len(warm)} warm, want {n}"
+        time.sleep(0.05)
+
+
 class Server:
     """One `sandboxd serve` process, with `args` after `serve` and `settings` in its
     environment."""

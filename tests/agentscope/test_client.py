@@ -8,6 +8,8 @@ import requests
 from agentscope_runtime.sandbox import BaseSandbox, BaseSandboxAsync
 from agentscope_runtime.sandbox.manager.sandbox_manager import SandboxManager
 
+from conftest import warm_sandboxes
+
 
 def texts(result: dict) -> dict:
     """A CallToolResult's texts by description (stdout, stderr, returncode)."""
@@ -259,19 +261,7 @@ def test_instance_limit(limited_server):
 
 def _warm(server, n: int) -> list:
     """Container names of the server's warm sandboxes, once there are exactly `n`."""
-    deadline = time.monotonic() + 60
-    while True:
-        r = requests.get(
-            f"{server.url}/v1/sandboxes",
-            headers={"Authorization": f"Bearer {server.token}"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        warm = ["sandboxd-" + s["id"] for s in r.json()["sandboxes"] if s["state"] == "warm"]
-        if len(warm) == n:
-            return warm
-        assert time.monotonic() < deadline, f"{len(warm)} warm, want {n}"
-        time.sleep(0.05)
+    return ["sandboxd-" + s["id"] for s in warm_sandboxes(server, n)]
 
 
 def test_pool_hand_out(pooled_server):

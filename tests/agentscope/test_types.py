@@ -7,14 +7,13 @@ import re
 import subprocess
 import time
 
-import requests
 from agentscope_runtime.sandbox import FilesystemSandbox, FilesystemSandboxAsync
 from agentscope_runtime.sandbox.box.sandbox import Sandbox
 from agentscope_runtime.sandbox.enums import SandboxType
 from agentscope_runtime.sandbox.manager.sandbox_manager import SandboxManager
 from agentscope_runtime.sandbox.registry import SandboxRegistry
 
-from conftest import SANDBOXD, Server
+from conftest import SANDBOXD, Server, warm_sandboxes
 
 DIFF = (
     "```diff\n"
@@ -213,22 +212,6 @@ class CustomSandbox(Sandbox):
         super().__init__(sandbox_id, base_url, bearer_token, SandboxType(CUSTOM))
 
 
-def _warm(server, n: int) -> list:
-    deadline = time.monotonic() + 60
-    while True:
-        r = requests.get(
-            f"{server.url}/v1/sandboxes",
-            headers={"Authorization": f"Bearer {server.token}"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        warm = [s for s in r.json()["sandboxes"] if s["state"] == "warm"]
-        if len(warm) == n:
-            return warm
-        assert time.monotonic() < deadline, f"{len(warm)} warm, want {n}"
-        time.sleep(0.05)
-
-
 def test_extension_type(tmp_path):
     ext = tmp_path / "types.toml"
     ext.write_text(EXTENSION)
@@ -236,7 +219,7 @@ def test_extension_type(tmp_path):
     s = Server(args=("--extension", str(ext)), DEFAULT_SANDBOX_TYPE=f"{CUSTOM},base",
                POOL_SIZE="1")
     try:
-        warm = _warm(s, 2)
+        warm = warm_sandboxes(s, 2)
         pools = {w["metadata"].get("sandboxd.pool"): w for w in warm}
         assert set(pools) == {f"type:{CUSTOM}", "base"}, warm
         custom_warm = pools[f"type:{CUSTOM}"]
