@@ -958,15 +958,18 @@ impl Manager {
         let _ = self.store.unlock(name, &self.holder).await;
     }
 
-    /// Ids of the sandboxes this node manages (its own, and those of a shared backend).
-    pub async fn own_ids(&self) -> Result<std::collections::HashSet<String>, CoreError> {
+    /// Every sandbox, oldest first, each with whether this node manages it (its own, and those
+    /// of a shared backend).
+    pub async fn list_marking_own(&self) -> Result<Vec<(Sandbox, bool)>, CoreError> {
         Ok(self
             .store
             .list()
             .await?
             .into_iter()
-            .filter(|r| self.owns(r))
-            .map(|r| r.sandbox.id)
+            .map(|r| {
+                let own = self.owns(&r);
+                (r.sandbox, own)
+            })
             .collect())
     }
 

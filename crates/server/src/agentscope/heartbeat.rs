@@ -139,14 +139,21 @@ async fn restore_session(state: &AppState, sandbox: &Sandbox) -> Result<Sandbox,
 /// One scan: recycle the sandboxes of every session idle for `HEARTBEAT_TIMEOUT`.
 pub async fn scan_once(state: &AppState) {
     let manager = &state.manager;
-    let Ok(all) = manager.list(&BTreeMap::new()).await else {
+    // A session's activity counts on every node, but each node recycles only its own boxes
+    // (another node's box is that node's to remove).
+    let Ok(all) = manager.list_marking_own().await else {
         return;
     };
+    let own: std::collections::HashSet<String> = all
+        .iter()
+        .filter(|(_, own)| *own)
+        .map(|(sb, _)| sb.id.clone())
+        .collect();
     let timeout_ms = (state.heartbeat.timeout_secs.min(i64::MAX as u64 / 1000) * 1000) as i64;
     let now = now_ms();
     // Session → (newest activity, its running sandboxes).
     let mut sessions: HashMap<String, (i64, Vec<String>)> = HashMap::new();
-    for sb in all {
+    for (sb, _) in all {
         if sb.state != SandboxState::Running {
             continue;
         }
@@ -164,11 +171,6 @@ pub async fn scan_once(state: &AppState) {
         entry.0 = entry.0.max(active);
         entry.1.push(sb.id);
     }
-    // A session's activity counts on every node, but each node recycles only its own boxes
-    // (another node's box is that node's to remove).
-    let Ok(own) = manager.own_ids().await else {
-        return;
-    };
     for (session, (active, ids)) in sessions {
         if now.saturating_sub(active) < timeout_ms {
             continue;
