@@ -72,6 +72,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod agent;
+pub mod beneath;
 pub mod config;
 mod conn;
 mod exec;
