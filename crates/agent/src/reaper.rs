@@ -350,7 +350,7 @@ mod tests {
     /// spawn wakes even while it sleeps for want of children.
     #[test]
     fn exits_are_delivered_without_pidfds() {
-        sys::tests_without_pidfds::ON.store(true, std::sync::atomic::Ordering::Relaxed);
+        sys::TESTS_WITHOUT_PIDFDS.store(true, std::sync::atomic::Ordering::Relaxed);
         let reaper = Reaper::global();
         for round in 0..3 {
             let watches: Vec<_> = (0..10)
@@ -378,7 +378,7 @@ mod tests {
             // wake it.
             std::thread::sleep(Duration::from_millis(50));
         }
-        sys::tests_without_pidfds::ON.store(false, std::sync::atomic::Ordering::Relaxed);
+        sys::TESTS_WITHOUT_PIDFDS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A failed exec is waited for by the spawn itself while the registry lock is held; the

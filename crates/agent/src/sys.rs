@@ -54,9 +54,14 @@ pub fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
+/// Set once `openat2` answered `ENOSYS`: later opens go straight to user space.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `openat2(2)`: open `path` relative to `dir` with the given `resolve` restrictions.
 /// `O_CLOEXEC` is always added. `EAGAIN`, which the kernel returns when a concurrent rename
 /// prevented it from proving that `..` stayed beneath the root, is retried a few times.
+/// Where the kernel has no `openat2` (gVisor, Linux before 5.6), the same resolution is done
+/// in user space ([`crate::beneath`]).
 pub fn openat2(
     dir: BorrowedFd<'_>,
     path: &CStr,
@@ -64,6 +69,9 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
+    if NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
+        return crate::beneath::openat_beneath(dir, path, flags, mode, resolve);
+    }
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: u64::from(mode),
@@ -91,6 +99,10 @@ pub fn openat2(
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EAGAIN) if again < 16 => again += 1,
+            Some(libc::ENOSYS) => {
+                NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
+                return crate::beneath::openat_beneath(dir, path, flags, mode, resolve);
+            }
             _ => return Err(e),
         }
     }
@@ -483,7 +495,7 @@ impl Drop for AllSignalsBlocked {
 /// Probed once.
 pub fn pidfds_supported() -> bool {
     #[cfg(test)]
-    if tests_without_pidfds::ON.load(std::sync::atomic::Ordering::Relaxed) {
+    if TESTS_WITHOUT_PIDFDS.load(std::sync::atomic::Ordering::Relaxed) {
         return false;
     }
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -515,9 +527,8 @@ pub fn pidfds_supported() -> bool {
 /// Lets tests take the path of kernels without pidfds on a kernel with them. Both kinds of
 /// children may be alive at once; the reaper handles each by its own kind.
 #[cfg(test)]
-pub mod tests_without_pidfds {
-    pub static ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-}
+pub static TESTS_WITHOUT_PIDFDS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// `eventfd(2)`, non-blocking and close-on-exec: the reaper thread signals a command's exit
 /// through one where pidfds are missing.

@@ -1,5 +1,7 @@
-//! The backend contract (tests/common/contract.rs) on every backend: the native one, and
-//! Docker on a private `dockerd` this test starts (scripts/setup installs docker.io).
+//! The backend contract (tests/common/contract.rs) on every backend: the native one, Docker on
+//! a private `dockerd` this test starts, and gVisor (scripts/setup installs docker.io and
+//! runsc). A backend whose runtime is missing is reported as skipped, with the reason, unless
+//! `SANDBOXD_REQUIRE_ALL_BACKENDS` is set (as `scripts/test` does), which makes it a failure.
 
 mod common;
 
@@ -11,8 +13,44 @@ async fn native_backend_keeps_the_contract() {
     common::contract::run_all(&mut server, "native").await;
 }
 
+/// Whether a backend's runtime is installed; if not, says so and whether the test is skipped.
+fn runtime_installed(backend: &str, program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why =
+            format!("{backend} backend: `{program}` is not installed (scripts/setup installs it)");
+        assert!(
+            std::env::var_os("SANDBOXD_REQUIRE_ALL_BACKENDS").is_none(),
+            "{why}, and SANDBOXD_REQUIRE_ALL_BACKENDS is set"
+        );
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_backend_keeps_the_contract() {
+    if !runtime_installed("gvisor", "runsc") {
+        return;
+    }
+    let mut server = common::server_with(ServerOptions {
+        env: vec![("CONTAINER_DEPLOYMENT".into(), "gvisor".into())],
+        ..Default::default()
+    })
+    .await;
+    common::contract::run_all(&mut server, "gvisor").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_keeps_the_contract() {
+    if !runtime_installed("docker", "dockerd") {
+        return;
+    }
     let dockerd = DockerDaemon::start().expect("a private dockerd");
     let mut server = common::server_with(ServerOptions {
         env: vec![

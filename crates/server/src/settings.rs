@@ -247,6 +247,8 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_REDIS_PREFIX",
     "SANDBOXD_NODE_ID",
     "SANDBOXD_NODE_URL",
+    "SANDBOXD_RUNSC",
+    "SANDBOXD_GVISOR_PLATFORM",
 ];
 
 /// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
@@ -415,6 +417,11 @@ pub struct Settings {
     /// `SANDBOXD_NODE_URL`: the URL other machines reach this node at; set, the node joins the
     /// machines sharing the Redis (requests for its sandboxes are forwarded to it).
     pub node_url: Option<String>,
+    /// `SANDBOXD_RUNSC`: gVisor's `runsc`, for `CONTAINER_DEPLOYMENT=gvisor` (a bare name is
+    /// looked up in `PATH`).
+    pub runsc: PathBuf,
+    /// `SANDBOXD_GVISOR_PLATFORM`: runsc's platform (`systrap`, `ptrace` or `kvm`).
+    pub gvisor_platform: String,
     /// `--extension` (or `SANDBOXD_EXTENSIONS`): the files sandbox types were loaded from.
     pub extensions: Vec<PathBuf>,
     /// The sandbox types: the built-in ones and those of `extensions`.
@@ -493,6 +500,8 @@ impl Default for Settings {
             redis: None,
             node_id: default_node_id(),
             node_url: None,
+            runsc: PathBuf::from("runsc"),
+            gvisor_platform: "systrap".into(),
             extensions: Vec::new(),
             sandbox_types: TypeRegistry::builtin(),
             warnings: Vec::new(),
@@ -987,6 +996,31 @@ impl Settings {
                 cfg.prefix = v.to_string();
             }
             s.redis = Some(cfg);
+        }
+        if let Some(r) = get("SANDBOXD_RUNSC") {
+            let v = r.value.trim();
+            if v.is_empty() {
+                return Err(invalid(
+                    "SANDBOXD_RUNSC",
+                    r,
+                    "expected the runsc binary".into(),
+                ));
+            }
+            s.runsc = PathBuf::from(v);
+        }
+        if let Some(r) = get("SANDBOXD_GVISOR_PLATFORM") {
+            let v = r.value.trim().to_ascii_lowercase();
+            if !sandboxd_backend_gvisor::PLATFORMS.contains(&v.as_str()) {
+                return Err(invalid(
+                    "SANDBOXD_GVISOR_PLATFORM",
+                    r,
+                    format!(
+                        "expected one of {}",
+                        sandboxd_backend_gvisor::PLATFORMS.join(", ")
+                    ),
+                ));
+            }
+            s.gvisor_platform = v;
         }
         if let Some(r) = get("SANDBOXD_NODE_URL") {
             let v = r.value.trim().trim_end_matches('/');
