@@ -146,3 +146,42 @@ fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
     // be an open listening socket, and nothing else in the agent refers to it.
     Ok(unsafe { UnixListener::from_raw_fd(fd) })
 }
+
+/// Variable naming a task limit the agent applies to itself and everything it starts,
+/// through the cgroup file system mounted at [`TASKS_CGROUP_MOUNT`]. Set by backends whose
+/// kernel counts the sandbox's tasks itself (gVisor's), where the host's pids cgroup counts
+/// only the threads of that kernel.
+pub const PIDS_MAX_VAR: &str = "SANDBOXD_PIDS_MAX";
+/// Where such a backend mounts the pids controller's hierarchy in the box.
+pub const TASKS_CGROUP_MOUNT: &str = "/sys/fs/cgroup/pids";
+
+/// Apply [`PIDS_MAX_VAR`], if set: make the group `sandbox` in [`TASKS_CGROUP_MOUNT`] with that
+/// `pids.max` and move the agent into it, so that its descendants are counted there.
+pub fn limit_tasks() -> io::Result<()> {
+    let Some(v) = std::env::var_os(PIDS_MAX_VAR) else {
+        return Ok(());
+    };
+    let max: u64 = v
+        .to_str()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{PIDS_MAX_VAR}={v:?} is not a positive number"),
+            )
+        })?;
+    let group = Path::new(TASKS_CGROUP_MOUNT).join("sandbox");
+    let context = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", group.display()))
+    };
+    match std::fs::create_dir(&group) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(context("create", e)),
+    }
+    std::fs::write(group.join("pids.max"), max.to_string())
+        .map_err(|e| context("set pids.max of", e))?;
+    std::fs::write(group.join("cgroup.procs"), std::process::id().to_string())
+        .map_err(|e| context("join", e))
+}

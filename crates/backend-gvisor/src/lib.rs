@@ -15,8 +15,15 @@
 //! - `/workspace` is bound from the session's workspace; `READONLY_MOUNTS` read-only.
 //! - Network: its own network namespace with gVisor's network stack and nothing but loopback
 //!   (`--network=none`).
-//! - Limits: memory, CPU and pids, applied by runsc to the box's cgroup on the host
-//!   (`<cgroup_parent>/<id>`).
+//! - Limits: memory and CPU are applied by runsc to the box's cgroup on the host
+//!   (`<cgroup_parent>/<id>`), which holds gVisor's own processes too: the memory limit there
+//!   is the box's plus [`SENTRY_MEMORY`] for them. gVisor has no out-of-memory killer of its
+//!   own, so a box that passes its memory limit ends as a whole (the host kills its kernel);
+//!   the server then reports it as failed. The box's tasks are gVisor's, not the host's: the
+//!   task limit is applied inside, by the agent, through gVisor's pids cgroup (mounted at
+//!   `/sys/fs/cgroup/pids`, `SANDBOXD_PIDS_MAX`); the host's pids limit only bounds gVisor's
+//!   threads ([`SENTRY_TASKS`] more than the box's limit). Root in the box may rewrite that
+//!   inner limit; it then harms only its own box, whose memory limit still holds.
 //! - runsc keeps its state under `<state_dir>/runsc`: [`Backend::cleanup_stale`] lists the
 //!   containers there after a crash. The sandbox processes runsc starts are not the server's
 //!   children, so they survive a crash of the server until that clean-up (or adoption).
@@ -46,6 +53,10 @@ const RUN_IN_BOX: &str = "/.sandboxd/run";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long a new box's agent may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Memory the host cgroup allows beyond a box's limit, for gVisor's kernel and gofer.
+pub const SENTRY_MEMORY: u64 = 64 << 20;
+/// Host threads allowed beyond a box's task limit, for gVisor's kernel and gofer.
+pub const SENTRY_TASKS: u64 = 512;
 /// Platforms runsc knows.
 pub const PLATFORMS: &[&str] = &["systrap", "ptrace", "kvm"];
 
@@ -212,6 +223,7 @@ impl GvisorBackend {
             "HOME=/root".to_string(),
             format!("HOSTNAME={}", spec.hostname),
             "SANDBOXD_FILES_ROOT=/workspace".to_string(),
+            format!("SANDBOXD_PIDS_MAX={}", spec.limits.pids),
         ];
         env.extend(
             spec.env
@@ -237,6 +249,8 @@ impl GvisorBackend {
                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
             json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                    "options": ["nosuid", "noexec", "nodev", "ro"]}),
+            // gVisor's own cgroup file system, where the agent applies the task limit.
+            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}),
             json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                    "options": ["nosuid", "nodev", "mode=1777"]}),
             bind(&self.config.agent_bin, AGENT_IN_BOX, true),
@@ -251,7 +265,7 @@ impl GvisorBackend {
         // The capabilities runsc gives by default (and Docker a subset of its own): enough for
         // a root shell's kill(2), never CAP_SYS_ADMIN; gVisor's kernel enforces them.
         let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
-        let memory = spec.limits.memory_bytes;
+        let memory = spec.limits.memory_bytes + SENTRY_MEMORY;
         json!({
             "ociVersion": "1.0.0",
             "process": {
@@ -275,7 +289,7 @@ impl GvisorBackend {
                 "resources": {
                     "memory": {"limit": memory},
                     "cpu": {"quota": spec.limits.cpu_millis * 100, "period": 100_000},
-                    "pids": {"limit": spec.limits.pids},
+                    "pids": {"limit": spec.limits.pids + SENTRY_TASKS},
                 },
                 "namespaces": [
                     {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
@@ -341,9 +355,10 @@ impl GvisorBackend {
             .lock()
             .expect("not poisoned")
             .insert(spec.id.clone(), process);
-        // The agent makes its socket once it runs; connections need it to exist.
+        // The agent's socket appears on the host at its bind(2), a moment before its
+        // listen(2) (the gofer makes the file): the box is ready once a connection succeeds.
         let deadline = Instant::now() + START_TIMEOUT;
-        while !socket.exists() {
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
             if Instant::now() > deadline {
                 return Err(failed(format!(
                     "box {}: its agent did not start listening",
