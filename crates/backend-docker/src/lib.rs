@@ -7,7 +7,8 @@
 //! - Image: the sandbox type's template, imported once as the image
 //!   `sandboxd-template/<name>:<build>` (`<build>` changes when the template is rebuilt): the
 //!   template's tree is streamed to `POST /images/create?fromSrc=-` (what `docker import`
-//!   does; no registry is needed).
+//!   does; no registry is needed). Or any image the request names (`image`), on the engine
+//!   already or pulled; its entrypoint, command and user are replaced by the agent's.
 //! - The guest agent is not in the image: the static agent binary is bind-mounted read-only
 //!   and is the container's entrypoint (PID 1, reaping zombies), listening on a Unix socket in
 //!   a per-box host directory that is bind-mounted too. The host reaches the agent there, as
@@ -231,8 +232,29 @@ impl DockerBackend {
         Ok(removed)
     }
 
+    /// An image the user named: on the engine already, else pulled.
+    async fn named_image(&self, image: &str) -> Result<String, BackendError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(image.to_string());
+        }
+        tracing::info!(%image, "pulling an image the engine does not have");
+        let opts = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(e) = step {
+                return Err(BackendError::BadSpec(format!(
+                    "image {image} is not on the Docker engine and could not be pulled: {e}"
+                )));
+            }
+        }
+        Ok(image.to_string())
+    }
+
     async fn start(&self, spec: &BoxSpec) -> Result<BoxHandle, BackendError> {
-        let image = self.image_for(&spec.template_rootfs).await?;
+        let image = match &spec.image {
+            Some(named) => self.named_image(named).await?,
+            None => self.image_for(&spec.template_rootfs).await?,
+        };
         let run = self.run_dir(&spec.id);
         std::fs::create_dir_all(&run).map_err(|e| io(format!("create {}", run.display()), e))?;
         let socket = run.join("agent.sock");
@@ -270,6 +292,9 @@ impl DockerBackend {
                 format!("{RUN_IN_BOX}/agent.sock"),
             ]),
             working_dir: Some("/workspace".into()),
+            // The agent binds its socket in a directory of the host's root: whatever user an
+            // image names, the box runs as root (of the container, without capabilities).
+            user: Some("0:0".into()),
             labels: Some(HashMap::from([
                 (LABEL_INSTANCE.to_string(), self.config.instance.clone()),
                 (LABEL_ID.to_string(), spec.id.clone()),
@@ -428,6 +453,10 @@ impl Backend for DockerBackend {
 
     fn shared(&self) -> bool {
         self.config.shared
+    }
+
+    fn runs_images(&self) -> bool {
+        true
     }
 
     async fn is_alive(&self, id: &str) -> bool {

@@ -117,6 +117,9 @@ struct CreateArgs {
     /// --session or limits); else create one.
     #[arg(long)]
     from_pool: bool,
+    /// Run this Docker engine image instead of the type's template (docker backend only).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
     /// Print the whole sandbox record as JSON.
     #[arg(long)]
     json: bool,
@@ -334,6 +337,7 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         metadata: a.metadata.into_iter().collect(),
         session_id: a.session,
         from_pool: a.from_pool,
+        image: a.image,
     };
     let sb = c.create(&req).await?;
     if a.json {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::{unexpected, AgentConn, ConnPool};
-use crate::backend::{AgentEndpoint, Backend, BoxSpec, Limits, ReadonlyMount};
+use crate::backend::{AgentEndpoint, Backend, BackendError, BoxSpec, Limits, ReadonlyMount};
 use crate::pool::{self, PoolSpec, Pools, POOL_METADATA_KEY};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
@@ -153,6 +153,30 @@ pub(crate) fn check_text(what: &str, s: &str) -> Result<(), CoreError> {
     }
     if s.len() > MAX_LABEL_LEN * 32 {
         return Err(invalid(format!("{what} is too long")));
+    }
+    Ok(())
+}
+
+/// An engine image reference (`name[:tag][@digest]`, with an optional registry and path), on a
+/// backend that runs images.
+fn check_image(image: &str, backend: &dyn Backend) -> Result<(), CoreError> {
+    if !backend.runs_images() {
+        return Err(invalid(format!(
+            "image: the {} backend runs templates, not engine images (images need \
+             CONTAINER_DEPLOYMENT=docker)",
+            backend.name()
+        )));
+    }
+    let ok = (1..=255).contains(&image.len())
+        && image.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if !ok {
+        return Err(invalid(format!(
+            "image {image:?} is not an image reference (like python:3.12-slim or \
+             registry.example/team/env@sha256:...)"
+        )));
     }
     Ok(())
 }
@@ -396,7 +420,10 @@ impl Manager {
         &self,
         req: sandboxd_types::CreateSandboxRequest,
     ) -> Result<Sandbox, CoreError> {
-        let fits_warm = req.session_id.is_none() && req.env.is_empty() && req.resources.is_none();
+        let fits_warm = req.session_id.is_none()
+            && req.env.is_empty()
+            && req.resources.is_none()
+            && req.image.is_none();
         if req.from_pool && fits_warm {
             let sandbox_type = req
                 .sandbox_type
@@ -430,7 +457,15 @@ impl Manager {
             .sandbox_type
             .clone()
             .unwrap_or_else(|| self.config.default_type.clone());
-        let rootfs = self.templates.rootfs(&sandbox_type).ok_or_else(|| {
+        if let Some(image) = &req.image {
+            check_image(image, self.backend.as_ref())?;
+        }
+        // An image replaces the template: its type is then only a name.
+        let rootfs = match &req.image {
+            Some(_) => Some(PathBuf::new()),
+            None => self.templates.rootfs(&sandbox_type),
+        };
+        let rootfs = rootfs.ok_or_else(|| {
             let known = self.templates.list();
             let hint = if known.is_empty() {
                 format!(
@@ -469,6 +504,7 @@ impl Manager {
             metadata: req.metadata,
             reason: None,
             replaced_by: None,
+            image: req.image.clone(),
         };
         let limit = (self.config.max_instances > 0).then_some(self.config.max_instances);
         let record = SandboxRecord {
@@ -493,7 +529,7 @@ impl Manager {
             SandboxState::Running
         };
         match self
-            .start_box(&id, &session_id, rootfs, req.env, limits, state)
+            .start_box(&id, &session_id, rootfs, req.image, req.env, limits, state)
             .await
         {
             Ok(sandbox) => Ok(sandbox),
@@ -510,6 +546,7 @@ impl Manager {
         id: &str,
         session_id: &str,
         template_rootfs: PathBuf,
+        image: Option<String>,
         env: BTreeMap<String, String>,
         limits: Limits,
         state: SandboxState,
@@ -529,6 +566,7 @@ impl Manager {
             env,
             limits,
             hostname: id.to_string(),
+            image,
         };
         let handle = self.backend.create(spec).await?;
         let (_, conn) =
@@ -804,6 +842,7 @@ impl Manager {
             timeout_secs,
             metadata: old.metadata.clone(),
             session_id: Some(old.session_id.clone()),
+            image: old.image.clone(),
             ..Default::default()
         };
         let new = self.create_inner(req, false).await?;
@@ -1666,6 +1705,7 @@ impl CoreError {
             CoreError::UnknownType(..) => ErrorCode::UnknownType,
             CoreError::NotRunning(_) => ErrorCode::NotRunning,
             CoreError::LimitReached(_) => ErrorCode::LimitReached,
+            CoreError::Backend(BackendError::BadSpec(_)) => ErrorCode::InvalidRequest,
             CoreError::Backend(_) => ErrorCode::BackendFailed,
             CoreError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             CoreError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,

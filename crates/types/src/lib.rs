@@ -73,6 +73,11 @@ pub struct CreateSandboxRequest {
     /// own workspace). Otherwise, or when the pool is empty, the sandbox is created as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_pool: bool,
+    /// Run this image of the Docker engine (`python:3.12-slim`, `repo/name@sha256:...`)
+    /// instead of the type's template; only on the `docker` backend. The image needs no
+    /// change: the guest agent is injected. It must be on the engine already, or be pullable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Lifecycle state of a sandbox.
@@ -134,6 +139,9 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub replaced_by: Option<SandboxId>,
+    /// The engine image it runs, when it was created with one (instead of its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Reply of `GET /v1/sandboxes`.
