@@ -529,7 +529,7 @@ impl Manager {
             SandboxState::Running
         };
         match self
-            .start_box(&id, &session_id, rootfs, req.image, req.env, limits, state)
+            .start_box(&id, &session_id, (rootfs, req.image), req.env, limits, state)
             .await
         {
             Ok(sandbox) => Ok(sandbox),
@@ -545,8 +545,7 @@ impl Manager {
         &self,
         id: &str,
         session_id: &str,
-        template_rootfs: PathBuf,
-        image: Option<String>,
+        (template_rootfs, image): (PathBuf, Option<String>),
         env: BTreeMap<String, String>,
         limits: Limits,
         state: SandboxState,
