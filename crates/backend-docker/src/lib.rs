@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -84,6 +84,8 @@ pub struct DockerBackend {
     config: DockerConfig,
     /// Serializes image imports (two creates of a new template import it once).
     importing: tokio::sync::Mutex<()>,
+    /// The engine is Podman (its Docker-compatible API), not Docker.
+    podman: bool,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -104,6 +106,22 @@ fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 fn io(context: String, source: std::io::Error) -> BackendError {
     BackendError::Io { context, source }
+}
+
+/// A box's limit of `resource`: `want`, or less when this machine's own hard limit is lower
+/// (an engine cannot give a container more than it has itself).
+fn rlimit_at_most(resource: libc::__rlimit_resource_t, want: u64) -> i64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, a live local.
+    let hard = if unsafe { libc::getrlimit(resource, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        1024
+    };
+    hard.min(want) as i64
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -138,10 +156,17 @@ impl DockerBackend {
         }
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|e| io(format!("create {}", config.run_dir.display()), e))?;
+        let podman = docker.version().await.is_ok_and(|v| {
+            v.components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.contains("Podman"))
+        });
         Ok(DockerBackend {
             docker,
             config,
             importing: tokio::sync::Mutex::new(()),
+            podman,
         })
     }
 
@@ -196,8 +221,17 @@ impl DockerBackend {
         let mut progress =
             self.docker
                 .create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
+        let mut imported = None;
         while let Some(step) = progress.next().await {
-            step.map_err(|e| failed(&format!("importing {image}"), e))?;
+            let step = step.map_err(|e| failed(&format!("importing {image}"), e))?;
+            // Docker and Podman answer an import with the new image's id.
+            if let Some(id) = [step.id, step.status]
+                .into_iter()
+                .flatten()
+                .find(|s| s.starts_with("sha256:"))
+            {
+                imported = Some(id);
+            }
         }
         let status = tar
             .wait()
@@ -205,6 +239,16 @@ impl DockerBackend {
             .map_err(|e| failed("tar of the template", e))?;
         if !status.success() {
             return Err(failed("tar of the template", status));
+        }
+        // Podman (4.x) ignores the import's tag and names the image `<repo>:latest`: the
+        // image is tagged as asked afterwards.
+        if self.docker.inspect_image(&image).await.is_err() {
+            let source = imported.unwrap_or_else(|| format!("{repo}:latest"));
+            let opts = TagImageOptionsBuilder::new().repo(&repo).tag(&tag).build();
+            self.docker
+                .tag_image(&source, Some(opts))
+                .await
+                .map_err(|e| failed(&format!("tagging the imported {image}"), e))?;
         }
         tracing::info!(%image, secs = started.elapsed().as_secs_f64(), "template imported");
         Ok(image)
@@ -305,6 +349,24 @@ impl DockerBackend {
                 memory_swap: Some(memory),
                 nano_cpus: Some(spec.limits.cpu_millis as i64 * 1_000_000),
                 pids_limit: Some(spec.limits.pids as i64),
+                // Podman's defaults ask for more than many hosts allow (its runc then fails
+                // to set them); Docker's are the daemon's own, left as they are.
+                ulimits: self.podman.then(|| {
+                    [
+                        ("nofile", libc::RLIMIT_NOFILE, 65536),
+                        ("nproc", libc::RLIMIT_NPROC, 32768),
+                    ]
+                    .into_iter()
+                    .map(|(name, resource, want)| {
+                        let n = rlimit_at_most(resource, want);
+                        ResourcesUlimits {
+                            name: Some(name.into()),
+                            soft: Some(n),
+                            hard: Some(n),
+                        }
+                    })
+                    .collect()
+                }),
                 network_mode: Some("none".into()),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),

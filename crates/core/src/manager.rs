@@ -529,7 +529,14 @@ impl Manager {
             SandboxState::Running
         };
         match self
-            .start_box(&id, &session_id, (rootfs, req.image), req.env, limits, state)
+            .start_box(
+                &id,
+                &session_id,
+                (rootfs, req.image),
+                req.env,
+                limits,
+                state,
+            )
             .await
         {
             Ok(sandbox) => Ok(sandbox),

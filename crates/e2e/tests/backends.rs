@@ -1,11 +1,11 @@
 //! The backend contract (tests/common/contract.rs) on every backend: the native one, Docker on
-//! a private `dockerd` this test starts, and gVisor (scripts/setup installs docker.io and
+//! a private `dockerd` this test starts (and on a private Podman service), and gVisor (scripts/setup installs docker.io and
 //! runsc). A backend whose runtime is missing is reported as skipped, with the reason, unless
 //! `SANDBOXD_REQUIRE_ALL_BACKENDS` is set (as `scripts/test` does), which makes it a failure.
 
 mod common;
 
-use sandboxd_e2e::{DockerDaemon, ServerOptions};
+use sandboxd_e2e::{DockerDaemon, PodmanService, ServerOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_backend_keeps_the_contract() {
@@ -64,6 +64,26 @@ async fn docker_backend_keeps_the_contract() {
     // A graceful stop removes every container the server made.
     server.stop();
     assert_eq!(dockerd.containers(), Vec::<String>::new());
+}
+
+/// The docker backend on Podman's Docker-compatible socket instead of dockerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_backend_keeps_the_contract_on_podman() {
+    if !runtime_installed("docker (Podman)", "podman") {
+        return;
+    }
+    let podman = PodmanService::start().expect("a private Podman service");
+    let mut server = common::server_with(ServerOptions {
+        env: vec![
+            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+            ("DOCKER_HOST".into(), podman.host.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    common::contract::run_all(&mut server, "docker").await;
+    server.stop();
+    assert_eq!(podman.containers(), Vec::<String>::new());
 }
 
 /// Two nodes sharing one Redis and one Docker engine reached over TCP: a sandbox made through
