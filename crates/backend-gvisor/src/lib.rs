@@ -329,6 +329,8 @@ impl GvisorBackend {
                 "run",
                 "--detach",
             ])
+            .arg("--pid-file")
+            .arg(dir.join("runsc.pid"))
             .arg("--bundle")
             .arg(&dir)
             .arg(&spec.id)
@@ -345,7 +347,20 @@ impl GvisorBackend {
             };
             return Err(failed(format!("runsc run {}: {}", spec.id, tail(&out))));
         }
-        let process = self.sandbox_process(&spec.id).await?;
+        // The pid file saves a runsc call; `runsc state` knows the pid too.
+        let from_file = std::fs::read_to_string(dir.join("runsc.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .and_then(|pid| {
+                Some(SandboxProcess {
+                    pid,
+                    start_time: start_time_of(pid)?,
+                })
+            });
+        let process = match from_file {
+            Some(p) => p,
+            None => self.sandbox_process(&spec.id).await?,
+        };
         std::fs::write(
             dir.join("sentry.pid"),
             format!("{} {}", process.pid, process.start_time),
