@@ -147,16 +147,15 @@ fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
     Ok(unsafe { UnixListener::from_raw_fd(fd) })
 }
 
-/// Variable naming a task limit the agent applies to itself and everything it starts,
-/// through the cgroup file system mounted at [`TASKS_CGROUP_MOUNT`]. Set by backends whose
-/// kernel counts the sandbox's tasks itself (gVisor's), where the host's pids cgroup counts
-/// only the threads of that kernel.
+/// Variable naming a task limit the agent applies to itself and everything it starts, as
+/// `RLIMIT_NPROC`. Set by backends whose kernel counts the sandbox's tasks itself (gVisor's),
+/// where the host's pids cgroup counts only the threads of that kernel. Everything in such a
+/// box runs as one user without `CAP_SYS_RESOURCE`, so the limit holds for the whole box and
+/// nothing in it can raise it. (gVisor's own pids cgroup was tried first: it lets the count
+/// pass its limit.)
 pub const PIDS_MAX_VAR: &str = "SANDBOXD_PIDS_MAX";
-/// Where such a backend mounts the pids controller's hierarchy in the box.
-pub const TASKS_CGROUP_MOUNT: &str = "/sys/fs/cgroup/pids";
 
-/// Apply [`PIDS_MAX_VAR`], if set: make the group `sandbox` in [`TASKS_CGROUP_MOUNT`] with that
-/// `pids.max` and move the agent into it, so that its descendants are counted there.
+/// Apply [`PIDS_MAX_VAR`], if set.
 pub fn limit_tasks() -> io::Result<()> {
     let Some(v) = std::env::var_os(PIDS_MAX_VAR) else {
         return Ok(());
@@ -171,17 +170,5 @@ pub fn limit_tasks() -> io::Result<()> {
                 format!("{PIDS_MAX_VAR}={v:?} is not a positive number"),
             )
         })?;
-    let group = Path::new(TASKS_CGROUP_MOUNT).join("sandbox");
-    let context = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("{what} {}: {e}", group.display()))
-    };
-    match std::fs::create_dir(&group) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(context("create", e)),
-    }
-    std::fs::write(group.join("pids.max"), max.to_string())
-        .map_err(|e| context("set pids.max of", e))?;
-    std::fs::write(group.join("cgroup.procs"), std::process::id().to_string())
-        .map_err(|e| context("join", e))
+    sys::set_rlimit(libc::RLIMIT_NPROC, max)
 }

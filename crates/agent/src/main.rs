@@ -15,7 +15,7 @@ Serves the sandboxd host protocol inside a sandbox.
 Environment:
   SANDBOXD_LISTEN_FD    inherited listening socket descriptor (normally 3)
   SANDBOXD_FILES_ROOT   directory the file API is confined to (default /workspace)
-  SANDBOXD_PIDS_MAX     task limit applied through /sys/fs/cgroup/pids/sandbox (gVisor)";
+  SANDBOXD_PIDS_MAX     task limit (RLIMIT_NPROC) of the whole box (gVisor)";
 
 fn main() -> ExitCode {
     let mut listen: Option<PathBuf> = None;

@@ -530,6 +530,16 @@ pub fn pidfds_supported() -> bool {
 pub static TESTS_WITHOUT_PIDFDS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// `setrlimit(2)` of `resource`, soft and hard, to `value`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit reads the struct it is given, a live local.
+    cvt(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
 /// `eventfd(2)`, non-blocking and close-on-exec: the reaper thread signals a command's exit
 /// through one where pidfds are missing.
 pub fn eventfd() -> io::Result<OwnedFd> {

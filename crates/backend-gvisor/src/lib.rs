@@ -20,10 +20,9 @@
 //!   is the box's plus [`SENTRY_MEMORY`] for them. gVisor has no out-of-memory killer of its
 //!   own, so a box that passes its memory limit ends as a whole (the host kills its kernel);
 //!   the server then reports it as failed. The box's tasks are gVisor's, not the host's: the
-//!   task limit is applied inside, by the agent, through gVisor's pids cgroup (mounted at
-//!   `/sys/fs/cgroup/pids`, `SANDBOXD_PIDS_MAX`); the host's pids limit only bounds gVisor's
-//!   threads ([`SENTRY_TASKS`] more than the box's limit). Root in the box may rewrite that
-//!   inner limit; it then harms only its own box, whose memory limit still holds.
+//!   task limit is applied inside, by the agent, as `RLIMIT_NPROC` (`SANDBOXD_PIDS_MAX`),
+//!   which the box's root cannot raise (it has no `CAP_SYS_RESOURCE`); the host's pids limit
+//!   only bounds gVisor's threads ([`SENTRY_TASKS`] more than the box's limit).
 //! - runsc keeps its state under `<state_dir>/runsc`: [`Backend::cleanup_stale`] lists the
 //!   containers there after a crash. The sandbox processes runsc starts are not the server's
 //!   children, so they survive a crash of the server until that clean-up (or adoption).
@@ -249,8 +248,6 @@ impl GvisorBackend {
                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
             json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                    "options": ["nosuid", "noexec", "nodev", "ro"]}),
-            // gVisor's own cgroup file system, where the agent applies the task limit.
-            json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}),
             json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                    "options": ["nosuid", "nodev", "mode=1777"]}),
             bind(&self.config.agent_bin, AGENT_IN_BOX, true),
