@@ -357,18 +357,25 @@ impl DockerDaemon {
 
     /// Names of the containers it has (running or not).
     pub fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output();
-        out.map(|o| {
+        let mut ps = Command::new("docker");
+        ps.env("DOCKER_HOST", &self.host);
+        container_names(ps)
+    }
+}
+
+/// The container names `<engine> ps -a` lists, `engine` being a `docker` or `podman` command
+/// set up for its engine.
+fn container_names(mut engine: Command) -> Vec<String> {
+    engine
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default()
-    }
 }
 
 impl Drop for DockerDaemon {
@@ -452,17 +459,9 @@ impl PodmanService {
 
     /// Names of the containers it has (running or not).
     pub fn containers(&self) -> Vec<String> {
-        let out = Command::new("podman")
-            .args(Self::storage_args(self.dir.path()))
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output();
-        out.map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+        let mut ps = Command::new("podman");
+        ps.args(Self::storage_args(self.dir.path()));
+        container_names(ps)
     }
 }
 

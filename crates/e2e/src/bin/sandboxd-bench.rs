@@ -178,62 +178,18 @@ async fn main() -> Result<()> {
         }
     };
 
-    let docker = if args.no_docker || args.url.is_some() {
-        None
-    } else {
-        match docker_samples(&args).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("docker rows skipped: {e:#}");
-                None
-            }
-        }
-    };
-    let (docker_tti, docker_rtt) = match docker {
-        Some(d) => (
-            Row {
-                what: "create → first output, docker backend",
-                ours: d.tti,
-                peer: d.run.map(|p| ("docker run", p)),
-                target_p50: Duration::ZERO,
-            },
-            Row {
-                what: "exec round-trip `true`, docker backend",
-                ours: d.rtt,
-                peer: d.exec.map(|p| ("docker exec", p)),
-                target_p50: Duration::ZERO,
-            },
-        ),
-        None => (empty_row(), empty_row()),
-    };
-    let gvisor = if args.no_gvisor || args.url.is_some() {
-        None
-    } else {
-        match gvisor_samples(&args, &rootfs).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("gvisor rows skipped: {e:#}");
-                None
-            }
-        }
-    };
-    let (gvisor_tti, gvisor_rtt) = match gvisor {
-        Some(d) => (
-            Row {
-                what: "create → first output, gvisor backend",
-                ours: d.tti,
-                peer: d.run.map(|p| ("runsc run", p)),
-                target_p50: Duration::ZERO,
-            },
-            Row {
-                what: "exec round-trip `true`, gvisor backend",
-                ours: d.rtt,
-                peer: d.exec.map(|p| ("runsc exec", p)),
-                target_p50: Duration::ZERO,
-            },
-        ),
-        None => (empty_row(), empty_row()),
-    };
+    let (docker_tti, docker_rtt) = backend_rows(
+        "docker",
+        (!args.no_docker && args.url.is_none()).then_some(docker_samples(&args).await),
+        ["create → first output, docker backend", "docker run"],
+        ["exec round-trip `true`, docker backend", "docker exec"],
+    );
+    let (gvisor_tti, gvisor_rtt) = backend_rows(
+        "gvisor",
+        (!args.no_gvisor && args.url.is_none()).then_some(gvisor_samples(&args, &rootfs).await),
+        ["create → first output, gvisor backend", "runsc run"],
+        ["exec round-trip `true`, gvisor backend", "runsc exec"],
+    );
 
     let rows = [
         Row {
@@ -410,6 +366,37 @@ async fn docker_samples(args: &Args) -> Result<BackendSamples> {
         run,
         exec,
     })
+}
+
+/// A backend's two rows (its create → first output and exec round-trip, each beside its
+/// runtime's own peer, named in `[figure, peer]`), empty when the backend was not measured.
+fn backend_rows(
+    backend: &str,
+    samples: Option<Result<BackendSamples>>,
+    tti: [&'static str; 2],
+    rtt: [&'static str; 2],
+) -> (Row, Row) {
+    match samples {
+        Some(Ok(d)) => (
+            Row {
+                what: tti[0],
+                ours: d.tti,
+                peer: d.run.map(|p| (tti[1], p)),
+                target_p50: Duration::ZERO,
+            },
+            Row {
+                what: rtt[0],
+                ours: d.rtt,
+                peer: d.exec.map(|p| (rtt[1], p)),
+                target_p50: Duration::ZERO,
+            },
+        ),
+        Some(Err(e)) => {
+            eprintln!("{backend} rows skipped: {e:#}");
+            (empty_row(), empty_row())
+        }
+        None => (empty_row(), empty_row()),
+    }
 }
 
 /// sandboxd's own samples on a backend: create → first output, then exec round-trips in one
