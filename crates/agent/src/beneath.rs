@@ -69,12 +69,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// `RESOLVE_NO_MAGICLINKS` (linux/openat2.h).
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-/// `RESOLVE_NO_SYMLINKS` (linux/openat2.h).
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-/// `RESOLVE_BENEATH` (linux/openat2.h).
-const RESOLVE_BENEATH: u64 = 0x08;
+use crate::sys::{fstat, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
+
 /// The resolve flags this resolver implements.
 const RESOLVE_SUPPORTED: u64 = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
 
@@ -353,15 +349,6 @@ fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: u32) -> io
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `fstat(2)`; works on `O_PATH` descriptors too.
-fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is writable memory of the size of a `struct stat`.
-    retry(|| unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled the whole struct.
-    Ok(unsafe { st.assume_init() })
-}
-
 fn is_symlink(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFLNK
 }
@@ -378,22 +365,8 @@ fn may_search(dir: BorrowedFd<'_>) -> io::Result<()> {
 
 /// `readlinkat(2)`: the text of symlink `name` in `dir` (or of `dir` itself for `""`).
 fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    // No symlink text reaches PATH_MAX: symlink(2) refuses it, and so does the kernel's walk.
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which is that long.
-    let n = retry(|| unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })? as usize;
-    if n >= buf.len() {
-        return Err(errno(libc::ENAMETOOLONG));
-    }
-    buf.truncate(n);
-    Ok(buf)
+    use std::os::unix::ffi::OsStringExt;
+    crate::sys::readlinkat(dir, name).map(OsStringExt::into_vec)
 }
 
 #[cfg(test)]
