@@ -223,8 +223,13 @@ impl Agent {
             Request::McpStop { server } => reply(self.mcp.stop(&server).map(|()| Response::Ok)),
             Request::Connect { port } => {
                 // A tunnel that ran has ended with its TCP connection: close this one too.
-                return tunnel::serve(conn, port)
-                    .map(|tunnelled| if tunnelled { Flow::Close } else { Flow::Continue });
+                return tunnel::serve(conn, port).map(|tunnelled| {
+                    if tunnelled {
+                        Flow::Close
+                    } else {
+                        Flow::Continue
+                    }
+                });
             }
         };
         conn.send(&resp, &[])?;
