@@ -117,6 +117,10 @@ struct CreateArgs {
     /// --session or limits); else create one.
     #[arg(long)]
     from_pool: bool,
+    /// Publish this TCP port of the sandbox on a host port of the server's PORT_RANGE
+    /// (repeatable); where each one is published is printed on stderr.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
     /// Print the whole sandbox record as JSON.
     #[arg(long)]
     json: bool,
@@ -334,12 +338,17 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         metadata: a.metadata.into_iter().collect(),
         session_id: a.session,
         from_pool: a.from_pool,
+        ports: a.ports,
     };
     let sb = c.create(&req).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&sb)?);
     } else {
         println!("{}", sb.id);
+        // On stderr, so that `id=$(sandboxd create ...)` still gets the id alone.
+        for p in &sb.ports {
+            eprintln!("port {} published at {}", p.port, p.address);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
