@@ -787,6 +787,8 @@ impl Manager {
                 r.sandbox.reason = Some(reason.to_string());
                 r.sandbox.expires_at_ms = Some(keep_until);
                 r.endpoint = None;
+                // Nothing is published for a box that is gone (the server closes the ports).
+                r.sandbox.ports.clear();
             })
             .await?;
         if self.pools_enabled() {

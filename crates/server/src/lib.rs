@@ -4,6 +4,8 @@
 //! - [`run`] is `sandboxd serve`: it builds the backend, store, templates and manager from
 //!   [`Settings`], serves until SIGINT/SIGTERM, then removes every sandbox (`AUTO_CLEANUP`).
 //! - [`start`] does the same but hands back a [`RunningServer`] to stop by hand (tests).
+//! - [`ports`]: published ports (a create's `ports`, `PORT_RANGE`), forwarded into sandboxes
+//!   through tunnels of the guest agent.
 //!
 //! Invariant: this is the only crate that knows HTTP status codes. Every failure leaves through
 //! [`ApiError`], which maps a stable [`ErrorCode`](sandboxd_types::ErrorCode) to a status.
