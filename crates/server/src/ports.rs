@@ -427,7 +427,7 @@ mod tests {
     /// A range of `n` ports on loopback that nothing else uses: a free run of ports found by
     /// binding them all (the test then holds none of them).
     fn free_range(n: u16) -> PortRange {
-        'search: for lo in (20000..30000u16)
+        'search: for lo in (20000..25000u16)
             .step_by(100)
             .map(|b| b + (std::process::id() % 50) as u16)
         {
