@@ -11,6 +11,9 @@
 //! the `*at` system calls relative to it, without following the final component. Recursive
 //! walks (listing, recursive removal) never follow symlinks at all.
 //!
+//! Where the kernel has no `openat2` (gVisor, Linux before 5.6), [`crate::sys::openat2`]
+//! resolves the path in user space with the same rules ([`crate::beneath`]).
+//!
 //! Consequence worth knowing: an *absolute* symlink is never followed, even one that names a
 //! place inside the root (`/workspace/a -> /workspace/b`), because the kernel resolves it
 //! against the real `/`. Relative symlinks that stay inside the root work everywhere.
@@ -79,10 +82,6 @@ fn map_open_err(e: io::Error, op: &str, shown: &str, root: &str) -> AgentError {
         Some(libc::ELOOP) => agent_error(
             AgentErrorKind::PathOutsideSandbox,
             format!("{op} {shown}: too many symlinks, or a /proc magic link, which the file API does not follow"),
-        ),
-        Some(libc::ENOSYS) => agent_error(
-            AgentErrorKind::Unsupported,
-            format!("{op} {shown}: the kernel lacks openat2(2) (Linux 5.6+ is required for confined file access)"),
         ),
         _ => map_errno(e, op, shown),
     }

@@ -146,3 +146,29 @@ fn inherited_listener(fd: RawFd) -> io::Result<UnixListener> {
     // be an open listening socket, and nothing else in the agent refers to it.
     Ok(unsafe { UnixListener::from_raw_fd(fd) })
 }
+
+/// Variable naming a task limit the agent applies to itself and everything it starts, as
+/// `RLIMIT_NPROC`. Set by backends whose kernel counts the sandbox's tasks itself (gVisor's),
+/// where the host's pids cgroup counts only the threads of that kernel. Everything in such a
+/// box runs as one user without `CAP_SYS_RESOURCE`, so the limit holds for the whole box and
+/// nothing in it can raise it. (gVisor's own pids cgroup was tried first: it lets the count
+/// pass its limit.)
+pub const PIDS_MAX_VAR: &str = "SANDBOXD_PIDS_MAX";
+
+/// Apply [`PIDS_MAX_VAR`], if set.
+pub fn limit_tasks() -> io::Result<()> {
+    let Some(v) = std::env::var_os(PIDS_MAX_VAR) else {
+        return Ok(());
+    };
+    let max: u64 = v
+        .to_str()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{PIDS_MAX_VAR}={v:?} is not a positive number"),
+            )
+        })?;
+    sys::set_rlimit(libc::RLIMIT_NPROC, max)
+}

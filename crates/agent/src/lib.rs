@@ -46,7 +46,9 @@
 //!   pointing outside — and, as a consequence of `RESOLVE_BENEATH`, any *absolute* symlink —
 //!   yields `PathOutsideSandbox`. Recursive listing and removal never follow symlinks.
 //!
-//! This needs Linux 5.6 or newer (for `openat2`) and a seccomp filter that allows it.
+//! Where `openat2` is missing (gVisor's kernel, Linux before 5.6) the agent resolves paths
+//! itself with the same rules, one component at a time and never letting the kernel follow a
+//! symlink ([`beneath`]). Likewise, without pidfds the reaper thread reports commands' exits.
 //!
 //! # Building
 //!
@@ -76,6 +78,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod agent;
+pub mod beneath;
 pub mod config;
 mod conn;
 mod exec;

@@ -14,7 +14,8 @@ Serves the sandboxd host protocol inside a sandbox.
   --version         print the agent and protocol versions
 Environment:
   SANDBOXD_LISTEN_FD    inherited listening socket descriptor (normally 3)
-  SANDBOXD_FILES_ROOT   directory the file API is confined to (default /workspace)";
+  SANDBOXD_FILES_ROOT   directory the file API is confined to (default /workspace)
+  SANDBOXD_PIDS_MAX     task limit (RLIMIT_NPROC) of the whole box (gVisor)";
 
 fn main() -> ExitCode {
     let mut listen: Option<PathBuf> = None;
@@ -62,6 +63,10 @@ fn main() -> ExitCode {
 
     if let Err(e) = init::setup_process() {
         eprintln!("sandboxd-agent: process setup failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = init::limit_tasks() {
+        eprintln!("sandboxd-agent: task limit: {e}");
         return ExitCode::FAILURE;
     }
     let listener = match init::listener(listen.as_deref()) {

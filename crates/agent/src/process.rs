@@ -110,8 +110,8 @@ pub struct Command {
 /// for here; its status comes from the [`crate::reaper::Reaper`].
 pub struct Child {
     pub pid: libc::pid_t,
-    /// A pidfd of the child, readable once it has exited; the reaper's
-    /// [`crate::reaper::ExitWatch`] takes it.
+    /// A pidfd of the child, readable once it has exited, where the kernel has pidfds; the
+    /// reaper's [`crate::reaper::ExitWatch`] takes it.
     pub pidfd: Option<OwnedFd>,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
@@ -295,7 +295,14 @@ impl Command {
             // raw system calls, resetting all handlers before unblocking signals. `ctx` and
             // everything it points to outlive the call, as does `stack`; all signals are
             // blocked.
-            unsafe { sys::clone_vfork(child_main, &ctx as *const ChildContext as *mut _, &stack) }
+            unsafe {
+                sys::clone_vfork(
+                    child_main,
+                    &ctx as *const ChildContext as *mut _,
+                    &stack,
+                    sys::pidfds_supported(),
+                )
+            }
         };
         // The child has exec'd or exited: it no longer uses its stack, which can serve the
         // next spawn.
@@ -312,7 +319,7 @@ impl Command {
         let [stdin, stdout, stderr] = parent_ends;
         Ok(Child {
             pid,
-            pidfd: Some(pidfd),
+            pidfd,
             stdin,
             stdout,
             stderr,

@@ -29,13 +29,19 @@
 //! and no wake-up of that thread at each spawn, each of which would be an inter-processor
 //! interrupt (costly in a virtual machine). The reaper thread is still what reaps orphans, and
 //! children whose watch was dropped.
+//!
+//! # Without pidfds
+//!
+//! Where the kernel has no pidfds (gVisor; Linux before 5.4), the reaper thread reaps every
+//! child and signals each registered one's exit through an eventfd that stands in for the
+//! pidfd; spawns then wake the thread, which otherwise sleeps while there are no children.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::process::{Child, Command};
@@ -48,10 +54,15 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// The process-wide reaper. Obtain it with [`Reaper::global`].
 pub struct Reaper {
     inner: Mutex<Inner>,
+    /// Wakes the reaper thread, idle for want of children, at a spawn (without pidfds only).
+    spawned: Condvar,
 }
 
 struct Inner {
     children: HashMap<libc::pid_t, Tracked>,
+    /// Spawns so far: the reaper thread, finding no children, sleeps only if none happened
+    /// since it looked (so that a wake-up between its look and its sleep is not lost).
+    spawns: u64,
 }
 
 struct Tracked {
@@ -59,6 +70,8 @@ struct Tracked {
     status: Option<i32>,
     /// Whether the host may signal this child's process group by pid ([`Reaper::signal_group`]).
     host_signalable: bool,
+    /// Without pidfds: the eventfd the reaper thread signals once it has stored `status`.
+    notify: Option<OwnedFd>,
 }
 
 /// Why [`Reaper::signal_group`] refused.
@@ -78,7 +91,9 @@ impl Reaper {
             let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
                 inner: Mutex::new(Inner {
                     children: HashMap::new(),
+                    spawns: 0,
                 }),
+                spawned: Condvar::new(),
             }));
             std::thread::Builder::new()
                 .name("reaper".into())
@@ -103,23 +118,41 @@ impl Reaper {
         cmd: &Command,
         host_signalable: bool,
     ) -> io::Result<(Child, ExitWatch)> {
+        // Made before the spawn: failing afterwards would leave a child nobody watches.
+        let event = match sys::pidfds_supported() {
+            true => None,
+            false => {
+                let fd = sys::eventfd()?;
+                Some((fd.try_clone()?, fd))
+            }
+        };
         let mut inner = self.lock();
         let mut child = cmd.spawn()?;
         let pid = child.pid;
-        let pidfd = child.pidfd.take().expect("a new child has its pidfd");
+        let (exit, notify, by_pidfd) = match (child.pidfd.take(), event) {
+            (Some(pidfd), _) => (pidfd, None, true),
+            (None, Some((ours, theirs))) => (ours, Some(theirs), false),
+            (None, None) => unreachable!("pidfds are supported, so the spawn made one"),
+        };
         inner.children.insert(
             pid,
             Tracked {
                 status: None,
                 host_signalable,
+                notify,
             },
         );
+        inner.spawns += 1;
         drop(inner);
+        if !by_pidfd {
+            self.spawned.notify_one();
+        }
         Ok((
             child,
             ExitWatch {
                 pid,
-                pidfd,
+                exit,
+                by_pidfd,
                 reaper: self,
             },
         ))
@@ -158,11 +191,12 @@ impl Reaper {
     }
 
     /// The status of registered child `pid` once it has exited, reaping it through its
-    /// `pidfd` unless the reaper thread got there first. Both reap only under the lock.
-    fn status_of(&self, pid: libc::pid_t, pidfd: BorrowedFd<'_>) -> Option<ExitStatus> {
+    /// `pidfd` (when it has one) unless the reaper thread got there first. Both reap only
+    /// under the lock.
+    fn status_of(&self, pid: libc::pid_t, pidfd: Option<BorrowedFd<'_>>) -> Option<ExitStatus> {
         let mut inner = self.lock();
         let t = inner.children.get_mut(&pid)?;
-        if t.status.is_none() {
+        if let (None, Some(pidfd)) = (t.status, pidfd) {
             t.status = sys::try_reap(pidfd);
         }
         t.status.map(ExitStatus::from_raw)
@@ -174,6 +208,7 @@ impl Reaper {
 
     fn run(&self) {
         loop {
+            let spawns_before = self.lock().spawns;
             // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: `info` is writable; WNOWAIT leaves the child waitable so that it can be
@@ -184,10 +219,14 @@ impl Reaper {
                 match io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => {}
                     Some(libc::ECHILD) => {
-                        // No children at all. Spawns do not wake this thread (their spawners
-                        // reap their own children), so it looks again in a while, for orphans
-                        // of commands and of processes that joined the namespace from outside.
-                        std::thread::sleep(IDLE_RECHECK);
+                        // No children at all. With pidfds, spawns do not wake this thread
+                        // (their spawners reap their own children), so it looks again in a
+                        // while, for orphans of commands and of processes that joined the
+                        // namespace from outside. Without, a spawn wakes it.
+                        let inner = self.lock();
+                        if inner.spawns == spawns_before {
+                            let _ = self.spawned.wait_timeout(inner, IDLE_RECHECK);
+                        }
                     }
                     _ => std::thread::sleep(Duration::from_millis(100)),
                 }
@@ -208,6 +247,9 @@ impl Reaper {
             }
             if let Some(t) = inner.children.get_mut(&pid) {
                 t.status = Some(status);
+                if let Some(fd) = t.notify.take() {
+                    sys::eventfd_signal(fd.as_fd());
+                }
             }
         }
     }
@@ -217,10 +259,13 @@ impl Reaper {
 /// arrives later is discarded like an orphan's.
 pub struct ExitWatch {
     pid: libc::pid_t,
-    /// The child's pidfd, readable from its exit on: the spawner learns of the exit straight
-    /// from the kernel, not through the reaper thread, which would add a thread wake-up (an
-    /// inter-processor interrupt, costly in a virtual machine) to every command.
-    pidfd: OwnedFd,
+    /// Readable from the child's exit on. Its pidfd where the kernel has them: the spawner
+    /// learns of the exit straight from the kernel, not through the reaper thread, which would
+    /// add a thread wake-up (an inter-processor interrupt, costly in a virtual machine) to
+    /// every command. Otherwise an eventfd the reaper thread signals.
+    exit: OwnedFd,
+    /// Whether `exit` is a pidfd.
+    by_pidfd: bool,
     reaper: &'static Reaper,
 }
 
@@ -232,12 +277,13 @@ impl ExitWatch {
 
     /// A descriptor that becomes readable once the child has exited; for `poll`.
     pub fn exit_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.exit.as_fd()
     }
 
     /// The exit status, if the child has exited.
     pub fn status(&self) -> Option<ExitStatus> {
-        self.reaper.status_of(self.pid, self.pidfd.as_fd())
+        self.reaper
+            .status_of(self.pid, self.by_pidfd.then(|| self.exit.as_fd()))
     }
 
     /// Wait up to `timeout` for the exit status.
@@ -252,7 +298,7 @@ impl ExitWatch {
                 return None;
             }
             let mut fds = [sys::pollfd(
-                std::os::fd::AsRawFd::as_raw_fd(&self.pidfd),
+                std::os::fd::AsRawFd::as_raw_fd(&self.exit),
                 libc::POLLIN,
             )];
             let _ = sys::poll(&mut fds, Some(left));
@@ -298,6 +344,41 @@ mod tests {
                 .expect("status delivered");
             assert_eq!(status.code(), Some(code));
         }
+    }
+
+    /// Without pidfds (gVisor), exits reach the spawner through the reaper thread, which a
+    /// spawn wakes even while it sleeps for want of children.
+    #[test]
+    fn exits_are_delivered_without_pidfds() {
+        sys::TESTS_WITHOUT_PIDFDS.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reaper = Reaper::global();
+        for round in 0..3 {
+            let watches: Vec<_> = (0..10)
+                .map(|i| {
+                    let mut cmd = Command::new("/bin/sh");
+                    cmd.arg("-c").arg(format!("exit {}", i % 5));
+                    let (_child, watch) = reaper.spawn(&cmd, false).unwrap();
+                    assert!(!watch.by_pidfd);
+                    (i % 5, watch)
+                })
+                .collect();
+            for (code, watch) in watches {
+                let status = watch
+                    .wait_timeout(Duration::from_secs(30))
+                    .expect("status delivered");
+                assert_eq!(status.code(), Some(code), "round {round}");
+                // The exit descriptor is readable once the status is known.
+                let mut fds = [sys::pollfd(
+                    std::os::fd::AsRawFd::as_raw_fd(&watch.exit_fd()),
+                    libc::POLLIN,
+                )];
+                assert_eq!(sys::poll(&mut fds, Some(Duration::ZERO)).unwrap(), 1);
+            }
+            // Let the reaper thread fall idle (no children), so the next round's spawns must
+            // wake it.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sys::TESTS_WITHOUT_PIDFDS.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A failed exec is waited for by the spawn itself while the registry lock is held; the

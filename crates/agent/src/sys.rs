@@ -54,9 +54,14 @@ pub fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
+/// Set once `openat2` answered `ENOSYS`: later opens go straight to user space.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `openat2(2)`: open `path` relative to `dir` with the given `resolve` restrictions.
 /// `O_CLOEXEC` is always added. `EAGAIN`, which the kernel returns when a concurrent rename
 /// prevented it from proving that `..` stayed beneath the root, is retried a few times.
+/// Where the kernel has no `openat2` (gVisor, Linux before 5.6), the same resolution is done
+/// in user space ([`crate::beneath`]).
 pub fn openat2(
     dir: BorrowedFd<'_>,
     path: &CStr,
@@ -64,6 +69,9 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
+    if NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
+        return crate::beneath::openat_beneath(dir, path, flags, mode, resolve);
+    }
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: u64::from(mode),
@@ -91,6 +99,10 @@ pub fn openat2(
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EAGAIN) if again < 16 => again += 1,
+            Some(libc::ENOSYS) => {
+                NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
+                return crate::beneath::openat_beneath(dir, path, flags, mode, resolve);
+            }
             _ => return Err(e),
         }
     }
@@ -478,9 +490,78 @@ impl Drop for AllSignalsBlocked {
     }
 }
 
+/// Whether this kernel has pidfds as the agent uses them: `CLONE_PIDFD` (Linux 5.2) and
+/// `waitid(P_PIDFD)` (5.4). gVisor has neither; there the reaper thread reports each exit.
+/// Probed once.
+pub fn pidfds_supported() -> bool {
+    #[cfg(test)]
+    if TESTS_WITHOUT_PIDFDS.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // SAFETY: pidfd_open with integer arguments; a non-negative return is a descriptor we
+        // own (and close right away through the OwnedFd).
+        let r = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if r < 0 {
+            return false;
+        }
+        // SAFETY: as above, `r` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is writable and `fd` valid for the call. Our own pid is not our
+        // child, so a kernel that knows P_PIDFD answers ECHILD; one that does not, EINVAL.
+        let w = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                fd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        w < 0 && errno() == libc::ECHILD
+    })
+}
+
+/// Lets tests take the path of kernels without pidfds on a kernel with them. Both kinds of
+/// children may be alive at once; the reaper handles each by its own kind.
+#[cfg(test)]
+pub static TESTS_WITHOUT_PIDFDS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `setrlimit(2)` of `resource`, soft and hard, to `value`.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: setrlimit reads the struct it is given, a live local.
+    cvt(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
+/// `eventfd(2)`, non-blocking and close-on-exec: the reaper thread signals a command's exit
+/// through one where pidfds are missing.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd with integer arguments; the returned descriptor is ours.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Make an eventfd readable (add one to its counter).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes the 8 bytes of `one`, a live local, to a descriptor valid for the call.
+    // An eventfd write only fails when the counter would overflow, which one write per exit
+    // cannot reach.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
 /// `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)`: run `child(arg)` in a new process that shares
 /// this process's memory, on `stack`, and return its pid once the child has called `execve`
 /// successfully or exited (the calling thread is suspended until then; other threads run on).
+/// With `want_pidfd` (see [`pidfds_supported`]) the child's pidfd comes with it.
 ///
 /// # Safety
 ///
@@ -495,8 +576,13 @@ pub unsafe fn clone_vfork(
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
     stack: &ChildStack,
-) -> io::Result<(libc::pid_t, OwnedFd)> {
+    want_pidfd: bool,
+) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
     let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::SIGCHLD
+        | if want_pidfd { libc::CLONE_PIDFD } else { 0 };
     // SAFETY: the caller upholds the child's constraints; `stack.top()` is the top of a
     // writable mapping that outlives the child's use of it, because CLONE_VFORK returns only
     // after the child exec'd or exited, i.e. left that stack for good. With CLONE_PIDFD the
@@ -505,14 +591,16 @@ pub unsafe fn clone_vfork(
         libc::clone(
             child,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            flags,
             arg,
             &mut pidfd as *mut libc::c_int,
         )
     };
     let pid = cvt(pid)?;
-    // SAFETY: the clone succeeded, so `pidfd` is a new descriptor that nothing else owns.
-    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    // SAFETY: with CLONE_PIDFD the clone stored a new descriptor in `pidfd` that nothing else
+    // owns; without it `pidfd` is still -1 and is not wrapped.
+    let pidfd = (want_pidfd && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, pidfd))
 }
 
 /// Reap the child behind `pidfd` if it has exited, returning its raw wait status (what

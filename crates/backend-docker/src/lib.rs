@@ -7,7 +7,8 @@
 //! - Image: the sandbox type's template, imported once as the image
 //!   `sandboxd-template/<name>:<build>` (`<build>` changes when the template is rebuilt): the
 //!   template's tree is streamed to `POST /images/create?fromSrc=-` (what `docker import`
-//!   does; no registry is needed).
+//!   does; no registry is needed). Or any image the request names (`image`), on the engine
+//!   already or pulled; its entrypoint, command and user are replaced by the agent's.
 //! - The guest agent is not in the image: the static agent binary is bind-mounted read-only
 //!   and is the container's entrypoint (PID 1, reaping zombies), listening on a Unix socket in
 //!   a per-box host directory that is bind-mounted too. The host reaches the agent there, as
@@ -33,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -83,6 +84,8 @@ pub struct DockerBackend {
     config: DockerConfig,
     /// Serializes image imports (two creates of a new template import it once).
     importing: tokio::sync::Mutex<()>,
+    /// The engine is Podman (its Docker-compatible API), not Docker.
+    podman: bool,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -103,6 +106,22 @@ fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 fn io(context: String, source: std::io::Error) -> BackendError {
     BackendError::Io { context, source }
+}
+
+/// A box's limit of `resource`: `want`, or less when this machine's own hard limit is lower
+/// (an engine cannot give a container more than it has itself).
+fn rlimit_at_most(resource: libc::__rlimit_resource_t, want: u64) -> i64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, a live local.
+    let hard = if unsafe { libc::getrlimit(resource, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        1024
+    };
+    hard.min(want) as i64
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -137,10 +156,17 @@ impl DockerBackend {
         }
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|e| io(format!("create {}", config.run_dir.display()), e))?;
+        let podman = docker.version().await.is_ok_and(|v| {
+            v.components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.contains("Podman"))
+        });
         Ok(DockerBackend {
             docker,
             config,
             importing: tokio::sync::Mutex::new(()),
+            podman,
         })
     }
 
@@ -195,8 +221,17 @@ impl DockerBackend {
         let mut progress =
             self.docker
                 .create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
+        let mut imported = None;
         while let Some(step) = progress.next().await {
-            step.map_err(|e| failed(&format!("importing {image}"), e))?;
+            let step = step.map_err(|e| failed(&format!("importing {image}"), e))?;
+            // Docker and Podman answer an import with the new image's id.
+            if let Some(id) = [step.id, step.status]
+                .into_iter()
+                .flatten()
+                .find(|s| s.starts_with("sha256:"))
+            {
+                imported = Some(id);
+            }
         }
         let status = tar
             .wait()
@@ -204,6 +239,16 @@ impl DockerBackend {
             .map_err(|e| failed("tar of the template", e))?;
         if !status.success() {
             return Err(failed("tar of the template", status));
+        }
+        // Podman (4.x) ignores the import's tag and names the image `<repo>:latest`: the
+        // image is tagged as asked afterwards.
+        if self.docker.inspect_image(&image).await.is_err() {
+            let source = imported.unwrap_or_else(|| format!("{repo}:latest"));
+            let opts = TagImageOptionsBuilder::new().repo(&repo).tag(&tag).build();
+            self.docker
+                .tag_image(&source, Some(opts))
+                .await
+                .map_err(|e| failed(&format!("tagging the imported {image}"), e))?;
         }
         tracing::info!(%image, secs = started.elapsed().as_secs_f64(), "template imported");
         Ok(image)
@@ -231,8 +276,29 @@ impl DockerBackend {
         Ok(removed)
     }
 
+    /// An image the user named: on the engine already, else pulled.
+    async fn named_image(&self, image: &str) -> Result<String, BackendError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(image.to_string());
+        }
+        tracing::info!(%image, "pulling an image the engine does not have");
+        let opts = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(e) = step {
+                return Err(BackendError::BadSpec(format!(
+                    "image {image} is not on the Docker engine and could not be pulled: {e}"
+                )));
+            }
+        }
+        Ok(image.to_string())
+    }
+
     async fn start(&self, spec: &BoxSpec) -> Result<BoxHandle, BackendError> {
-        let image = self.image_for(&spec.template_rootfs).await?;
+        let image = match &spec.image {
+            Some(named) => self.named_image(named).await?,
+            None => self.image_for(&spec.template_rootfs).await?,
+        };
         let run = self.run_dir(&spec.id);
         std::fs::create_dir_all(&run).map_err(|e| io(format!("create {}", run.display()), e))?;
         let socket = run.join("agent.sock");
@@ -270,6 +336,9 @@ impl DockerBackend {
                 format!("{RUN_IN_BOX}/agent.sock"),
             ]),
             working_dir: Some("/workspace".into()),
+            // The agent binds its socket in a directory of the host's root: whatever user an
+            // image names, the box runs as root (of the container, without capabilities).
+            user: Some("0:0".into()),
             labels: Some(HashMap::from([
                 (LABEL_INSTANCE.to_string(), self.config.instance.clone()),
                 (LABEL_ID.to_string(), spec.id.clone()),
@@ -280,6 +349,24 @@ impl DockerBackend {
                 memory_swap: Some(memory),
                 nano_cpus: Some(spec.limits.cpu_millis as i64 * 1_000_000),
                 pids_limit: Some(spec.limits.pids as i64),
+                // Podman's defaults ask for more than many hosts allow (its runc then fails
+                // to set them); Docker's are the daemon's own, left as they are.
+                ulimits: self.podman.then(|| {
+                    [
+                        ("nofile", libc::RLIMIT_NOFILE, 65536),
+                        ("nproc", libc::RLIMIT_NPROC, 32768),
+                    ]
+                    .into_iter()
+                    .map(|(name, resource, want)| {
+                        let n = rlimit_at_most(resource, want);
+                        ResourcesUlimits {
+                            name: Some(name.into()),
+                            soft: Some(n),
+                            hard: Some(n),
+                        }
+                    })
+                    .collect()
+                }),
                 network_mode: Some("none".into()),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -428,6 +515,10 @@ impl Backend for DockerBackend {
 
     fn shared(&self) -> bool {
         self.config.shared
+    }
+
+    fn runs_images(&self) -> bool {
+        true
     }
 
     async fn is_alive(&self, id: &str) -> bool {

@@ -586,6 +586,7 @@ fn fx_spec(root: &std::path::Path, id: &str) -> sandboxd_core::backend::BoxSpec 
             pids: 64,
         },
         hostname: id.to_string(),
+        image: None,
     }
 }
 

@@ -399,6 +399,7 @@ fn spec(root: &Path, id: &str, template: &str) -> BoxSpec {
             pids: 256,
         },
         hostname: format!("{id}-host"),
+        image: None,
     }
 }
 

@@ -150,6 +150,7 @@ mod tests {
             reason: None,
             replaced_by: None,
             ports: Vec::new(),
+            image: None,
         };
         let never = Sandbox {
             expires_at_ms: None,

@@ -121,6 +121,9 @@ struct CreateArgs {
     /// (repeatable); where each one is published is printed on stderr.
     #[arg(long = "port", value_name = "PORT")]
     ports: Vec<u16>,
+    /// Run this Docker engine image instead of the type's template (docker backend only).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
     /// Print the whole sandbox record as JSON.
     #[arg(long)]
     json: bool,
@@ -339,6 +342,7 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         session_id: a.session,
         from_pool: a.from_pool,
         ports: a.ports,
+        image: a.image,
     };
     let sb = c.create(&req).await?;
     if a.json {

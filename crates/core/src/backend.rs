@@ -68,6 +68,9 @@ pub struct BoxSpec {
     pub limits: Limits,
     /// Host name inside the box.
     pub hostname: String,
+    /// An image of the backend's engine to run instead of `template_rootfs`, for backends
+    /// that [run images](Backend::runs_images).
+    pub image: Option<String>,
 }
 
 /// A started box.
@@ -101,6 +104,10 @@ pub enum BackendError {
     /// No box with this id is known to the backend.
     #[error("no such box: {0}")]
     NotFound(String),
+    /// The box cannot be made as asked, through no fault of the backend (an image the
+    /// engine does not have and cannot pull).
+    #[error("{0}")]
+    BadSpec(String),
     /// A host operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -140,6 +147,11 @@ pub trait Backend: Send + Sync + 'static {
     /// over TCP, a cluster): its sandboxes then belong to no node, any node manages any of
     /// them, and none is taken over or handed back when a node goes.
     fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether [`BoxSpec::image`] may name an image of the backend's engine.
+    fn runs_images(&self) -> bool {
         false
     }
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::{unexpected, AgentConn, ConnPool};
-use crate::backend::{AgentEndpoint, Backend, BoxSpec, Limits, ReadonlyMount};
+use crate::backend::{AgentEndpoint, Backend, BackendError, BoxSpec, Limits, ReadonlyMount};
 use crate::pool::{self, PoolSpec, Pools, POOL_METADATA_KEY};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
@@ -162,6 +162,30 @@ pub(crate) fn check_text(what: &str, s: &str) -> Result<(), CoreError> {
     }
     if s.len() > MAX_LABEL_LEN * 32 {
         return Err(invalid(format!("{what} is too long")));
+    }
+    Ok(())
+}
+
+/// An engine image reference (`name[:tag][@digest]`, with an optional registry and path), on a
+/// backend that runs images.
+fn check_image(image: &str, backend: &dyn Backend) -> Result<(), CoreError> {
+    if !backend.runs_images() {
+        return Err(invalid(format!(
+            "image: the {} backend runs templates, not engine images (images need \
+             CONTAINER_DEPLOYMENT=docker)",
+            backend.name()
+        )));
+    }
+    let ok = (1..=255).contains(&image.len())
+        && image.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if !ok {
+        return Err(invalid(format!(
+            "image {image:?} is not an image reference (like python:3.12-slim or \
+             registry.example/team/env@sha256:...)"
+        )));
     }
     Ok(())
 }
@@ -429,7 +453,10 @@ impl Manager {
                 "ports: each port to publish needs its host port (published by the server)",
             ));
         }
-        let fits_warm = req.session_id.is_none() && req.env.is_empty() && req.resources.is_none();
+        let fits_warm = req.session_id.is_none()
+            && req.env.is_empty()
+            && req.resources.is_none()
+            && req.image.is_none();
         if req.from_pool && fits_warm {
             let sandbox_type = req
                 .sandbox_type
@@ -469,7 +496,15 @@ impl Manager {
             .sandbox_type
             .clone()
             .unwrap_or_else(|| self.config.default_type.clone());
-        let rootfs = self.templates.rootfs(&sandbox_type).ok_or_else(|| {
+        if let Some(image) = &req.image {
+            check_image(image, self.backend.as_ref())?;
+        }
+        // An image replaces the template: its type is then only a name.
+        let rootfs = match &req.image {
+            Some(_) => Some(PathBuf::new()),
+            None => self.templates.rootfs(&sandbox_type),
+        };
+        let rootfs = rootfs.ok_or_else(|| {
             let known = self.templates.list();
             let hint = if known.is_empty() {
                 format!(
@@ -509,6 +544,7 @@ impl Manager {
             reason: None,
             replaced_by: None,
             ports: published,
+            image: req.image.clone(),
         };
         let limit = (self.config.max_instances > 0).then_some(self.config.max_instances);
         let record = SandboxRecord {
@@ -534,7 +570,15 @@ impl Manager {
         };
         let tunnels = !record.sandbox.ports.is_empty();
         match self
-            .start_box(&id, &session_id, rootfs, req.env, limits, state, tunnels)
+            .start_box(
+                &id,
+                &session_id,
+                (rootfs, req.image),
+                req.env,
+                limits,
+                state,
+                tunnels,
+            )
             .await
         {
             Ok(sandbox) => Ok(sandbox),
@@ -553,7 +597,7 @@ impl Manager {
         &self,
         id: &str,
         session_id: &str,
-        template_rootfs: PathBuf,
+        (template_rootfs, image): (PathBuf, Option<String>),
         env: BTreeMap<String, String>,
         limits: Limits,
         state: SandboxState,
@@ -574,6 +618,7 @@ impl Manager {
             env,
             limits,
             hostname: id.to_string(),
+            image,
         };
         let handle = self.backend.create(spec).await?;
         let (agent, version, conn) =
@@ -855,6 +900,7 @@ impl Manager {
             timeout_secs,
             metadata: old.metadata.clone(),
             session_id: Some(old.session_id.clone()),
+            image: old.image.clone(),
             ..Default::default()
         };
         let new = self.create_inner(req, false, Vec::new()).await?;
@@ -1832,6 +1878,7 @@ impl CoreError {
             CoreError::UnknownType(..) => ErrorCode::UnknownType,
             CoreError::NotRunning(_) => ErrorCode::NotRunning,
             CoreError::LimitReached(_) => ErrorCode::LimitReached,
+            CoreError::Backend(BackendError::BadSpec(_)) => ErrorCode::InvalidRequest,
             CoreError::Backend(_) => ErrorCode::BackendFailed,
             CoreError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             CoreError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,

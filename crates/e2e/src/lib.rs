@@ -361,18 +361,25 @@ impl DockerDaemon {
 
     /// Names of the containers it has (running or not).
     pub fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output();
-        out.map(|o| {
+        let mut ps = Command::new("docker");
+        ps.env("DOCKER_HOST", &self.host);
+        container_names(ps)
+    }
+}
+
+/// The container names `<engine> ps -a` lists, `engine` being a `docker` or `podman` command
+/// set up for its engine.
+fn container_names(mut engine: Command) -> Vec<String> {
+    engine
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default()
-    }
 }
 
 impl Drop for DockerDaemon {
@@ -391,6 +398,96 @@ impl Drop for DockerDaemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A private Podman API service (`podman system service`), its Docker-compatible socket in a
+/// temporary directory and its own storage, stopped (its containers removed) on drop.
+pub struct PodmanService {
+    child: Option<Child>,
+    /// `unix://<socket>`, for `DOCKER_HOST`.
+    pub host: String,
+    dir: tempfile::TempDir,
+}
+
+impl PodmanService {
+    /// Start one and wait until it answers. Fails, saying how to install it, when `podman`
+    /// is missing.
+    pub fn start() -> Result<PodmanService> {
+        let dir = tempfile::Builder::new()
+            .prefix("sandboxd-podman-")
+            .tempdir()?;
+        let sock = dir.path().join("podman.sock");
+        let log = std::fs::File::create(dir.path().join("podman.log"))?;
+        let child = Command::new("podman")
+            .args(Self::storage_args(dir.path()))
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start podman; install it: scripts/setup (apt-get install podman)")?;
+        let mut p = PodmanService {
+            child: Some(child),
+            host: format!("unix://{}", sock.display()),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                return Ok(p);
+            }
+            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("podman exited at start ({status}): {}", p.log());
+            }
+            if Instant::now() > deadline {
+                bail!("podman did not answer within 60 s: {}", p.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn storage_args(dir: &Path) -> Vec<String> {
+        vec![
+            format!("--root={}", dir.join("root").display()),
+            format!("--runroot={}", dir.join("run").display()),
+            "--storage-driver=overlay".to_string(),
+        ]
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("podman.log")).unwrap_or_default()
+    }
+
+    /// Names of the containers it has (running or not).
+    pub fn containers(&self) -> Vec<String> {
+        let mut ps = Command::new("podman");
+        ps.args(Self::storage_args(self.dir.path()));
+        container_names(ps)
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Containers left by a failed test, and the storage's mounts, go before the directory.
+        let _ = Command::new("podman")
+            .args(Self::storage_args(self.dir.path()))
+            .args(["rm", "--all", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("podman")
+            .args(Self::storage_args(self.dir.path()))
+            .args(["system", "reset", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

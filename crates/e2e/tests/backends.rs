@@ -1,9 +1,11 @@
-//! The backend contract (tests/common/contract.rs) on every backend: the native one, and
-//! Docker on a private `dockerd` this test starts (scripts/setup installs docker.io).
+//! The backend contract (tests/common/contract.rs) on every backend: the native one, Docker on
+//! a private `dockerd` this test starts (and on a private Podman service), and gVisor (scripts/setup installs docker.io and
+//! runsc). A backend whose runtime is missing is reported as skipped, with the reason, unless
+//! `SANDBOXD_REQUIRE_ALL_BACKENDS` is set (as `scripts/test` does), which makes it a failure.
 
 mod common;
 
-use sandboxd_e2e::{DockerDaemon, ServerOptions};
+use sandboxd_e2e::{DockerDaemon, PodmanService, ServerOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_backend_keeps_the_contract() {
@@ -11,8 +13,44 @@ async fn native_backend_keeps_the_contract() {
     common::contract::run_all(&mut server, "native").await;
 }
 
+/// Whether a backend's runtime is installed; if not, says so and whether the test is skipped.
+fn runtime_installed(backend: &str, program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why =
+            format!("{backend} backend: `{program}` is not installed (scripts/setup installs it)");
+        assert!(
+            std::env::var_os("SANDBOXD_REQUIRE_ALL_BACKENDS").is_none(),
+            "{why}, and SANDBOXD_REQUIRE_ALL_BACKENDS is set"
+        );
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_backend_keeps_the_contract() {
+    if !runtime_installed("gvisor", "runsc") {
+        return;
+    }
+    let mut server = common::server_with(ServerOptions {
+        env: vec![("CONTAINER_DEPLOYMENT".into(), "gvisor".into())],
+        ..Default::default()
+    })
+    .await;
+    common::contract::run_all(&mut server, "gvisor").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_keeps_the_contract() {
+    if !runtime_installed("docker", "dockerd") {
+        return;
+    }
     let dockerd = DockerDaemon::start().expect("a private dockerd");
     let mut server = common::server_with(ServerOptions {
         env: vec![
@@ -26,6 +64,26 @@ async fn docker_backend_keeps_the_contract() {
     // A graceful stop removes every container the server made.
     server.stop();
     assert_eq!(dockerd.containers(), Vec::<String>::new());
+}
+
+/// The docker backend on Podman's Docker-compatible socket instead of dockerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_backend_keeps_the_contract_on_podman() {
+    if !runtime_installed("docker (Podman)", "podman") {
+        return;
+    }
+    let podman = PodmanService::start().expect("a private Podman service");
+    let mut server = common::server_with(ServerOptions {
+        env: vec![
+            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+            ("DOCKER_HOST".into(), podman.host.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    common::contract::run_all(&mut server, "docker").await;
+    server.stop();
+    assert_eq!(podman.containers(), Vec::<String>::new());
 }
 
 /// Two nodes sharing one Redis and one Docker engine reached over TCP: a sandbox made through
@@ -100,4 +158,76 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// An image the user names runs as it is, with the agent injected: its own entrypoint and
+/// user are replaced, every tool works. Images the engine lacks and cannot pull, and images
+/// on a backend that runs templates, are refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_backend_runs_images_the_user_names() {
+    use sandboxd_types::{CreateSandboxRequest, ErrorCode};
+    if !runtime_installed("docker", "dockerd") {
+        return;
+    }
+    let dockerd = DockerDaemon::start().expect("a private dockerd");
+    // The user's image: busybox and a marker, whose entrypoint would fail and whose user is
+    // not root. (No registry is reachable here: it is imported, as a user's build would be
+    // on the engine already.)
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("bin")).unwrap();
+    std::fs::create_dir_all(tree.path().join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", tree.path().join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", tree.path().join("bin/sh")).unwrap();
+    std::fs::write(tree.path().join("etc/marker"), "the user's image\n").unwrap();
+    let import = format!(
+        "tar -C {} -c . | docker import --change 'ENTRYPOINT [\"/bin/false\"]' \
+         --change 'USER 1000' - team/tools:1",
+        tree.path().display()
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &import])
+        .env("DOCKER_HOST", &dockerd.host)
+        .status()
+        .unwrap();
+    assert!(status.success(), "docker import");
+
+    let server = common::server_with(ServerOptions {
+        env: vec![
+            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+            ("DOCKER_HOST".into(), dockerd.host.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let c = server.client();
+    let req = |image: &str| CreateSandboxRequest {
+        image: Some(image.to_string()),
+        ..common::create_req()
+    };
+    let sb = c.create(&req("team/tools:1")).await.unwrap();
+    assert_eq!(sb.image.as_deref(), Some("team/tools:1"));
+    let r = common::sh(&c, &sb.id, "busybox cat /etc/marker; busybox id -u; pwd").await;
+    assert_eq!(r.stdout, "the user's image\n0\n/workspace\n", "{r:?}");
+    c.write_file(&sb.id, "note.txt", b"kept".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(&c.read_file(&sb.id, "note.txt").await.unwrap()[..], b"kept");
+    c.delete(&sb.id).await.unwrap();
+
+    let e = c.create(&req("team/absent:1")).await.unwrap_err();
+    assert_eq!(common::api_code(&e), Some(ErrorCode::InvalidRequest), "{e}");
+    assert!(e.to_string().contains("team/absent:1"), "{e}");
+    let e = c.create(&req("bad image!")).await.unwrap_err();
+    assert_eq!(common::api_code(&e), Some(ErrorCode::InvalidRequest), "{e}");
+    assert_eq!(dockerd.containers(), vec![] as Vec<String>);
+
+    // A backend that runs templates says so.
+    let native = common::server().await;
+    let e = native
+        .client()
+        .create(&req("team/tools:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(common::api_code(&e), Some(ErrorCode::InvalidRequest), "{e}");
+    assert!(e.to_string().contains("CONTAINER_DEPLOYMENT=docker"), "{e}");
 }

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use sandboxd_backend_docker::{DockerBackend, DockerConfig};
+use sandboxd_backend_gvisor::{GvisorBackend, GvisorConfig};
 use sandboxd_backend_native::{NativeBackend, NativeConfig};
 use sandboxd_core::backend::Backend;
 
 use crate::{ServerError, Settings};
 
 /// Backends this build can run.
-pub const AVAILABLE: &[&str] = &["native", "docker"];
+pub const AVAILABLE: &[&str] = &["native", "docker", "gvisor"];
 
 /// The backend `settings` ask for, if this build has it.
 pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, ServerError> {
@@ -33,6 +34,24 @@ pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, Serve
                         backend: "docker".into(),
                         message: e.to_string(),
                     })?;
+            Ok(Arc::new(backend))
+        }
+        "gvisor" => {
+            let (_, default_agent) = NativeConfig::default_binaries();
+            let config = GvisorConfig {
+                runsc: settings.runsc.clone(),
+                platform: settings.gvisor_platform.clone(),
+                state_dir: settings.state_dir.join("gvisor"),
+                run_dir: settings.run_dir.join("gvisor"),
+                agent_bin: settings.agent_bin.clone().unwrap_or(default_agent),
+                cgroup_parent: settings.cgroup_parent.clone(),
+            };
+            let backend = GvisorBackend::new(config)
+                .await
+                .map_err(|e| ServerError::Backend {
+                    backend: "gvisor".into(),
+                    message: e.to_string(),
+                })?;
             Ok(Arc::new(backend))
         }
         "native" => {

@@ -263,6 +263,8 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_NODE_URL",
     "PORT_RANGE",
     "SANDBOXD_PUBLISH_HOST",
+    "SANDBOXD_RUNSC",
+    "SANDBOXD_GVISOR_PLATFORM",
 ];
 
 /// AgentScope's own name of `HEARTBEAT_SCAN_INTERVAL` (its server reads this one).
@@ -429,6 +431,11 @@ pub struct Settings {
     pub port_range: PortRange,
     /// `SANDBOXD_PUBLISH_HOST`: the address published ports listen on.
     pub publish_host: IpAddr,
+    /// `SANDBOXD_RUNSC`: gVisor's `runsc`, for `CONTAINER_DEPLOYMENT=gvisor` (a bare name is
+    /// looked up in `PATH`).
+    pub runsc: PathBuf,
+    /// `SANDBOXD_GVISOR_PLATFORM`: runsc's platform (`systrap`, `ptrace` or `kvm`).
+    pub gvisor_platform: String,
     /// `--extension` (or `SANDBOXD_EXTENSIONS`): the files sandbox types were loaded from.
     pub extensions: Vec<PathBuf>,
     /// The sandbox types: the built-in ones and those of `extensions`.
@@ -511,6 +518,8 @@ impl Default for Settings {
             node_url: None,
             port_range: PortRange::default(),
             publish_host: IpAddr::from([127, 0, 0, 1]),
+            runsc: PathBuf::from("runsc"),
+            gvisor_platform: "systrap".into(),
             extensions: Vec::new(),
             sandbox_types: TypeRegistry::builtin(),
             warnings: Vec::new(),
@@ -1017,6 +1026,31 @@ impl Settings {
                 cfg.prefix = v.to_string();
             }
             s.redis = Some(cfg);
+        }
+        if let Some(r) = get("SANDBOXD_RUNSC") {
+            let v = r.value.trim();
+            if v.is_empty() {
+                return Err(invalid(
+                    "SANDBOXD_RUNSC",
+                    r,
+                    "expected the runsc binary".into(),
+                ));
+            }
+            s.runsc = PathBuf::from(v);
+        }
+        if let Some(r) = get("SANDBOXD_GVISOR_PLATFORM") {
+            let v = r.value.trim().to_ascii_lowercase();
+            if !sandboxd_backend_gvisor::PLATFORMS.contains(&v.as_str()) {
+                return Err(invalid(
+                    "SANDBOXD_GVISOR_PLATFORM",
+                    r,
+                    format!(
+                        "expected one of {}",
+                        sandboxd_backend_gvisor::PLATFORMS.join(", ")
+                    ),
+                ));
+            }
+            s.gvisor_platform = v;
         }
         if let Some(r) = get("SANDBOXD_NODE_URL") {
             let v = r.value.trim().trim_end_matches('/');

@@ -23,6 +23,7 @@ pub fn record(id: &str, state: SandboxState) -> SandboxRecord {
             reason: None,
             replaced_by: None,
             ports: Vec::new(),
+            image: None,
         },
         endpoint: None,
         version: 0,

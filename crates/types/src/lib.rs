@@ -73,6 +73,11 @@ pub struct CreateSandboxRequest {
     /// own workspace). Otherwise, or when the pool is empty, the sandbox is created as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_pool: bool,
+    /// Run this image of the Docker engine (`python:3.12-slim`, `repo/name@sha256:...`)
+    /// instead of the type's template; only on the `docker` backend. The image needs no
+    /// change: the guest agent is injected. It must be on the engine already, or be pullable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// TCP ports inside the sandbox to publish on the host (at most [`MAX_PORTS`], each
     /// 1-65535, no duplicates): each gets a free host port of the server's `PORT_RANGE`, and a
     /// connection to it reaches the port on the sandbox's loopback. The sandbox's `ports`
@@ -174,6 +179,9 @@ pub struct Sandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub replaced_by: Option<SandboxId>,
+    /// The engine image it runs, when it was created with one (instead of its template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Its published ports ([`CreateSandboxRequest::ports`]), in the order asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PublishedPort>,

@@ -156,6 +156,7 @@ impl Fixture {
                 pids: 256,
             },
             hostname: format!("{id}-host"),
+            image: None,
         }
     }
 

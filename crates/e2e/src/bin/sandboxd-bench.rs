@@ -17,6 +17,10 @@
 //!   echo hi` (to its first output byte) and `docker exec … true` on the same engine, image and
 //!   container.
 //!
+//! - the same two on the gvisor backend, beside `runsc run … echo hi` (to its first output
+//!   byte, same rootfs, platform and flags) and `runsc exec … true` in a container of runsc's
+//!   own.
+//!
 //! Prints p50 and p95 of each figure and the ratio to its peer.
 
 use std::path::PathBuf;
@@ -56,6 +60,12 @@ struct Args {
     /// Samples of each docker row.
     #[arg(long, default_value_t = 20)]
     docker_samples: usize,
+    /// Skip the gvisor backend's rows.
+    #[arg(long)]
+    no_gvisor: bool,
+    /// Samples of each gvisor row.
+    #[arg(long, default_value_t = 20)]
+    gvisor_samples: usize,
 }
 
 struct Row {
@@ -168,34 +178,18 @@ async fn main() -> Result<()> {
         }
     };
 
-    let docker = if args.no_docker || args.url.is_some() {
-        None
-    } else {
-        match docker_samples(&args).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("docker rows skipped: {e:#}");
-                None
-            }
-        }
-    };
-    let (docker_tti, docker_rtt) = match docker {
-        Some(d) => (
-            Row {
-                what: "create → first output, docker backend",
-                ours: d.tti,
-                peer: d.run.map(|p| ("docker run", p)),
-                target_p50: Duration::ZERO,
-            },
-            Row {
-                what: "exec round-trip `true`, docker backend",
-                ours: d.rtt,
-                peer: d.exec.map(|p| ("docker exec", p)),
-                target_p50: Duration::ZERO,
-            },
-        ),
-        None => (empty_row(), empty_row()),
-    };
+    let (docker_tti, docker_rtt) = backend_rows(
+        "docker",
+        (!args.no_docker && args.url.is_none()).then_some(docker_samples(&args).await),
+        ["create → first output, docker backend", "docker run"],
+        ["exec round-trip `true`, docker backend", "docker exec"],
+    );
+    let (gvisor_tti, gvisor_rtt) = backend_rows(
+        "gvisor",
+        (!args.no_gvisor && args.url.is_none()).then_some(gvisor_samples(&args, &rootfs).await),
+        ["create → first output, gvisor backend", "runsc run"],
+        ["exec round-trip `true`, gvisor backend", "runsc exec"],
+    );
 
     let rows = [
         Row {
@@ -218,6 +212,8 @@ async fn main() -> Result<()> {
         },
         docker_tti,
         docker_rtt,
+        gvisor_tti,
+        gvisor_rtt,
         Row {
             what: "host spawn+wait of /bin/true (floor)",
             ours: floor,
@@ -294,16 +290,16 @@ fn empty_row() -> Row {
     }
 }
 
-/// The docker rows' samples: sandboxd on the docker backend, and `docker run` / `docker exec`
-/// on the same engine, image and container.
-struct DockerSamples {
+/// The samples of a backend's rows: sandboxd on it, and its runtime's own `run` and `exec` on
+/// the same engine, image or rootfs.
+struct BackendSamples {
     tti: Vec<Duration>,
     rtt: Vec<Duration>,
     run: Option<Vec<Duration>>,
     exec: Option<Vec<Duration>>,
 }
 
-async fn docker_samples(args: &Args) -> Result<DockerSamples> {
+async fn docker_samples(args: &Args) -> Result<BackendSamples> {
     use std::io::Read;
     eprintln!("starting a private dockerd and sandboxd serve on the docker backend …");
     let dockerd = sandboxd_e2e::DockerDaemon::start()?;
@@ -316,30 +312,7 @@ async fn docker_samples(args: &Args) -> Result<DockerSamples> {
     })
     .await?;
     let client = server.client();
-    let (create, echo) = sample_requests(args);
-    // The first create imports the template as an image: not a sample.
-    time_to_output(&client, &create, &echo).await?;
-    eprintln!(
-        "create → first output, docker backend ({} samples) …",
-        args.docker_samples
-    );
-    let mut tti = Vec::new();
-    for _ in 0..args.docker_samples {
-        tti.push(time_to_output(&client, &create, &echo).await?.0);
-    }
-    let sb = client.create(&create).await?;
-    let truth = ExecRequest {
-        cmd: Some(vec!["true".into()]),
-        ..Default::default()
-    };
-    let mut rtt = Vec::new();
-    for i in 0..(args.docker_samples * 5 + 10) {
-        let t0 = Instant::now();
-        client.exec(&sb.id, &truth).await?;
-        if i >= 10 {
-            rtt.push(t0.elapsed());
-        }
-    }
+    let (tti, rtt, sb_id) = backend_samples(&client, args, "docker", args.docker_samples).await?;
     let docker = |args: &[&str]| {
         let mut c = Command::new("docker");
         c.env("DOCKER_HOST", &dockerd.host).args(args);
@@ -373,7 +346,7 @@ async fn docker_samples(args: &Args) -> Result<DockerSamples> {
             }
         }
         run = Some(samples);
-        let container = format!("sandboxd-{}", sb.id);
+        let container = format!("sandboxd-{sb_id}");
         eprintln!("docker exec … true ({} samples) …", args.docker_samples);
         let mut samples = Vec::new();
         for _ in 0..args.docker_samples {
@@ -386,8 +359,168 @@ async fn docker_samples(args: &Args) -> Result<DockerSamples> {
         }
         exec = Some(samples);
     }
-    client.delete(&sb.id).await?;
-    Ok(DockerSamples {
+    client.delete(&sb_id).await?;
+    Ok(BackendSamples {
+        tti,
+        rtt,
+        run,
+        exec,
+    })
+}
+
+/// A backend's two rows (its create → first output and exec round-trip, each beside its
+/// runtime's own peer, named in `[figure, peer]`), empty when the backend was not measured.
+fn backend_rows(
+    backend: &str,
+    samples: Option<Result<BackendSamples>>,
+    tti: [&'static str; 2],
+    rtt: [&'static str; 2],
+) -> (Row, Row) {
+    match samples {
+        Some(Ok(d)) => (
+            Row {
+                what: tti[0],
+                ours: d.tti,
+                peer: d.run.map(|p| (tti[1], p)),
+                target_p50: Duration::ZERO,
+            },
+            Row {
+                what: rtt[0],
+                ours: d.rtt,
+                peer: d.exec.map(|p| (rtt[1], p)),
+                target_p50: Duration::ZERO,
+            },
+        ),
+        Some(Err(e)) => {
+            eprintln!("{backend} rows skipped: {e:#}");
+            (empty_row(), empty_row())
+        }
+        None => (empty_row(), empty_row()),
+    }
+}
+
+/// sandboxd's own samples on a backend: create → first output, then exec round-trips in one
+/// sandbox, whose id is returned with them.
+async fn backend_samples(
+    client: &sandboxd_client::Client,
+    args: &Args,
+    backend: &str,
+    samples: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>, String)> {
+    let (create, echo) = sample_requests(args);
+    // The first create may do one-time work (the docker backend imports the template).
+    time_to_output(client, &create, &echo).await?;
+    eprintln!("create → first output, {backend} backend ({samples} samples) …");
+    let mut tti = Vec::new();
+    for _ in 0..samples {
+        tti.push(time_to_output(client, &create, &echo).await?.0);
+    }
+    let sb = client.create(&create).await?;
+    let truth = ExecRequest {
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    let mut rtt = Vec::new();
+    for i in 0..(samples * 5 + 10) {
+        let t0 = Instant::now();
+        client.exec(&sb.id, &truth).await?;
+        if i >= 10 {
+            rtt.push(t0.elapsed());
+        }
+    }
+    Ok((tti, rtt, sb.id))
+}
+
+/// The gvisor rows' samples: sandboxd on the gvisor backend, and runsc's own `run` and
+/// `exec` with the same rootfs, platform and network flags.
+async fn gvisor_samples(args: &Args, rootfs: &std::path::Path) -> Result<BackendSamples> {
+    use std::io::Read;
+    eprintln!("starting sandboxd serve on the gvisor backend …");
+    let server = Server::start(ServerOptions {
+        env: vec![("CONTAINER_DEPLOYMENT".into(), "gvisor".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = server.client();
+    let (tti, rtt, id) = backend_samples(&client, args, "gvisor", args.gvisor_samples).await?;
+    client.delete(&id).await?;
+    drop(server);
+    let (mut run, mut exec) = (None, None);
+    if !args.no_peers {
+        let dir = tempfile::Builder::new()
+            .prefix("sandboxd-bench-runsc-")
+            .tempdir()?;
+        let bundle = |name: &str, argv: &[&str]| -> Result<PathBuf> {
+            let b = dir.path().join(name);
+            std::fs::create_dir_all(&b)?;
+            let spec = serde_json::json!({
+                "ociVersion": "1.0.0",
+                "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": argv,
+                            "env": ["PATH=/usr/bin:/bin"], "cwd": "/"},
+                "root": {"path": rootfs, "readonly": false},
+                "hostname": "peer",
+                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                         {"type": "uts"}, {"type": "mount"}]},
+            });
+            std::fs::write(b.join("config.json"), spec.to_string())?;
+            Ok(b)
+        };
+        let state = dir.path().join("state");
+        let runsc = |extra: &[&str]| {
+            let mut c = Command::new("runsc");
+            c.arg("--root")
+                .arg(&state)
+                .args(["--platform=systrap", "--network=none"])
+                .arg(format!("--overlay2=root:dir={}", dir.path().display()))
+                .args(extra);
+            c
+        };
+        let echo = bundle("echo", &["echo", "hi"])?;
+        eprintln!("runsc run … echo hi ({} samples) …", args.gvisor_samples);
+        let mut samples = Vec::new();
+        for i in 0..args.gvisor_samples {
+            let name = format!("peer-echo-{i}");
+            let t0 = Instant::now();
+            let mut child = runsc(&["run", "--bundle"])
+                .arg(&echo)
+                .arg(&name)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut byte = [0u8; 1];
+            let n = child.stdout.as_mut().expect("piped").read(&mut byte)?;
+            samples.push(t0.elapsed());
+            child.wait()?;
+            let _ = runsc(&["delete", "--force", &name]).status();
+            if n != 1 {
+                bail!("runsc run echo printed nothing");
+            }
+        }
+        run = Some(samples);
+        let sleeper = bundle("sleep", &["sleep", "3600"])?;
+        let s = runsc(&["run", "--detach", "--bundle"])
+            .arg(&sleeper)
+            .arg("peer-sleep")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !s.success() {
+            bail!("runsc run --detach failed: {s}");
+        }
+        eprintln!("runsc exec … true ({} samples) …", args.gvisor_samples);
+        let mut samples = Vec::new();
+        for _ in 0..args.gvisor_samples {
+            let t0 = Instant::now();
+            let s = runsc(&["exec", "peer-sleep", "true"]).status()?;
+            samples.push(t0.elapsed());
+            if !s.success() {
+                bail!("runsc exec true failed: {s}");
+            }
+        }
+        let _ = runsc(&["delete", "--force", "peer-sleep"]).status();
+        exec = Some(samples);
+    }
+    Ok(BackendSamples {
         tti,
         rtt,
         run,

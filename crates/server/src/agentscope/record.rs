@@ -182,6 +182,7 @@ mod tests {
             reason: None,
             replaced_by: None,
             ports: Vec::new(),
+            image: None,
         };
         let r = serde_json::to_value(record(&sb, "p-", "http://h:1", "/w/x", Some(60))).unwrap();
         assert_eq!(r["container_name"], "p-sb-0123456789abcdef");
