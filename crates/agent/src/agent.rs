@@ -12,6 +12,7 @@ use crate::exec;
 use crate::files::{Files, ReadFileError};
 use crate::mcp::Mcp;
 use crate::python::Python;
+use crate::tunnel;
 use crate::Config;
 
 /// Stack size of connection threads. Their deepest use is a recursive directory walk with
@@ -220,6 +221,16 @@ impl Agent {
                 servers: self.mcp.list(),
             },
             Request::McpStop { server } => reply(self.mcp.stop(&server).map(|()| Response::Ok)),
+            Request::Connect { port } => {
+                // A tunnel that ran has ended with its TCP connection: close this one too.
+                return tunnel::serve(conn, port).map(|tunnelled| {
+                    if tunnelled {
+                        Flow::Close
+                    } else {
+                        Flow::Continue
+                    }
+                });
+            }
         };
         conn.send(&resp, &[])?;
         Ok(Flow::Continue)

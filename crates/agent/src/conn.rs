@@ -24,6 +24,7 @@ const KNOWN_OPS: &[&str] = &[
     "remove",
     "python",
     "python_reset",
+    "connect",
 ];
 
 /// What arrived on the connection.
@@ -52,6 +53,12 @@ impl Conn {
     /// The socket, for `poll` (hang-up detection while a command runs).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+
+    /// The socket itself, for a tunnel ([`crate::tunnel`]): once `Connected` is sent, the
+    /// connection carries raw bytes instead of frames.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
     }
 
     /// Read the next request.

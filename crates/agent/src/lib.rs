@@ -24,6 +24,10 @@
 //!   hang-ups kill the whole process group. They are started without `fork`, vfork-style
 //!   (`clone(CLONE_VM | CLONE_VFORK)`, see the private `process` module).
 //! * **Python.** See [`python`].
+//! * **Tunnels.** A `Connect` request turns its connection into the byte stream of a TCP
+//!   connection to a port on the sandbox's loopback (the agent runs in the sandbox's network
+//!   namespace), relayed by that connection's thread with one `poll` loop; the host publishes
+//!   servers of the sandbox this way. See the private `tunnel` module.
 //!
 //! # Path confinement
 //!
@@ -86,6 +90,7 @@ mod process;
 pub mod python;
 pub mod reaper;
 mod sys;
+mod tunnel;
 
 pub use agent::Agent;
 pub use config::Config;

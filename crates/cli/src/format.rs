@@ -149,6 +149,7 @@ mod tests {
             metadata: [("team".to_string(), "red".to_string())].into(),
             reason: None,
             replaced_by: None,
+            ports: Vec::new(),
             image: None,
         };
         let never = Sandbox {

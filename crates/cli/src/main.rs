@@ -117,6 +117,10 @@ struct CreateArgs {
     /// --session or limits); else create one.
     #[arg(long)]
     from_pool: bool,
+    /// Publish this TCP port of the sandbox on a host port of the server's PORT_RANGE
+    /// (repeatable); where each one is published is printed on stderr.
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
     /// Run this Docker engine image instead of the type's template (docker backend only).
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
@@ -337,6 +341,7 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         metadata: a.metadata.into_iter().collect(),
         session_id: a.session,
         from_pool: a.from_pool,
+        ports: a.ports,
         image: a.image,
     };
     let sb = c.create(&req).await?;
@@ -344,6 +349,10 @@ async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&sb)?);
     } else {
         println!("{}", sb.id);
+        // On stderr, so that `id=$(sandboxd create ...)` still gets the id alone.
+        for p in &sb.ports {
+            eprintln!("port {} published at {}", p.port, p.address);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

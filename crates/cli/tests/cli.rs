@@ -63,6 +63,27 @@ async fn create_ls_exec_python_rm() {
     let other: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(other["resources"]["memory_mb"], 256);
     assert!(other.get("expires_at_ms").is_none());
+    // Published ports: the id alone on stdout, where each port went on stderr.
+    let o = run(cmd(u, &["create", "--port", "8000", "--port", "8001"])).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let published = o.stdout.trim().to_string();
+    assert!(
+        sandboxd_types::is_valid_sandbox_id(&published),
+        "{}",
+        o.stdout
+    );
+    for p in ["8000", "8001"] {
+        assert!(
+            o.stderr
+                .contains(&format!("port {p} published at 127.0.0.1:")),
+            "{}",
+            o.stderr
+        );
+    }
+    let o = run(cmd(u, &["create", "--port", "0"])).await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("not 0"), "{}", o.stderr);
+    ok(u, &["rm", &published]).await;
 
     let table = ok(u, &["ls"]).await;
     let lines: Vec<&str> = table.lines().collect();

@@ -31,6 +31,10 @@
 //! # }
 //! ```
 //!
+//! Published ports: a create with `ports: vec![8000]` publishes port 8000 of the sandbox on a
+//! host port of the server's `PORT_RANGE`; [`Client::published_address`] says where to
+//! connect (the sandbox's `ports` list them all).
+//!
 //! Streaming: [`Client::exec_stream`] yields [`ExecEvent`]s as the command produces output;
 //! [`Client::read_file_stream`] and [`Client::write_file_stream`] move file contents without
 //! holding them whole in memory.
@@ -263,6 +267,17 @@ impl Client {
     pub async fn create(&self, req: &CreateSandboxRequest) -> Result<Sandbox> {
         self.json(self.request(Method::POST, "/v1/sandboxes").json(req))
             .await
+    }
+
+    /// Where to connect to port `port` of a sandbox published at its creation
+    /// (`CreateSandboxRequest::ports`): its `host:port` on the server's machine, from the
+    /// sandbox's `ports`; `None` when that port is not published.
+    pub fn published_address(sandbox: &Sandbox, port: u16) -> Option<&str> {
+        sandbox
+            .ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.address.as_str())
     }
 
     /// `GET /v1/sandboxes/{id}`.

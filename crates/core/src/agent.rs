@@ -45,18 +45,21 @@ impl AgentConn {
     }
 
     /// Connect and shake hands within `within`: a box's agent may still be starting. Returns
-    /// the agent's version string and the connection, ready for the next request.
+    /// the agent's version string and protocol version, and the connection, ready for the next
+    /// request.
     pub async fn handshake(
         connect: impl std::future::Future<Output = Result<AgentConn, CoreError>>,
         within: Duration,
-    ) -> Result<(String, AgentConn), CoreError> {
+    ) -> Result<(String, (u32, u32), AgentConn), CoreError> {
         let attempt = async {
             let mut conn = connect.await?;
             let hello = Request::Hello {
                 version: PROTOCOL_VERSION,
             };
             match conn.call(&hello, &[]).await?.header {
-                Response::Hello { version, agent } if compatible(version) => Ok((agent, conn)),
+                Response::Hello { version, agent } if compatible(version) => {
+                    Ok((agent, version, conn))
+                }
                 Response::Hello { version, agent } => Err(CoreError::AgentUnreachable(format!(
                     "agent {agent} speaks protocol {}.{}, this server {}.{}",
                     version.0, version.1, PROTOCOL_VERSION.0, PROTOCOL_VERSION.1
@@ -67,6 +70,12 @@ impl AgentConn {
         tokio::time::timeout(within, attempt)
             .await
             .map_err(|_| CoreError::Timeout("the sandbox's agent did not answer in time".into()))?
+    }
+
+    /// The stream itself, with whatever was read ahead of the last frame: after
+    /// `Response::Connected` it is a tunnel's byte stream.
+    pub(crate) fn into_stream(self) -> BufReader<Box<dyn AgentIo>> {
+        self.stream
     }
 
     /// Send one request frame.

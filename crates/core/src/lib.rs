@@ -7,6 +7,8 @@
 //!   sandboxes and routes work to their agents.
 //! - [`pool`]: warm pools (started sandboxes waiting to be handed out) and their rules.
 //! - [`templates`]: where sandbox types' root file systems are found.
+//! - [`tunnel`]: byte streams to TCP ports inside sandboxes ([`Manager::connect_port`]), for
+//!   published ports.
 //!
 //! Invariant: this crate never knows HTTP, Redis, Docker or any concrete backend.
 
@@ -19,6 +21,7 @@ pub mod nodes;
 pub mod pool;
 pub mod store;
 pub mod templates;
+pub mod tunnel;
 
 pub use error::CoreError;
 pub use manager::{Manager, ManagerConfig};

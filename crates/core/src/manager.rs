@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use sandboxd_protocol::{
-    EntryKind as WireKind, ExecSpec, Frame, Request, Response, MAX_PAYLOAD_LEN,
+    AgentErrorKind, EntryKind as WireKind, ExecSpec, Frame, Request, Response, CONNECT_SINCE,
+    MAX_PAYLOAD_LEN,
 };
 use sandboxd_types::{
     is_valid_session_id, EntryKind, ErrorCode, ExecEvent, ExecRequest, ExecResult, FileEntry,
-    PythonError, PythonRequest, PythonResult, Resources, Sandbox, SandboxState,
+    PublishedPort, PythonError, PythonRequest, PythonResult, Resources, Sandbox, SandboxState,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +24,7 @@ use crate::backend::{AgentEndpoint, Backend, BackendError, BoxSpec, Limits, Read
 use crate::pool::{self, PoolSpec, Pools, POOL_METADATA_KEY};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
+use crate::tunnel::{Tunnel, ACTIVITY_EVERY};
 use crate::CoreError;
 
 /// Settings of the manager.
@@ -64,6 +66,10 @@ pub struct ManagerConfig {
     /// then registers itself, takes over the sandboxes of nodes that are gone, and hands its
     /// own back (recycles them) at shutdown. See [`crate::nodes`].
     pub node_url: Option<String>,
+    /// A metadata key that traffic through a sandbox's tunnels ([`Manager::connect_port`]) sets
+    /// to the time, in milliseconds since the epoch (the server names AgentScope's last-activity
+    /// key, which its heartbeat reads); `None`: no metadata is written.
+    pub activity_key: Option<String>,
 }
 
 impl Default for ManagerConfig {
@@ -88,6 +94,7 @@ impl Default for ManagerConfig {
             worker: false,
             lock_ttl: Duration::from_secs(120),
             node_url: None,
+            activity_key: None,
         }
     }
 }
@@ -121,6 +128,8 @@ pub struct Manager {
     /// Serializes this process's restores: its store lock is one holder's, which the
     /// process's own tasks would share.
     restoring: tokio::sync::Mutex<()>,
+    /// When tunnel traffic was last recorded for each sandbox ([`Manager::record_activity`]).
+    activity: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -316,6 +325,7 @@ impl Manager {
             conns: ConnPool::default(),
             holder: format!("{}:{}", config_node, std::process::id()),
             restoring: tokio::sync::Mutex::new(()),
+            activity: Default::default(),
         });
         let weak = Arc::downgrade(&manager);
         let interval = manager.config.reap_interval;
@@ -383,6 +393,11 @@ impl Manager {
         self.backend.name()
     }
 
+    /// Whether the backend's boxes belong to no node ([`Backend::shared`]).
+    pub fn backend_shared(&self) -> bool {
+        self.backend.shared()
+    }
+
     /// Installed sandbox types.
     pub fn types(&self) -> Vec<String> {
         self.templates.list()
@@ -420,6 +435,24 @@ impl Manager {
         &self,
         req: sandboxd_types::CreateSandboxRequest,
     ) -> Result<Sandbox, CoreError> {
+        self.create_with_ports(req, Vec::new()).await
+    }
+
+    /// [`Manager::create`] for a request with `ports`: `published` gives each its host port
+    /// (in the same order), which the caller has bound already and forwards through
+    /// [`Manager::connect_port`]; the sandbox's record lists them. On error nothing refers to
+    /// them any more.
+    pub async fn create_with_ports(
+        &self,
+        req: sandboxd_types::CreateSandboxRequest,
+        published: Vec<PublishedPort>,
+    ) -> Result<Sandbox, CoreError> {
+        sandboxd_types::check_ports(&req.ports).map_err(invalid)?;
+        if !req.ports.iter().eq(published.iter().map(|p| &p.port)) {
+            return Err(invalid(
+                "ports: each port to publish needs its host port (published by the server)",
+            ));
+        }
         let fits_warm = req.session_id.is_none()
             && req.env.is_empty()
             && req.resources.is_none()
@@ -433,14 +466,19 @@ impl Manager {
             // request that names just the template asks for.
             if Templates::valid_name(&sandbox_type) {
                 if let Some(sb) = self
-                    .create_from_pool(&sandbox_type, req.metadata.clone(), req.timeout_secs)
+                    .hand_out(
+                        &sandbox_type,
+                        req.metadata.clone(),
+                        req.timeout_secs,
+                        &published,
+                    )
                     .await?
                 {
                     return Ok(sb);
                 }
             }
         }
-        self.create_inner(req, false).await
+        self.create_inner(req, false, published).await
     }
 
     /// Create a sandbox; a `warm` one waits in its type's pool (state `warm`, no expiry) and
@@ -449,6 +487,7 @@ impl Manager {
         &self,
         req: sandboxd_types::CreateSandboxRequest,
         warm: bool,
+        published: Vec<PublishedPort>,
     ) -> Result<Sandbox, CoreError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(CoreError::ShuttingDown);
@@ -504,6 +543,7 @@ impl Manager {
             metadata: req.metadata,
             reason: None,
             replaced_by: None,
+            ports: published,
             image: req.image.clone(),
         };
         let limit = (self.config.max_instances > 0).then_some(self.config.max_instances);
@@ -528,6 +568,7 @@ impl Manager {
         } else {
             SandboxState::Running
         };
+        let tunnels = !record.sandbox.ports.is_empty();
         match self
             .start_box(
                 &id,
@@ -536,6 +577,7 @@ impl Manager {
                 req.env,
                 limits,
                 state,
+                tunnels,
             )
             .await
         {
@@ -548,6 +590,9 @@ impl Manager {
         }
     }
 
+    /// Start the box of a sandbox whose record is inserted; `tunnels`: its agent must serve
+    /// [`Request::Connect`] (it has published ports).
+    #[allow(clippy::too_many_arguments)]
     async fn start_box(
         &self,
         id: &str,
@@ -556,6 +601,7 @@ impl Manager {
         env: BTreeMap<String, String>,
         limits: Limits,
         state: SandboxState,
+        tunnels: bool,
     ) -> Result<Sandbox, CoreError> {
         let workspace = self.config.mount_dir.join(session_id);
         tokio::fs::create_dir_all(&workspace).await.map_err(|e| {
@@ -575,8 +621,11 @@ impl Manager {
             image,
         };
         let handle = self.backend.create(spec).await?;
-        let (_, conn) =
+        let (agent, version, conn) =
             AgentConn::handshake(self.open(&handle.endpoint), self.config.start_timeout).await?;
+        if tunnels && version < CONNECT_SINCE {
+            return Err(agent_too_old(&agent, version));
+        }
         let updated = self
             .modify(id, |r| {
                 r.sandbox.state = state;
@@ -652,6 +701,7 @@ impl Manager {
     /// Kill a sandbox's box (its kept agent connections go with it).
     async fn destroy_box(&self, id: &str) -> Result<(), crate::backend::BackendError> {
         self.conns.forget(id);
+        self.lock_activity().remove(id);
         self.backend.destroy(id).await
     }
 
@@ -782,6 +832,8 @@ impl Manager {
                 r.sandbox.reason = Some(reason.to_string());
                 r.sandbox.expires_at_ms = Some(keep_until);
                 r.endpoint = None;
+                // Nothing is published for a box that is gone (the server closes the ports).
+                r.sandbox.ports.clear();
             })
             .await?;
         if self.pools_enabled() {
@@ -851,7 +903,7 @@ impl Manager {
             image: old.image.clone(),
             ..Default::default()
         };
-        let new = self.create_inner(req, false).await?;
+        let new = self.create_inner(req, false, Vec::new()).await?;
         let keep_until = now_ms().saturating_add(self.config.retired_keep.as_millis() as i64);
         self.modify(id, |r| {
             r.sandbox.state = SandboxState::Replaced;
@@ -1044,6 +1096,17 @@ impl Manager {
         metadata: BTreeMap<String, String>,
         timeout_secs: Option<u64>,
     ) -> Result<Option<Sandbox>, CoreError> {
+        self.hand_out(pool, metadata, timeout_secs, &[]).await
+    }
+
+    /// [`Manager::create_from_pool`], the handed-out sandbox publishing `published`.
+    async fn hand_out(
+        &self,
+        pool: &str,
+        metadata: BTreeMap<String, String>,
+        timeout_secs: Option<u64>,
+        published: &[PublishedPort],
+    ) -> Result<Option<Sandbox>, CoreError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(CoreError::ShuttingDown);
         }
@@ -1082,6 +1145,7 @@ impl Manager {
             rec.sandbox.state = SandboxState::Running;
             rec.sandbox.metadata = metadata.clone();
             rec.sandbox.expires_at_ms = expiry(now_ms(), timeout);
+            rec.sandbox.ports = published.to_vec();
             match self.store.update(rec).await {
                 Ok(r) => break Some(r.sandbox),
                 Err(StoreError::Conflict(_) | StoreError::NotFound(_)) => continue,
@@ -1219,7 +1283,7 @@ impl Manager {
                     metadata: BTreeMap::from([(POOL_METADATA_KEY.to_string(), name.clone())]),
                     ..Default::default()
                 };
-                match self.create_inner(req, true).await {
+                match self.create_inner(req, true, Vec::new()).await {
                     Ok(sb) => {
                         if self.pools.failing.lock().unwrap().remove(&name) {
                             tracing::info!(pool = %name, "warm pool refills again");
@@ -1408,6 +1472,100 @@ impl Manager {
                 }
             }
             frame = conn.recv().await?;
+        }
+    }
+
+    /// Open a tunnel to TCP port `port` on a running sandbox's loopback: a byte stream to
+    /// whatever listens there (see [`crate::tunnel`]). Works on every backend (the guest agent
+    /// makes the connection inside the box). Fails with `NotFound` (the agent's) when nothing
+    /// listens on the port, `NotRunning` when the sandbox is paused or gone.
+    ///
+    /// Bytes through the tunnel count as activity on the sandbox, at most once a second
+    /// ([`ACTIVITY_EVERY`]): as an AgentScope touch does, a sandbox in use is not removed under
+    /// its client (an expiry nearer than `SANDBOX_TIMEOUT` moves to `SANDBOX_TIMEOUT` from
+    /// now), and [`ManagerConfig::activity_key`], if any, is set to the time.
+    pub async fn connect_port(self: &Arc<Self>, id: &str, port: u16) -> Result<Tunnel, CoreError> {
+        if port == 0 {
+            return Err(invalid("port must be between 1 and 65535"));
+        }
+        let (conn, frame) = self.exchange(id, &Request::Connect { port }, &[]).await?;
+        match frame.header {
+            Response::Connected => Ok(Tunnel::new(
+                conn.into_stream(),
+                Arc::downgrade(self),
+                id.to_string(),
+                port,
+            )),
+            Response::Error(e) => {
+                // The agent refused; the connection is still a framed one.
+                self.conns.put(id, conn);
+                if e.kind == AgentErrorKind::Unsupported {
+                    return Err(CoreError::AgentUnreachable(format!(
+                        "the agent of sandbox {id} is too old for published ports (they need \
+                         protocol {}.{} or newer): {}",
+                        CONNECT_SINCE.0, CONNECT_SINCE.1, e.message
+                    )));
+                }
+                Err(CoreError::Agent(e))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn lock_activity(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Instant>> {
+        // The map stays consistent whatever panicked while it was held.
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record activity on a running sandbox (traffic through its tunnels), at most once per
+    /// [`ACTIVITY_EVERY`] per sandbox and process: push an expiry nearer than the default
+    /// timeout to the default timeout from now, and set [`ManagerConfig::activity_key`]. Best
+    /// effort: a failure is only logged.
+    pub(crate) async fn record_activity(&self, id: &str) {
+        {
+            let mut last = self.lock_activity();
+            let now = Instant::now();
+            if last
+                .get(id)
+                .is_some_and(|t| now.duration_since(*t) < ACTIVITY_EVERY)
+            {
+                return;
+            }
+            last.insert(id.to_string(), now);
+        }
+        let secs = self.config.default_timeout_secs;
+        for _ in 0..8 {
+            let Ok(Some(mut rec)) = self.store.get(id).await else {
+                return;
+            };
+            if rec.sandbox.state != SandboxState::Running {
+                return;
+            }
+            let now = now_ms();
+            let mut changed = false;
+            if let (Some(expires), Some(wanted)) = (rec.sandbox.expires_at_ms, expiry(now, secs)) {
+                if wanted > expires {
+                    rec.sandbox.expires_at_ms = Some(wanted);
+                    changed = true;
+                }
+            }
+            if let Some(key) = &self.config.activity_key {
+                rec.sandbox.metadata.insert(key.clone(), now.to_string());
+                changed = true;
+            }
+            if !changed {
+                return;
+            }
+            match self.store.update(rec).await {
+                Ok(_) => return,
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(sandbox = %id, error = %e, "could not record tunnel activity");
+                    return;
+                }
+            }
         }
     }
 
@@ -1615,6 +1773,15 @@ impl Manager {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// The error for an agent whose protocol predates [`Request::Connect`].
+fn agent_too_old(agent: &str, version: (u32, u32)) -> CoreError {
+    CoreError::AgentUnreachable(format!(
+        "the sandbox's agent {agent} speaks protocol {}.{}; published ports need {}.{} or newer \
+         (use the agent binary that comes with this server)",
+        version.0, version.1, CONNECT_SINCE.0, CONNECT_SINCE.1
+    ))
 }
 
 fn expiry(from_ms: i64, secs: u64) -> Option<i64> {

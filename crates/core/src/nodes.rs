@@ -71,6 +71,8 @@ impl Manager {
                 rec.sandbox.expires_at_ms =
                     Some(now_ms().saturating_add(self.config().retired_keep.as_millis() as i64));
                 rec.endpoint = None;
+                // Its ports were published on the node that is gone.
+                rec.sandbox.ports.clear();
                 match self.store().update(rec).await {
                     Ok(r) => {
                         tracing::warn!(sandbox = %r.sandbox.id, node = %owner, "node gone; sandbox recycled for a restore elsewhere");

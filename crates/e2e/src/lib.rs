@@ -88,6 +88,10 @@ impl Server {
             ("SANDBOXD_TEMPLATES_DIR".into(), path(&templates_dir())),
             ("SANDBOXD_CGROUP_PARENT".into(), cgroup_parent.clone()),
             ("RUST_LOG".into(), "warn".into()),
+            // Below the kernel's ephemeral ports (which the default range overlaps): a
+            // published port must not take the free port another test's server is about to
+            // bind. Tests that count on a range of their own set one.
+            ("PORT_RANGE".into(), "[26000,29999]".into()),
         ];
         if let Some(t) = &opts.token {
             args.push(("BEARER_TOKEN".into(), t.clone()));

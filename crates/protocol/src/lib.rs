@@ -18,7 +18,18 @@
 //! The first request on a sandbox is [`Request::Hello`]; the agent answers with
 //! [`Response::Hello`] carrying its own [`PROTOCOL_VERSION`]. Hosts refuse agents whose major
 //! version differs (see [`compatible`]). New optional fields may be added within a major
-//! version; both sides ignore fields they do not know.
+//! version; both sides ignore fields they do not know. A request added in a minor version is
+//! answered by an older agent with an [`AgentErrorKind::Unsupported`] error (the connection
+//! stays usable), which a host reports as the agent being too old for it.
+//!
+//! # Tunnels
+//!
+//! [`Request::Connect`] (minor 3) turns a connection into a byte stream to a TCP port inside
+//! the sandbox: after the agent's [`Response::Connected`] frame, the connection carries no more
+//! frames, only the raw bytes of that TCP connection, both ways. Either side's end of stream
+//! (a half-close, `shutdown(SHUT_WR)`) is passed on to the other as a half-close, and the
+//! connection is closed once both directions have ended. If the agent cannot connect, it
+//! answers an [`Response::Error`] instead and the connection stays a framed one.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -26,8 +37,12 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build: `(major, minor)`. Minor 1 added
-/// [`ExecSpec::quiet`]; minor 2 the MCP requests ([`Request::McpStart`] and the others).
-pub const PROTOCOL_VERSION: (u32, u32) = (1, 2);
+/// [`ExecSpec::quiet`]; minor 2 the MCP requests ([`Request::McpStart`] and the others); minor 3
+/// [`Request::Connect`] (tunnels to TCP ports inside the sandbox).
+pub const PROTOCOL_VERSION: (u32, u32) = (1, 3);
+
+/// The first protocol version whose agents serve [`Request::Connect`].
+pub const CONNECT_SINCE: (u32, u32) = (1, 3);
 
 /// Largest accepted JSON header, in bytes.
 pub const MAX_HEADER_LEN: u32 = 1 << 20;
@@ -161,6 +176,15 @@ pub enum Request {
         /// The server's name.
         server: String,
     },
+    /// Connect to a TCP port on the sandbox's loopback (`127.0.0.1`, else `::1`) and turn this
+    /// connection into that TCP connection's byte stream (see the crate docs, *Tunnels*).
+    /// Answered by [`Response::Connected`], after which only raw bytes follow, or by an error
+    /// ([`AgentErrorKind::NotFound`] when nothing listens on the port), after which the
+    /// connection stays framed.
+    Connect {
+        /// The port inside the sandbox, 1 to 65535.
+        port: u16,
+    },
 }
 
 /// Whether `name` can name an MCP server ([`McpServerSpec::server`]): 1 to 64 letters,
@@ -285,6 +309,8 @@ pub enum Response {
         /// Names of the running servers, in start order.
         servers: Vec<String>,
     },
+    /// Answer to [`Request::Connect`]: from the next byte on, the connection is the tunnel.
+    Connected,
     /// Success without data.
     Ok,
     /// The request failed.
@@ -597,6 +623,15 @@ mod tests {
         assert!(valid_mcp_server_name("my-server.v2_x"));
         assert!(!valid_mcp_server_name("a/b"));
         assert!(!valid_mcp_server_name(""));
+        assert_eq!(
+            serde_json::to_string(&Request::Connect { port: 8000 }).unwrap(),
+            r#"{"op":"connect","port":8000}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::Connected).unwrap(),
+            r#"{"op":"connected"}"#
+        );
+        assert!(Response::Connected.is_terminal());
         assert!(compatible((1, 7)));
         assert!(!compatible((2, 0)));
     }

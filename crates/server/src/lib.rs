@@ -4,6 +4,8 @@
 //! - [`run`] is `sandboxd serve`: it builds the backend, store, templates and manager from
 //!   [`Settings`], serves until SIGINT/SIGTERM, then removes every sandbox (`AUTO_CLEANUP`).
 //! - [`start`] does the same but hands back a [`RunningServer`] to stop by hand (tests).
+//! - [`ports`]: published ports (a create's `ports`, `PORT_RANGE`), forwarded into sandboxes
+//!   through tunnels of the guest agent.
 //!
 //! Invariant: this is the only crate that knows HTTP status codes. Every failure leaves through
 //! [`ApiError`], which maps a stable [`ErrorCode`](sandboxd_types::ErrorCode) to a status.
@@ -57,6 +59,7 @@ pub mod error;
 pub mod extract;
 pub mod forward;
 pub mod openapi;
+pub mod ports;
 pub mod routes;
 pub mod settings;
 #[cfg(feature = "testing")]
@@ -90,6 +93,8 @@ pub struct AppState {
     pub default_type: Arc<str>,
     /// Client for forwarding requests to other nodes ([`forward`]).
     pub http: reqwest::Client,
+    /// Published ports (`PORT_RANGE`, `SANDBOXD_PUBLISH_HOST`).
+    pub ports: Arc<ports::Ports>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,6 +109,7 @@ impl std::fmt::Debug for AppState {
             .field("heartbeat", &self.heartbeat)
             .field("types", &self.types)
             .field("default_type", &self.default_type)
+            .field("ports", &self.ports)
             .finish()
     }
 }
@@ -122,7 +128,19 @@ impl AppState {
                 .tcp_nodelay(true)
                 .build()
                 .expect("an HTTP client without TLS builds"),
+            ports: Arc::new(ports::Ports::new(
+                ports::PortRange::default(),
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                "127.0.0.1",
+                false,
+            )),
         }
+    }
+
+    /// Publish ports with `ports` (its range and address).
+    pub fn with_ports(mut self, ports: ports::Ports) -> Self {
+        self.ports = Arc::new(ports);
+        self
     }
 
     /// Know these sandbox types (built-in ones and those of `--extension` files), and create
@@ -267,6 +285,9 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     /// The heartbeat scanner, if any; stopped first at shutdown.
     scanner: Option<JoinHandle<()>>,
+    /// Published ports, and the task that releases those of sandboxes gone.
+    ports: Arc<ports::Ports>,
+    reconciler: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -299,6 +320,7 @@ impl RunningServer {
                 None
             }
         };
+        self.close_ports().await;
         if self.auto_cleanup {
             let n = self
                 .manager
@@ -321,6 +343,16 @@ impl RunningServer {
             Some(Ok(Err(e))) => Err(ServerError::Serve(e)),
             _ => Ok(()),
         }
+    }
+
+    /// Stop forwarding published ports (the sandboxes are being removed, or outlive this
+    /// process, which cannot serve them any more).
+    async fn close_ports(&mut self) {
+        if let Some(r) = self.reconciler.take() {
+            r.abort();
+            let _ = r.await;
+        }
+        self.ports.release_all().await;
     }
 
     /// Wait until the server task ends by itself (it only does on an I/O failure).
@@ -351,6 +383,7 @@ pub(crate) fn manager_config(settings: &Settings, templates: &Templates) -> Mana
         worker,
         lock_ttl: std::time::Duration::from_secs(settings.heartbeat_lock_ttl_secs.max(1)),
         node_url: settings.node_url.clone(),
+        activity_key: Some(agentscope::META_LAST_ACTIVE.to_string()),
         pools: settings
             .default_sandbox_types
             .iter()
@@ -411,7 +444,21 @@ pub async fn start_with_backend(
             "sandbox type from an extension"
         );
     }
+    // A publish address this machine does not have fails here, not at the first create.
+    std::net::TcpListener::bind((settings.publish_host, 0)).map_err(|source| {
+        ServerError::Bind {
+            addr: format!("SANDBOXD_PUBLISH_HOST {}", settings.publish_host),
+            source,
+        }
+    })?;
+    let ports = ports::Ports::new(
+        settings.port_range,
+        settings.publish_host,
+        &settings.publish_advertised_host(),
+        settings.redis.is_some(),
+    );
     let state = AppState::new(manager.clone())
+        .with_ports(ports)
         .with_types(
             settings.sandbox_types.clone(),
             settings.default_sandbox_type(),
@@ -423,6 +470,8 @@ pub async fn start_with_backend(
             settings.heartbeat_scan_interval_secs,
         );
     let scanner = agentscope::heartbeat::spawn_scanner(state.clone());
+    let reconciler = Some(state.ports.spawn_reconciler(manager.clone()));
+    let published = state.ports.clone();
     let addr = settings.bind_addr();
     let listener = match workers::inherited_listener() {
         // A worker serves the socket its supervisor bound, with the other workers.
@@ -466,6 +515,8 @@ pub async fn start_with_backend(
         stop: Some(stop_tx),
         task,
         scanner,
+        ports: published,
+        reconciler,
     })
 }
 
@@ -490,6 +541,7 @@ pub async fn run(settings: Settings) -> Result<(), ServerError> {
             if let Some(scanner) = server.scanner.take() {
                 scanner.abort();
             }
+            server.close_ports().await;
             if server.auto_cleanup {
                 server.manager.shutdown().await;
             } else {

@@ -16,6 +16,7 @@ use sandboxd_core::backend::ReadonlyMount;
 use sandboxd_core::templates::Templates;
 
 use crate::agentscope::types::{ExtensionError, TypeRegistry};
+use crate::ports::PortRange;
 use sandboxd_store::redis::RedisConfig;
 
 /// The host name (the default `SANDBOXD_NODE_ID`), or `node` when it cannot be read.
@@ -126,6 +127,13 @@ pub struct ServeArgs {
     /// [env: HEARTBEAT_LOCK_TTL] [default: 120].
     #[arg(long, value_name = "SECS")]
     pub heartbeat_lock_ttl: Option<String>,
+    /// Host ports that published ports are taken from, both included: [LOW,HIGH]
+    /// [env: PORT_RANGE] [default: [49152,59152]].
+    #[arg(long, value_name = "[LOW,HIGH]")]
+    pub port_range: Option<String>,
+    /// Address published ports listen on [env: SANDBOXD_PUBLISH_HOST] [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    pub publish_host: Option<String>,
     /// Load sandbox types from this TOML file; repeat for several [env: SANDBOXD_EXTENSIONS,
     /// comma-separated].
     #[arg(long, value_name = "FILE")]
@@ -135,7 +143,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 22] = [
+        let all: [(&'static str, &'static str, &Option<String>); 24] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -206,6 +214,12 @@ impl ServeArgs {
                 "--heartbeat-lock-ttl",
                 &self.heartbeat_lock_ttl,
             ),
+            ("PORT_RANGE", "--port-range", &self.port_range),
+            (
+                "SANDBOXD_PUBLISH_HOST",
+                "--publish-host",
+                &self.publish_host,
+            ),
         ];
         all.into_iter()
             .filter_map(|(k, f, v)| v.as_ref().map(|v| (k, f, v)))
@@ -247,6 +261,8 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_REDIS_PREFIX",
     "SANDBOXD_NODE_ID",
     "SANDBOXD_NODE_URL",
+    "PORT_RANGE",
+    "SANDBOXD_PUBLISH_HOST",
     "SANDBOXD_RUNSC",
     "SANDBOXD_GVISOR_PLATFORM",
 ];
@@ -255,13 +271,7 @@ pub const OUR_KEYS: &[&str] = &[
 const WATCHER_SCAN_INTERVAL: &str = "WATCHER_SCAN_INTERVAL";
 
 /// AgentScope Runtime settings that are accepted but not implemented yet.
-const AGENTSCOPE_KEYS: &[&str] = &[
-    "DEBUG",
-    "PORT_RANGE",
-    "FILE_SYSTEM",
-    "KUBECONFIG_PATH",
-    "STORAGE_FOLDER",
-];
+const AGENTSCOPE_KEYS: &[&str] = &["DEBUG", "FILE_SYSTEM", "KUBECONFIG_PATH", "STORAGE_FOLDER"];
 
 /// Main switches of the unsupported families, looked for in the environment (which, unlike a
 /// config file, holds many unrelated variables, so prefixes are not matched there).
@@ -417,6 +427,10 @@ pub struct Settings {
     /// `SANDBOXD_NODE_URL`: the URL other machines reach this node at; set, the node joins the
     /// machines sharing the Redis (requests for its sandboxes are forwarded to it).
     pub node_url: Option<String>,
+    /// `PORT_RANGE`: the host ports published ports are taken from.
+    pub port_range: PortRange,
+    /// `SANDBOXD_PUBLISH_HOST`: the address published ports listen on.
+    pub publish_host: IpAddr,
     /// `SANDBOXD_RUNSC`: gVisor's `runsc`, for `CONTAINER_DEPLOYMENT=gvisor` (a bare name is
     /// looked up in `PATH`).
     pub runsc: PathBuf,
@@ -464,6 +478,8 @@ impl fmt::Debug for Settings {
             .field("redis", &self.redis)
             .field("node_id", &self.node_id)
             .field("node_url", &self.node_url)
+            .field("port_range", &self.port_range)
+            .field("publish_host", &self.publish_host)
             .field("extensions", &self.extensions)
             .field("sandbox_types", &self.sandbox_types)
             .finish()
@@ -500,6 +516,8 @@ impl Default for Settings {
             redis: None,
             node_id: default_node_id(),
             node_url: None,
+            port_range: PortRange::default(),
+            publish_host: IpAddr::from([127, 0, 0, 1]),
             runsc: PathBuf::from("runsc"),
             gvisor_platform: "systrap".into(),
             extensions: Vec::new(),
@@ -907,6 +925,18 @@ impl Settings {
                     })?;
             }
         }
+        if let Some(r) = get("PORT_RANGE") {
+            s.port_range = PortRange::parse(&r.value).map_err(|e| invalid("PORT_RANGE", r, e))?;
+        }
+        if let Some(r) = get("SANDBOXD_PUBLISH_HOST") {
+            s.publish_host = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "SANDBOXD_PUBLISH_HOST",
+                    r,
+                    "expected an IP address of this machine (e.g. 127.0.0.1, 0.0.0.0, ::1)".into(),
+                )
+            })?;
+        }
         if s.heartbeat_timeout_secs == 0 {
             let r = get("HEARTBEAT_TIMEOUT").expect("only a given value can be 0");
             return Err(invalid(
@@ -1080,6 +1110,35 @@ impl Settings {
             .unwrap_or_else(|| self.state_dir.join("templates"))
     }
 
+    /// The host shown in published ports' addresses: `SANDBOXD_PUBLISH_HOST`, unless it is the
+    /// unspecified address (all of the machine's), for which the host of `SANDBOXD_NODE_URL`,
+    /// else `HOST` unless unspecified too, else loopback.
+    pub fn publish_advertised_host(&self) -> String {
+        if !self.publish_host.is_unspecified() {
+            return self.publish_host.to_string();
+        }
+        let node_host = self.node_url.as_deref().and_then(|u| {
+            let hostport = u.strip_prefix("http://")?;
+            let host = match hostport.strip_prefix('[') {
+                Some(v6) => v6.split(']').next()?,
+                None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+            };
+            (!host.is_empty()).then(|| host.to_string())
+        });
+        let host = self
+            .host
+            .parse::<IpAddr>()
+            .map_or(true, |ip| !ip.is_unspecified())
+            .then(|| self.host.clone());
+        node_host.or(host).unwrap_or_else(|| {
+            if self.publish_host.is_ipv6() {
+                "::1".into()
+            } else {
+                "127.0.0.1".into()
+            }
+        })
+    }
+
     /// `host:port` to bind.
     pub fn bind_addr(&self) -> String {
         if self.host.contains(':') {
@@ -1177,17 +1236,75 @@ mod tests {
         let w = s.warnings.join("\n");
         assert_eq!(s.redis, None);
         assert!(!w.contains("REDIS"), "{w}");
-        for k in [
-            "DEBUG",
-            "PORT_RANGE",
-            "FILE_SYSTEM",
-            "K8S_NAMESPACE",
-            "KUBECONFIG_PATH",
-        ] {
+        assert_eq!(s.port_range, PortRange::default());
+        for k in ["DEBUG", "FILE_SYSTEM", "K8S_NAMESPACE", "KUBECONFIG_PATH"] {
             assert!(w.contains(&format!("{k} is not supported yet")), "{k}: {w}");
         }
         // The token never appears in debug output.
         assert!(!format!("{s:?}").contains("your-secret-token"));
+    }
+
+    #[test]
+    fn published_port_settings() {
+        let s = Settings::from_sources(
+            &ServeArgs::default(),
+            &env_of(&[
+                ("PORT_RANGE", "[30000,30010]"),
+                ("SANDBOXD_PUBLISH_HOST", "0.0.0.0"),
+                ("HOST", "10.1.2.3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.port_range,
+            PortRange {
+                lo: 30000,
+                hi: 30010
+            }
+        );
+        assert!(s.publish_host.is_unspecified());
+        assert_eq!(s.publish_advertised_host(), "10.1.2.3");
+        assert!(!s.warnings.join("\n").contains("PORT_RANGE"));
+        let d = Settings::default();
+        assert_eq!(d.publish_advertised_host(), "127.0.0.1");
+        let all = Settings {
+            publish_host: "0.0.0.0".parse().unwrap(),
+            host: "0.0.0.0".into(),
+            ..Settings::default()
+        };
+        assert_eq!(all.publish_advertised_host(), "127.0.0.1");
+        let noded = Settings {
+            node_url: Some("http://10.0.0.2:8000".into()),
+            ..all
+        };
+        assert_eq!(noded.publish_advertised_host(), "10.0.0.2");
+        let flag = ServeArgs {
+            port_range: Some("[40000,40001]".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_sources(&flag, &env_of(&[("PORT_RANGE", "[1,2]")])).unwrap();
+        assert_eq!(
+            s.port_range,
+            PortRange {
+                lo: 40000,
+                hi: 40001
+            }
+        );
+        for (k, v, says) in [
+            ("PORT_RANGE", "49152-59152", "expected [LOW,HIGH]"),
+            ("PORT_RANGE", "[60000,50000]", "above the high end"),
+            ("PORT_RANGE", "[443,2000]", "privileged"),
+            (
+                "SANDBOXD_PUBLISH_HOST",
+                "localhost",
+                "expected an IP address",
+            ),
+        ] {
+            let e = Settings::from_sources(&ServeArgs::default(), &env_of(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(k) && e.contains(says), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -483,6 +483,12 @@ pub async fn fake_server(token: Option<&str>) -> FakeServer {
         bearer_token: token.map(String::from),
         default_mount_dir: state.join("workspaces"),
         state_dir: state,
+        // Below the kernel's ephemeral ports (which the default range overlaps), so that a
+        // published port never takes the free port another test's server is about to bind.
+        port_range: crate::ports::PortRange {
+            lo: 25000,
+            hi: 25999,
+        },
         ..crate::Settings::default()
     };
     let server = crate::start_with_backend(settings, backend.clone())

@@ -640,3 +640,110 @@ async fn create_from_pool_through_v1() {
     assert_eq!(v["session_id"], "mine");
     assert_ne!(v["id"], warm_id.as_str());
 }
+
+/// A run of `n` loopback ports that nothing holds now (the test holds none of them either).
+fn free_port_range(n: u16) -> sandboxd_server::ports::PortRange {
+    let offset = (std::process::id() % 40) as u16;
+    'search: for lo in (30000..30900u16).step_by(50).map(|b| b + offset) {
+        let mut held = Vec::new();
+        for p in lo..lo + n {
+            match std::net::TcpListener::bind(("127.0.0.1", p)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'search,
+            }
+        }
+        return sandboxd_server::ports::PortRange { lo, hi: lo + n - 1 };
+    }
+    panic!("no free run of {n} ports");
+}
+
+#[tokio::test]
+async fn published_ports_are_checked_allocated_listed_and_given_back() {
+    let range = free_port_range(2);
+    let h = Harness::new(None).await.with_state(|s| {
+        s.with_ports(sandboxd_server::ports::Ports::new(
+            range,
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.1",
+            false,
+        ))
+    });
+    let many: Vec<u16> = (8000..8017).collect();
+    for body in [
+        json!({"ports": [0]}),
+        json!({"ports": [8000, 8000]}),
+        json!({"ports": many}),
+        json!({"ports": [65536]}),
+        json!({"ports": [-1]}),
+    ] {
+        let (status, v) = h
+            .json(Method::POST, "/v1/sandboxes", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_error(&v, "invalid_request");
+    }
+    assert_eq!(h.backend.live_boxes(), 0);
+
+    let (status, v) = h
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"ports": [8000, 8001]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let ports = v["ports"].as_array().unwrap().clone();
+    assert_eq!(ports.len(), 2);
+    let mut host_ports = Vec::new();
+    for (p, want) in ports.iter().zip([8000, 8001]) {
+        assert_eq!(p["port"], want);
+        let hp = p["host_port"].as_u64().unwrap() as u16;
+        assert!((range.lo..=range.hi).contains(&hp), "{p}");
+        assert_eq!(p["address"], format!("127.0.0.1:{hp}"));
+        host_ports.push(hp);
+    }
+    let (_, got) = h
+        .json(Method::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(got["ports"], json!(ports));
+    // The range is used up: a clear 503, and no sandbox is made.
+    let (status, v) = h
+        .json(
+            Method::POST,
+            "/v1/sandboxes",
+            Some(json!({"ports": [9000]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PORT_RANGE"),
+        "{v}"
+    );
+    assert_eq!(h.backend.live_boxes(), 1);
+    // The fake agent knows no tunnels (an agent too old for them): a connection is closed,
+    // not left hanging.
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", host_ports[0]))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::io::AsyncReadExt::read(&mut c, &mut buf)
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Deleting the sandbox gives its ports back at once.
+    let (status, _) = h
+        .json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for hp in &host_ports {
+        drop(std::net::TcpListener::bind(("127.0.0.1", *hp)).expect("released"));
+    }
+    let id = h.create(json!({"ports": [1, 2]})).await;
+    assert!(h.state.ports.published().await.contains(&id));
+    h.state.ports.release_all().await;
+}

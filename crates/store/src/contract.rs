@@ -22,6 +22,7 @@ pub fn record(id: &str, state: SandboxState) -> SandboxRecord {
             metadata: BTreeMap::new(),
             reason: None,
             replaced_by: None,
+            ports: Vec::new(),
             image: None,
         },
         endpoint: None,

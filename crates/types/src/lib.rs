@@ -78,6 +78,46 @@ pub struct CreateSandboxRequest {
     /// change: the guest agent is injected. It must be on the engine already, or be pullable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// TCP ports inside the sandbox to publish on the host (at most [`MAX_PORTS`], each
+    /// 1-65535, no duplicates): each gets a free host port of the server's `PORT_RANGE`, and a
+    /// connection to it reaches the port on the sandbox's loopback. The sandbox's `ports`
+    /// say which host port each got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+/// Most ports one sandbox may publish ([`CreateSandboxRequest::ports`]).
+pub const MAX_PORTS: usize = 16;
+
+/// Check a create request's `ports`: each 1-65535, none twice, at most [`MAX_PORTS`]. The
+/// error says what is wrong.
+pub fn check_ports(ports: &[u16]) -> Result<(), String> {
+    if ports.len() > MAX_PORTS {
+        return Err(format!(
+            "ports: at most {MAX_PORTS} ports can be published, {} were asked for",
+            ports.len()
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if *p == 0 {
+            return Err("ports: a port must be between 1 and 65535, not 0".into());
+        }
+        if ports[..i].contains(p) {
+            return Err(format!("ports: port {p} is given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// A port of a sandbox published on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PublishedPort {
+    /// The TCP port inside the sandbox (on its loopback).
+    pub port: u16,
+    /// The host port that forwards to it.
+    pub host_port: u16,
+    /// Where to connect, `host:port` (e.g. `127.0.0.1:49153`).
+    pub address: String,
 }
 
 /// Lifecycle state of a sandbox.
@@ -142,6 +182,9 @@ pub struct Sandbox {
     /// The engine image it runs, when it was created with one (instead of its template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Its published ports ([`CreateSandboxRequest::ports`]), in the order asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
 }
 
 /// Reply of `GET /v1/sandboxes`.
@@ -426,6 +469,21 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         let r: Result<CreateSandboxRequest, _> = serde_json::from_str(r#"{"tpye":"base"}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn ports_are_checked() {
+        assert!(check_ports(&[]).is_ok());
+        assert!(check_ports(&[8000, 8001, 65535]).is_ok());
+        assert!(check_ports(&[0]).unwrap_err().contains("not 0"));
+        assert!(check_ports(&[80, 81, 80])
+            .unwrap_err()
+            .contains("port 80 is given twice"));
+        let many: Vec<u16> = (1..=17).collect();
+        assert!(check_ports(&many).unwrap_err().contains("at most 16"));
+        assert!(check_ports(&many[..16]).is_ok());
+        let r: Result<CreateSandboxRequest, _> = serde_json::from_str(r#"{"ports":[65536]}"#);
         assert!(r.is_err());
     }
 

@@ -24,6 +24,7 @@ pub async fn run_all(server: &mut Server, backend: &str) {
     files_and_python(server).await;
     host_processes_are_invisible(server).await;
     host_loopback_is_unreachable(server).await;
+    published_ports_reach_the_sandbox(server).await;
     memory_and_pids_limits_hold(server, backend).await;
     pause_and_timeout(server).await;
     crash_of_the_server_leaves_nothing(server).await;
@@ -102,6 +103,46 @@ async fn files_and_python(server: &Server) {
     c.python(&sb.id, &py("x = 21")).await.unwrap();
     let r = c.python(&sb.id, &py("x * 2")).await.unwrap();
     assert_eq!(r.result.as_deref(), Some("42"));
+    c.delete(&sb.id).await.unwrap();
+}
+
+/// A port published at creation reaches a server on the sandbox's own loopback (through the
+/// guest agent, so on any backend).
+async fn published_ports_reach_the_sandbox(server: &Server) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = server.client();
+    let sb = c
+        .create(&sandboxd_types::CreateSandboxRequest {
+            ports: vec![8000],
+            ..create_req()
+        })
+        .await
+        .unwrap();
+    let addr = sandboxd_client::Client::published_address(&sb, 8000)
+        .expect("port 8000 published")
+        .to_string();
+    let r = sh(
+        &c,
+        &sb.id,
+        "cd /workspace && echo served-inside > index.html && \
+         setsid python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 </dev/null & \
+         for i in $(seq 600); do \
+           python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' \
+             2>/dev/null && exit 0; sleep 0.05; done; exit 1",
+    )
+    .await;
+    assert_eq!(r.exit_code, Some(0), "http.server did not start: {r:?}");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut reply))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.ends_with("served-inside\n"), "{reply}");
+    // (That the delete gives the port back is checked in tests/ports.rs, on a range of its
+    // own: here the default range is shared with the other servers of the run.)
     c.delete(&sb.id).await.unwrap();
 }
 

@@ -181,6 +181,7 @@ mod tests {
             .into(),
             reason: None,
             replaced_by: None,
+            ports: Vec::new(),
             image: None,
         };
         let r = serde_json::to_value(record(&sb, "p-", "http://h:1", "/w/x", Some(60))).unwrap();

@@ -10,7 +10,8 @@ use crate::error::ApiError;
 use crate::extract::{Json, Query, SandboxIdPath};
 use crate::AppState;
 
-/// Create a sandbox and wait until it is ready.
+/// Create a sandbox and wait until it is ready. With `ports`, each port inside the sandbox is
+/// published on a free host port of the server's `PORT_RANGE` (listed in the reply's `ports`).
 #[utoipa::path(
     post,
     path = "/v1/sandboxes",
@@ -23,7 +24,7 @@ use crate::AppState;
         (status = 404, description = "Unknown sandbox type (`unknown_type`)", body = ErrorBody),
         (status = 429, description = "`MAX_SANDBOX_INSTANCES` reached", body = ErrorBody),
         (status = 502, description = "The backend or the agent failed", body = ErrorBody),
-        (status = 503, description = "The server is shutting down", body = ErrorBody),
+        (status = 503, description = "The server is shutting down, or `PORT_RANGE` has too few free ports for `ports`", body = ErrorBody),
         (status = 504, description = "The sandbox did not start in time", body = ErrorBody),
     )
 )]
@@ -31,8 +32,29 @@ pub async fn create(
     State(state): State<AppState>,
     Json(req): Json<CreateSandboxRequest>,
 ) -> Result<(StatusCode, axum::Json<Sandbox>), ApiError> {
-    let sandbox = state.manager.create(req).await?;
-    tracing::info!(sandbox = %sandbox.id, r#type = %sandbox.sandbox_type, "sandbox created");
+    sandboxd_types::check_ports(&req.ports).map_err(ApiError::invalid)?;
+    // Bound first, so that a full range fails before a sandbox is made; a failed create drops
+    // the listeners (the ports are free again).
+    let reserved = state.ports.reserve(&req.ports)?;
+    let sandbox = if reserved.info.is_empty() {
+        state.manager.create(req).await?
+    } else {
+        // In a task of its own, so that a client hanging up cannot leave a sandbox whose
+        // record lists ports nobody forwards.
+        let task = tokio::spawn(async move {
+            let sandbox = state
+                .manager
+                .create_with_ports(req, reserved.info.clone())
+                .await?;
+            state
+                .ports
+                .serve(&state.manager, &sandbox.id, reserved)
+                .await;
+            Ok::<_, ApiError>(sandbox)
+        });
+        task.await.map_err(ApiError::internal)??
+    };
+    tracing::info!(sandbox = %sandbox.id, r#type = %sandbox.sandbox_type, ports = sandbox.ports.len(), "sandbox created");
     Ok((StatusCode::CREATED, axum::Json(sandbox)))
 }
 
@@ -118,6 +140,8 @@ pub async fn delete(
     SandboxIdPath(id): SandboxIdPath,
 ) -> Result<StatusCode, ApiError> {
     state.manager.delete(&id).await?;
+    // Free when the reply goes out (other ends of a sandbox free them within a second).
+    state.ports.release(&id).await;
     tracing::info!(sandbox = %id, "sandbox deleted");
     Ok(StatusCode::NO_CONTENT)
 }
