@@ -33,6 +33,9 @@ use futures::StreamExt;
 use sandboxd_e2e::{percentile, Server, ServerOptions};
 use sandboxd_types::{CreateSandboxRequest, ExecEvent, ExecRequest, SandboxState};
 
+mod concurrency;
+mod density;
+
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark sandboxd against bubblewrap and Docker on this machine")]
 struct Args {
@@ -66,6 +69,22 @@ struct Args {
     /// Samples of each gvisor row.
     #[arg(long, default_value_t = 20)]
     gvisor_samples: usize,
+    /// Idle sandboxes of the density figures (the server at rest is also measured with 0 and
+    /// 100).
+    #[arg(long, default_value_t = 1000)]
+    density: usize,
+    /// Skip the density figures.
+    #[arg(long)]
+    no_density: bool,
+    /// Concurrent clients of the concurrency figures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    concurrency: Vec<usize>,
+    /// Sandboxes each concurrent client creates (each then runs one command and is deleted).
+    #[arg(long, default_value_t = 4)]
+    per_client: usize,
+    /// Skip the concurrency figures.
+    #[arg(long)]
+    no_concurrency: bool,
 }
 
 struct Row {
@@ -263,6 +282,13 @@ async fn main() -> Result<()> {
             ratio,
             target
         );
+    }
+    // Servers of their own, so that nothing above is left in them.
+    if args.url.is_none() && !args.no_concurrency {
+        concurrency::run(&args).await?;
+    }
+    if args.url.is_none() && !args.no_density {
+        density::run(&args).await?;
     }
     Ok(())
 }

@@ -1,0 +1,8 @@
+//! The concurrency figures (not written yet).
+
+use anyhow::Result;
+
+/// Measure and print the concurrency figures.
+pub async fn run(_args: &super::Args) -> Result<()> {
+    Ok(())
+}
