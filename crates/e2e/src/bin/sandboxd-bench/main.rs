@@ -90,9 +90,36 @@ struct Args {
 struct Row {
     what: &'static str,
     ours: Vec<Duration>,
-    /// The peer doing the same, and its samples.
-    peer: Option<(&'static str, Vec<Duration>)>,
+    /// The peers doing the same, and their samples.
+    peers: Vec<(&'static str, Vec<Duration>)>,
+    /// The target of our p50; zero: none.
     target_p50: Duration,
+    /// Bytes each sample moved, for a throughput column.
+    bytes: u64,
+}
+
+impl Row {
+    fn new(what: &'static str, ours: Vec<Duration>) -> Row {
+        Row {
+            what,
+            ours,
+            peers: Vec::new(),
+            target_p50: Duration::ZERO,
+            bytes: 0,
+        }
+    }
+
+    fn target(mut self, ms: u64) -> Row {
+        self.target_p50 = Duration::from_millis(ms);
+        self
+    }
+
+    fn peer(mut self, name: &'static str, samples: Option<Vec<Duration>>) -> Row {
+        if let Some(s) = samples {
+            self.peers.push((name, s));
+        }
+        self
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -183,6 +210,7 @@ async fn main() -> Result<()> {
         Command::new("/bin/true").status()?;
         floor.push(t0.elapsed());
     }
+    let more = more_samples(&client, &sb.id, &args).await?;
     client.delete(&sb.id).await?;
 
     let (peer_tti, peer_rtt) = if args.no_peers {
@@ -196,93 +224,84 @@ async fn main() -> Result<()> {
             }
         }
     };
-
-    let (docker_tti, docker_rtt) = backend_rows(
-        "docker",
-        (!args.no_docker && args.url.is_none()).then_some(docker_samples(&args).await),
-        ["create → first output, docker backend", "docker run"],
-        ["exec round-trip `true`, docker backend", "docker exec"],
-    );
-    let (gvisor_tti, gvisor_rtt) = backend_rows(
-        "gvisor",
-        (!args.no_gvisor && args.url.is_none()).then_some(gvisor_samples(&args, &rootfs).await),
-        ["create → first output, gvisor backend", "runsc run"],
-        ["exec round-trip `true`, gvisor backend", "runsc exec"],
-    );
-
-    let rows = [
-        Row {
-            what: "create → first output",
-            ours: tti,
-            peer: peer_tti.map(|p| ("bwrap", p)),
-            target_p50: Duration::from_millis(30),
-        },
-        Row {
-            what: "create from a warm pool → first output",
-            ours: pooled,
-            peer: None,
-            target_p50: Duration::ZERO,
-        },
-        Row {
-            what: "exec round-trip `true`",
-            ours: rtt,
-            peer: peer_rtt.map(|p| ("bwrap", p)),
-            target_p50: Duration::from_millis(2),
-        },
-        docker_tti,
-        docker_rtt,
-        gvisor_tti,
-        gvisor_rtt,
-        Row {
-            what: "host spawn+wait of /bin/true (floor)",
-            ours: floor,
-            peer: None,
-            target_p50: Duration::ZERO,
-        },
-    ];
-    println!();
-    println!(
-        "| figure | p50 ms | p95 ms | peer | peer p50 ms | peer p95 ms | p50 ratio to peer | target p50 ms |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for mut r in rows {
-        if r.ours.is_empty() {
-            continue;
-        }
-        r.ours.sort();
-        let (p50, p95) = (percentile(&r.ours, 50.0), percentile(&r.ours, 95.0));
-        let (peer, bp50, bp95, ratio) = match r.peer.as_mut() {
-            Some((name, p)) => {
-                p.sort();
-                let b50 = percentile(p, 50.0);
-                (
-                    *name,
-                    ms(b50),
-                    ms(percentile(p, 95.0)),
-                    format!("{:.2}", p50.as_secs_f64() / b50.as_secs_f64()),
-                )
+    let (crun_run, crun_exec) = if args.no_peers {
+        (None, None)
+    } else {
+        match oci_peer("crun", &[], &rootfs, args.creates.min(50)) {
+            Ok((a, b)) => (Some(a), Some(b)),
+            Err(e) => {
+                eprintln!("crun rows skipped: {e:#}");
+                (None, None)
             }
-            None => ("-", "-".into(), "-".into(), "-".into()),
+        }
+    };
+    let measured = |skip: bool| !skip && args.url.is_none();
+    let docker = match measured(args.no_docker) {
+        true => Some(docker_samples(&args).await),
+        false => None,
+    };
+    let gvisor = match measured(args.no_gvisor) {
+        true => Some(gvisor_samples(&args, &rootfs).await),
+        false => None,
+    };
+    let (docker, gvisor) = (unpack("docker", docker), unpack("gvisor", gvisor));
+    let peer_of = |b: &Option<BackendSamples>, run: bool| {
+        b.as_ref()
+            .and_then(|b| if run { b.run.clone() } else { b.exec.clone() })
+    };
+
+    let mut rows = vec![
+        Row::new("create → first output", tti)
+            .target(10)
+            .peer("bwrap", peer_tti)
+            .peer("crun run", crun_run)
+            .peer("docker run", peer_of(&docker, true))
+            .peer("runsc run", peer_of(&gvisor, true)),
+        Row::new("create from a warm pool → first output", pooled).target(2),
+        Row::new("exec round-trip `true`", rtt)
+            .target(1)
+            .peer("bwrap", peer_rtt)
+            .peer("crun exec", crun_exec)
+            .peer("docker exec", peer_of(&docker, false))
+            .peer("runsc exec", peer_of(&gvisor, false)),
+        Row::new("exec round-trip, 1 MiB of output", more.exec_mib),
+        Row::new("stateful Python call round-trip", more.python).target(2),
+    ];
+    for (size, write, read) in more.files {
+        let (w, r) = match size {
+            FILE_SMALL => ("file write, 1 KiB", "file read, 1 KiB"),
+            _ => ("file write, 64 MiB", "file read, 64 MiB"),
         };
-        let target = if r.target_p50.is_zero() {
-            "-".to_string()
-        } else if p50 <= r.target_p50 {
-            format!("{} (met)", ms(r.target_p50))
-        } else {
-            format!("{} (missed)", ms(r.target_p50))
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.what,
-            ms(p50),
-            ms(p95),
-            peer,
-            bp50,
-            bp95,
-            ratio,
-            target
-        );
+        rows.push(Row {
+            bytes: size as u64,
+            ..Row::new(w, write)
+        });
+        rows.push(Row {
+            bytes: size as u64,
+            ..Row::new(r, read)
+        });
     }
+    for (b, name, run, exec) in [
+        (docker, "docker", "docker run", "docker exec"),
+        (gvisor, "gvisor", "runsc run", "runsc exec"),
+    ] {
+        let Some(b) = b else { continue };
+        let (tti, rtt) = match name {
+            "docker" => (
+                "create → first output, docker backend",
+                "exec round-trip `true`, docker backend",
+            ),
+            _ => (
+                "create → first output, gvisor backend",
+                "exec round-trip `true`, gvisor backend",
+            ),
+        };
+        rows.push(Row::new(tti, b.tti).peer(run, b.run));
+        rows.push(Row::new(rtt, b.rtt).peer(exec, b.exec));
+    }
+    rows.push(Row::new("host spawn+wait of /bin/true (floor)", floor));
+    print_table(rows);
+
     // Servers of their own, so that nothing above is left in them.
     if args.url.is_none() && !args.no_concurrency {
         concurrency::run(&args).await?;
@@ -305,15 +324,6 @@ fn sample_requests(args: &Args) -> (CreateSandboxRequest, ExecRequest) {
         ..Default::default()
     };
     (create, echo)
-}
-
-fn empty_row() -> Row {
-    Row {
-        what: "",
-        ours: Vec::new(),
-        peer: None,
-        target_p50: Duration::ZERO,
-    }
 }
 
 /// The samples of a backend's rows: sandboxd on it, and its runtime's own `run` and `exec` on
@@ -394,34 +404,149 @@ async fn docker_samples(args: &Args) -> Result<BackendSamples> {
     })
 }
 
-/// A backend's two rows (its create → first output and exec round-trip, each beside its
-/// runtime's own peer, named in `[figure, peer]`), empty when the backend was not measured.
-fn backend_rows(
-    backend: &str,
-    samples: Option<Result<BackendSamples>>,
-    tti: [&'static str; 2],
-    rtt: [&'static str; 2],
-) -> (Row, Row) {
-    match samples {
-        Some(Ok(d)) => (
-            Row {
-                what: tti[0],
-                ours: d.tti,
-                peer: d.run.map(|p| (tti[1], p)),
-                target_p50: Duration::ZERO,
-            },
-            Row {
-                what: rtt[0],
-                ours: d.rtt,
-                peer: d.exec.map(|p| (rtt[1], p)),
-                target_p50: Duration::ZERO,
-            },
-        ),
-        Some(Err(e)) => {
+/// A backend's samples, or why it has none (printed).
+fn unpack(backend: &str, samples: Option<Result<BackendSamples>>) -> Option<BackendSamples> {
+    match samples? {
+        Ok(s) => Some(s),
+        Err(e) => {
             eprintln!("{backend} rows skipped: {e:#}");
-            (empty_row(), empty_row())
+            None
         }
-        None => (empty_row(), empty_row()),
+    }
+}
+
+/// Size of the small file figures.
+const FILE_SMALL: usize = 1 << 10;
+/// Size of the large file figures.
+const FILE_LARGE: usize = 64 << 20;
+
+/// The figures measured in the exec round-trip's sandbox besides `true`.
+struct MoreSamples {
+    /// Buffered exec of a command printing 1 MiB.
+    exec_mib: Vec<Duration>,
+    /// `1 + 1` in the sandbox's Python interpreter.
+    python: Vec<Duration>,
+    /// (size, write samples, read samples) per file size.
+    files: Vec<(usize, Vec<Duration>, Vec<Duration>)>,
+}
+
+async fn more_samples(
+    client: &sandboxd_client::Client,
+    id: &str,
+    args: &Args,
+) -> Result<MoreSamples> {
+    let n = args.execs.clamp(1, 200);
+    eprintln!("exec round-trip of 1 MiB of output ({n} samples) …");
+    // Text, as a command's output usually is (NUL bytes would be escaped in the JSON reply).
+    let mib = ExecRequest {
+        shell: Some("yes 0123456789abcdef0123456789abcde | head -c 1048576".into()),
+        ..Default::default()
+    };
+    let mut exec_mib = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let r = client.exec(id, &mib).await?;
+        exec_mib.push(t0.elapsed());
+        if r.stdout.len() != 1 << 20 {
+            bail!("1 MiB exec printed {} bytes", r.stdout.len());
+        }
+    }
+    eprintln!("stateful Python round-trip ({} samples) …", args.execs);
+    let py = |code: &str| sandboxd_types::PythonRequest {
+        code: code.into(),
+        timeout_ms: None,
+    };
+    client.python(id, &py("x = 1")).await?;
+    let mut python = Vec::new();
+    for i in 0..(args.execs + 10) {
+        let t0 = Instant::now();
+        let r = client.python(id, &py("x = x + 1")).await?;
+        if i >= 10 {
+            python.push(t0.elapsed());
+        }
+        if r.error.is_some() {
+            bail!("python failed: {r:?}");
+        }
+    }
+    let mut files = Vec::new();
+    for (size, samples) in [(FILE_SMALL, args.execs), (FILE_LARGE, 10)] {
+        eprintln!("file write and read of {size} bytes ({samples} samples) …");
+        let body = vec![b'x'; size];
+        let (mut w, mut r) = (Vec::new(), Vec::new());
+        for _ in 0..samples {
+            let data = body.clone();
+            let t0 = Instant::now();
+            client.write_file(id, "bench.bin", data).await?;
+            w.push(t0.elapsed());
+            let t0 = Instant::now();
+            let got = client.read_file(id, "bench.bin").await?;
+            r.push(t0.elapsed());
+            if got.len() != size {
+                bail!("read {} bytes of a {size}-byte file", got.len());
+            }
+        }
+        files.push((size, w, r));
+    }
+    Ok(MoreSamples {
+        exec_mib,
+        python,
+        files,
+    })
+}
+
+/// Print `rows` as one table: our p50/p95/p99, then one line per peer with its figures and our
+/// p50's ratio to its.
+fn print_table(rows: Vec<Row>) {
+    println!();
+    println!(
+        "| figure | p50 ms | p95 ms | p99 ms | MiB/s at p50 | peer | peer p50 ms | peer p95 ms | peer p99 ms | p50 ratio to peer | target p50 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for mut r in rows {
+        if r.ours.is_empty() {
+            continue;
+        }
+        r.ours.sort();
+        let p = |v: &[Duration], q: f64| percentile(v, q);
+        let p50 = p(&r.ours, 50.0);
+        let target = if r.target_p50.is_zero() {
+            "-".to_string()
+        } else if p50 <= r.target_p50 {
+            format!("{} (met)", ms(r.target_p50))
+        } else {
+            format!("{} (missed)", ms(r.target_p50))
+        };
+        let rate = match r.bytes {
+            0 => "-".to_string(),
+            b => format!("{:.1}", b as f64 / (1 << 20) as f64 / p50.as_secs_f64()),
+        };
+        let ours = format!(
+            "| {} | {} | {} | {} | {rate}",
+            r.what,
+            ms(p50),
+            ms(p(&r.ours, 95.0)),
+            ms(p(&r.ours, 99.0))
+        );
+        if r.peers.is_empty() {
+            println!("{ours} | - | - | - | - | - | {target} |");
+        }
+        for (i, (name, samples)) in r.peers.iter_mut().enumerate() {
+            samples.sort();
+            let b50 = p(samples, 50.0);
+            let lead = if i == 0 {
+                ours.clone()
+            } else {
+                "| ″ | | | | ".to_string()
+            };
+            println!(
+                "{lead} | {name} | {} | {} | {} | {:.2} | {} |",
+                ms(b50),
+                ms(p(samples, 95.0)),
+                ms(p(samples, 99.0)),
+                p50.as_secs_f64() / b50.as_secs_f64(),
+                if i == 0 { target.as_str() } else { "" }
+            );
+        }
     }
 }
 
@@ -460,7 +585,6 @@ async fn backend_samples(
 /// The gvisor rows' samples: sandboxd on the gvisor backend, and runsc's own `run` and
 /// `exec` with the same rootfs, platform and network flags.
 async fn gvisor_samples(args: &Args, rootfs: &std::path::Path) -> Result<BackendSamples> {
-    use std::io::Read;
     eprintln!("starting sandboxd serve on the gvisor backend …");
     let server = Server::start(ServerOptions {
         env: vec![("CONTAINER_DEPLOYMENT".into(), "gvisor".into())],
@@ -471,87 +595,110 @@ async fn gvisor_samples(args: &Args, rootfs: &std::path::Path) -> Result<Backend
     let (tti, rtt, id) = backend_samples(&client, args, "gvisor", args.gvisor_samples).await?;
     client.delete(&id).await?;
     drop(server);
-    let (mut run, mut exec) = (None, None);
-    if !args.no_peers {
-        let dir = tempfile::Builder::new()
-            .prefix("sandboxd-bench-runsc-")
-            .tempdir()?;
-        let bundle = |name: &str, argv: &[&str]| -> Result<PathBuf> {
-            let b = dir.path().join(name);
-            std::fs::create_dir_all(&b)?;
-            let spec = serde_json::json!({
-                "ociVersion": "1.0.0",
-                "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": argv,
-                            "env": ["PATH=/usr/bin:/bin"], "cwd": "/"},
-                "root": {"path": rootfs, "readonly": false},
-                "hostname": "peer",
-                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                                         {"type": "uts"}, {"type": "mount"}]},
-            });
-            std::fs::write(b.join("config.json"), spec.to_string())?;
-            Ok(b)
-        };
-        let state = dir.path().join("state");
-        let runsc = |extra: &[&str]| {
-            let mut c = Command::new("runsc");
-            c.arg("--root")
-                .arg(&state)
-                .args(["--platform=systrap", "--network=none"])
-                .arg(format!("--overlay2=root:dir={}", dir.path().display()))
-                .args(extra);
-            c
-        };
-        let echo = bundle("echo", &["echo", "hi"])?;
-        eprintln!("runsc run … echo hi ({} samples) …", args.gvisor_samples);
-        let mut samples = Vec::new();
-        for i in 0..args.gvisor_samples {
-            let name = format!("peer-echo-{i}");
-            let t0 = Instant::now();
-            let mut child = runsc(&["run", "--bundle"])
-                .arg(&echo)
-                .arg(&name)
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut byte = [0u8; 1];
-            let n = child.stdout.as_mut().expect("piped").read(&mut byte)?;
-            samples.push(t0.elapsed());
-            child.wait()?;
-            let _ = runsc(&["delete", "--force", &name]).status();
-            if n != 1 {
-                bail!("runsc run echo printed nothing");
-            }
-        }
-        run = Some(samples);
-        let sleeper = bundle("sleep", &["sleep", "3600"])?;
-        let s = runsc(&["run", "--detach", "--bundle"])
-            .arg(&sleeper)
-            .arg("peer-sleep")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if !s.success() {
-            bail!("runsc run --detach failed: {s}");
-        }
-        eprintln!("runsc exec … true ({} samples) …", args.gvisor_samples);
-        let mut samples = Vec::new();
-        for _ in 0..args.gvisor_samples {
-            let t0 = Instant::now();
-            let s = runsc(&["exec", "peer-sleep", "true"]).status()?;
-            samples.push(t0.elapsed());
-            if !s.success() {
-                bail!("runsc exec true failed: {s}");
-            }
-        }
-        let _ = runsc(&["delete", "--force", "peer-sleep"]).status();
-        exec = Some(samples);
-    }
+    let (run, exec) = if args.no_peers {
+        (None, None)
+    } else {
+        let flags = ["--platform=systrap", "--network=none"].map(String::from);
+        let (run, exec) = oci_peer("runsc", &flags, rootfs, args.gvisor_samples)?;
+        (Some(run), Some(exec))
+    };
     Ok(BackendSamples {
         tti,
         rtt,
         run,
         exec,
     })
+}
+
+/// An OCI runtime (`runsc`, `crun`) as a peer, on the same template tree: `<runtime> run` of
+/// `echo hi` to its first output byte, and `<runtime> exec … true` in a container of its own,
+/// `samples` of each. `flags` go before the command.
+fn oci_peer(
+    runtime: &str,
+    flags: &[String],
+    rootfs: &std::path::Path,
+    samples: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    use std::io::Read;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("sandboxd-bench-{runtime}-"))
+        .tempdir()?;
+    let gvisor = runtime == "runsc";
+    let bundle = |name: &str, argv: &[&str]| -> Result<PathBuf> {
+        let b = dir.path().join(name);
+        std::fs::create_dir_all(&b)?;
+        // runsc writes into its own overlay; crun must not write into the template.
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.0",
+            "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": argv,
+                        "env": ["PATH=/usr/bin:/bin"], "cwd": "/"},
+            "root": {"path": rootfs, "readonly": !gvisor},
+            "hostname": "peer",
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                     {"type": "uts"}, {"type": "mount"}]},
+        });
+        std::fs::write(b.join("config.json"), spec.to_string())?;
+        Ok(b)
+    };
+    let state = dir.path().join("state");
+    let cmd = |extra: &[&str]| {
+        let mut c = Command::new(runtime);
+        c.arg("--root").arg(&state).args(flags);
+        if gvisor {
+            c.arg(format!("--overlay2=root:dir={}", dir.path().display()));
+        }
+        c.args(extra).stdin(Stdio::null());
+        c
+    };
+    let echo = bundle("echo", &["echo", "hi"])?;
+    eprintln!("{runtime} run … echo hi ({samples} samples) …");
+    let mut run = Vec::new();
+    for i in 0..samples {
+        let name = format!("peer-echo-{i}");
+        let t0 = Instant::now();
+        let mut child = cmd(&["run", "--bundle"])
+            .arg(&echo)
+            .arg(&name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{runtime} is not installed"))?;
+        let mut byte = [0u8; 1];
+        let n = child.stdout.as_mut().expect("piped").read(&mut byte)?;
+        run.push(t0.elapsed());
+        let out = child.wait_with_output()?;
+        let _ = cmd(&["delete", "--force", &name]).status();
+        if n != 1 {
+            bail!(
+                "{runtime} run echo printed nothing: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let sleeper = bundle("sleep", &["sleep", "3600"])?;
+    let s = cmd(&["run", "--detach", "--bundle"])
+        .arg(&sleeper)
+        .arg("peer-sleep")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !s.success() {
+        bail!("{runtime} run --detach failed: {s}");
+    }
+    eprintln!("{runtime} exec … true ({samples} samples) …");
+    let mut exec = Vec::new();
+    for _ in 0..samples {
+        let t0 = Instant::now();
+        let s = cmd(&["exec", "peer-sleep", "true"]).status()?;
+        exec.push(t0.elapsed());
+        if !s.success() {
+            let _ = cmd(&["delete", "--force", "peer-sleep"]).status();
+            bail!("{runtime} exec true failed: {s}");
+        }
+    }
+    let _ = cmd(&["delete", "--force", "peer-sleep"]).status();
+    Ok((run, exec))
 }
 
 /// One sample: create a sandbox with `create`, stream `echo` until its first output, delete it.
