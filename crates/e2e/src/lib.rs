@@ -453,6 +453,9 @@ impl PodmanService {
             format!("--root={}", dir.join("root").display()),
             format!("--runroot={}", dir.join("run").display()),
             "--storage-driver=overlay".to_string(),
+            // Podman prefers crun when it is installed, and crun 1.8 refuses this machine's
+            // hybrid cgroup layout; runc (docker.io's) handles it.
+            "--runtime=runc".to_string(),
         ]
     }
 
