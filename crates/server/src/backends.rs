@@ -12,6 +12,14 @@ use crate::{ServerError, Settings};
 /// Backends this build can run.
 pub const AVAILABLE: &[&str] = &["native", "docker", "gvisor"];
 
+/// The error of a backend that cannot be used here.
+fn unusable(backend: &str, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Backend {
+        backend: backend.into(),
+        message: e.to_string(),
+    }
+}
+
 /// The backend `settings` ask for, if this build has it.
 pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, ServerError> {
     match settings.container_deployment.as_str() {
@@ -27,13 +35,9 @@ pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, Serve
                 // An engine reached over TCP may serve several machines.
                 shared: std::env::var("DOCKER_HOST").is_ok_and(|h| h.starts_with("tcp://")),
             };
-            let backend =
-                DockerBackend::connect(config)
-                    .await
-                    .map_err(|e| ServerError::Backend {
-                        backend: "docker".into(),
-                        message: e.to_string(),
-                    })?;
+            let backend = DockerBackend::connect(config)
+                .await
+                .map_err(|e| unusable("docker", e))?;
             Ok(Arc::new(backend))
         }
         "gvisor" => {
@@ -48,10 +52,7 @@ pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, Serve
             };
             let backend = GvisorBackend::new(config)
                 .await
-                .map_err(|e| ServerError::Backend {
-                    backend: "gvisor".into(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| unusable("gvisor", e))?;
             Ok(Arc::new(backend))
         }
         "native" => {
@@ -64,10 +65,7 @@ pub(crate) async fn build(settings: &Settings) -> Result<Arc<dyn Backend>, Serve
                 agent_bin: settings.agent_bin.clone().unwrap_or(default_agent),
                 ..NativeConfig::default()
             };
-            let backend = NativeBackend::new(config).map_err(|e| ServerError::Backend {
-                backend: "native".into(),
-                message: e.to_string(),
-            })?;
+            let backend = NativeBackend::new(config).map_err(|e| unusable("native", e))?;
             Ok(Arc::new(backend))
         }
         other => Err(ServerError::Unsupported(format!(
