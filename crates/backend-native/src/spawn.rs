@@ -5,7 +5,22 @@
 //! async-signal-safe calls (another thread may have held the allocator's lock at the moment
 //! of the clone). Everything the child needs (paths, argv, envp, fd numbers, id maps) is
 //! therefore built before the clone, and the child only `dup2`s, (rootless) writes its id
-//! maps, unblocks signals and `execve`s.
+//! maps and `execve`s.
+//!
+//! # Sharing the server's memory until the `execve`
+//!
+//! A fork-like clone copies the server's page tables, write-protects every private page of
+//! the server, and the `execve` then throws the copy away: profiling a create loop put that
+//! (`dup_mmap`, `exit_mmap` and the copy-on-write faults the server's threads take
+//! afterwards) among the largest costs of a create. Where it can, the clone therefore carries
+//! `CLONE_VM | CLONE_VFORK`, as `posix_spawn` does: the child runs on a stack of its own in
+//! the server's memory, and the calling thread sleeps until the child has exec'd. That needs
+//! a few instructions of assembly ([`clone3_on_stack`]): the child must start on its stack in
+//! a function of ours, not return through the C library's `syscall` wrapper. Signals stay
+//! blocked in the child (the calling thread blocks them all around the clone), so that no
+//! handler of the server can run on the shared memory; the init resets its signals before
+//! it starts the agent. Rootless boxes keep the fork-like clone: their child changes its
+//! dumpable flag, which belongs to the address space and would be the server's.
 //!
 //! # Rootless: the user namespace and its id maps
 //!
@@ -310,18 +325,7 @@ unsafe fn child_exec(p: &Prepared, born_in_cgroup: bool) -> ! {
         // and 4).
         unsafe { child_write_id_maps(maps) };
     }
-    // The calling thread's signal mask survives execve; a tokio worker's may not be empty.
-    let empty: u64 = 0;
-    // SAFETY: raw rt_sigprocmask with a valid 8-byte mask and no old-mask pointer.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        )
-    };
+    // Signals stay blocked through the execve (see the module docs): the init resets them.
     let envp = &p.envp_ptrs[usize::from(!born_in_cgroup)];
     // SAFETY: path, argv and envp were built before the clone and are NUL-terminated
     // strings in NULL-terminated arrays.
@@ -333,38 +337,55 @@ unsafe fn child_exec(p: &Prepared, born_in_cgroup: bool) -> ! {
 /// Start the init. Returns its pid (in the host's pid namespace) and a pidfd for it.
 ///
 /// First `clone3` with `CLONE_INTO_CGROUP | CLONE_PIDFD`, so the init is born in its v2
-/// group and the pidfd comes atomically; on any error (an old kernel, a v1-only host) a plain
-/// `clone`, and the init joins the v2 group itself.
+/// group and the pidfd comes atomically, sharing the server's memory until its `execve` where
+/// it can (see the module docs); on any error (an old kernel, a v1-only host) a plain `clone`,
+/// and the init joins the v2 group itself.
 pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
+    // Inherited by the child, which must run no signal handler of the server; restored here
+    // when the clone returns.
+    let _blocked = sys::AllSignalsBlocked::new();
     if let Some(cgroup) = &p.cgroup {
         let mut pidfd: libc::c_int = -1;
-        let args = CloneArgs {
+        let mut args = CloneArgs {
             flags: p.clone_flags() as u64 | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
             exit_signal: libc::SIGCHLD as u64,
             cgroup: cgroup.as_raw_fd() as u64,
             ..CloneArgs::default()
         };
-        // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets
-        // a copy of the address space and continues here on its own copy of this stack.
-        // `args` is a valid clone_args of the size passed. The child branch only calls
-        // `child_exec`, which is async-signal-safe.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        match ret {
-            // SAFETY: we are the freshly cloned child.
-            0 => unsafe { child_exec(p, true) },
-            -1 => {}
-            pid => {
-                // SAFETY: CLONE_PIDFD stored a new fd that nothing else owns.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-                return Ok((pid as libc::pid_t, pidfd));
+        let ret = if p.userns.is_none() && VFORK_SUPPORTED {
+            let stack = StackLease::take()?;
+            args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+            args.stack = stack.base() as u64;
+            args.stack_size = stack.len() as u64;
+            // SAFETY: `args` is a valid clone_args whose stack is a mapping of ours that no
+            // other thread uses (the lease) and that outlives the child's use of it:
+            // CLONE_VFORK returns only once the child has exec'd or exited. `child_main` only
+            // makes async-signal-safe calls, on that stack, with every signal blocked.
+            unsafe { clone3_on_stack(&args, child_main, p as *const Prepared as *mut _) }
+        } else {
+            // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child
+            // gets a copy of the address space and continues here on its own copy of this
+            // stack. `args` is a valid clone_args of the size passed. The child branch only
+            // calls `child_exec`, which is async-signal-safe.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            match ret {
+                // SAFETY: we are the freshly cloned child.
+                0 => unsafe { child_exec(p, true) },
+                -1 => -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS) as libc::c_long),
+                pid => pid,
             }
+        };
+        if ret > 0 {
+            // SAFETY: CLONE_PIDFD stored a new fd that nothing else owns.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            return Ok((ret as libc::pid_t, pidfd));
         }
     }
     let flags = (p.clone_flags() | libc::SIGCHLD) as libc::c_ulong;
@@ -384,6 +405,111 @@ pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
             // SAFETY: reaping our own child, just killed.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             Err(e)
+        }
+    }
+}
+
+/// The child of [`clone3_on_stack`]: `arg` is the parent's [`Prepared`], readable because
+/// the parent sleeps in the clone (CLONE_VFORK) and the memory is shared (CLONE_VM).
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the `Prepared` that `clone_init` holds borrowed across the
+    // clone; we are the cloned child, which is what `child_exec` is for.
+    unsafe { child_exec(&*(arg as *const Prepared), true) }
+}
+
+/// Whether [`clone3_on_stack`] exists on this architecture.
+const VFORK_SUPPORTED: bool = cfg!(target_arch = "x86_64");
+
+/// `clone3(args)`, the child starting in `child(arg)` on the stack `args` names, and exiting
+/// with its return value should it return. Returns the child's pid, or `-errno`.
+///
+/// # Safety
+///
+/// `args` must be a valid `clone_args` with a stack the child may use for as long as it runs;
+/// with `CLONE_VM`, `child` shares the caller's memory and must keep to what a vfork child
+/// may do.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_on_stack(
+    args: &CloneArgs,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the caller vouches for `args` and `child`. In the parent the `syscall` returns
+    // with only rax, rcx and r11 changed (declared). The child starts at the same point with
+    // rax = 0 and the kernel's stack pointer at the top of its own, 16-byte aligned stack
+    // (the kernel adds the size to the base); r12 and r13 were copied with the registers, so
+    // it calls `child(arg)` there, and exits with the result if it ever returns. It never
+    // reaches the Rust code after the asm block, so nothing it does touches this frame.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_on_stack(
+    _args: &CloneArgs,
+    _child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> libc::c_long {
+    unreachable!("VFORK_SUPPORTED is false on this architecture")
+}
+
+/// Stacks for vfork children, kept for the next create: mapping and unmapping one per create
+/// would cost a TLB shoot-down across the server's threads each time.
+static STACKS: std::sync::Mutex<Vec<sys::ChildStack>> = std::sync::Mutex::new(Vec::new());
+
+/// A stack taken from [`STACKS`] (or made) for one clone, given back on drop.
+struct StackLease(Option<sys::ChildStack>);
+
+impl StackLease {
+    /// Usable size: the child runs `child_exec` and the C library's thin syscall wrappers.
+    const SIZE: usize = 64 * 1024;
+
+    fn take() -> io::Result<StackLease> {
+        let kept = STACKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let stack = match kept {
+            Some(s) => s,
+            None => sys::ChildStack::new(Self::SIZE)?,
+        };
+        Ok(StackLease(Some(stack)))
+    }
+
+    fn base(&self) -> *mut libc::c_void {
+        self.0.as_ref().expect("a leased stack").base()
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().expect("a leased stack").len()
+    }
+}
+
+impl Drop for StackLease {
+    fn drop(&mut self) {
+        if let Some(stack) = self.0.take() {
+            STACKS.lock().unwrap_or_else(|p| p.into_inner()).push(stack);
         }
     }
 }

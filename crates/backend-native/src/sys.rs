@@ -568,3 +568,104 @@ pub fn getpid() -> libc::pid_t {
     // SAFETY: getpid cannot fail and takes no arguments.
     unsafe { libc::getpid() }
 }
+
+/// A stack for a child that shares the server's memory until it execs (see
+/// `spawn::clone_init`), with an inaccessible guard page at its low end so that an overflow
+/// faults instead of writing over a neighbouring mapping.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a `ChildStack` is the sole owner of its mapping, which has no tie to the thread that
+// made it; using or unmapping it from another thread is sound.
+unsafe impl Send for ChildStack {}
+
+impl ChildStack {
+    const GUARD: usize = 4096;
+
+    /// A new mapping of `size` usable bytes plus the guard page.
+    pub fn new(size: usize) -> io::Result<ChildStack> {
+        let len = size + Self::GUARD;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks; it aliases
+        // nothing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page lies in the mapping just made, owned by `stack`.
+        check(unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+
+    /// The lowest address of the mapping (`clone_args.stack`).
+    pub fn base(&self) -> *mut libc::c_void {
+        self.base
+    }
+
+    /// Its whole length (`clone_args.stack_size`: the child starts at `base + len`).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `new` and is unmapped once, when no child runs on it.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Every signal blocked in the calling thread until dropped, which restores the previous
+/// mask. The raw system call, so that the C library's internal signals are blocked too.
+pub struct AllSignalsBlocked {
+    old: u64,
+}
+
+/// The kernel's signal set size on Linux (64 signals).
+const KERNEL_SIGSET_SIZE: usize = 8;
+
+impl AllSignalsBlocked {
+    /// Block them all.
+    pub fn new() -> AllSignalsBlocked {
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: both pointers refer to live 8-byte values, the kernel's sigset size; the
+        // kernel silently leaves SIGKILL and SIGSTOP unblocked.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                &mut old as *mut u64,
+                KERNEL_SIGSET_SIZE,
+            )
+        };
+        AllSignalsBlocked { old }
+    }
+}
+
+impl Drop for AllSignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: `old` is the live 8-byte mask saved by `new`; no old mask is asked for.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &self.old as *const u64,
+                std::ptr::null_mut::<u64>(),
+                KERNEL_SIGSET_SIZE,
+            )
+        };
+    }
+}
