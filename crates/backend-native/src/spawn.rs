@@ -378,7 +378,11 @@ pub(crate) fn clone_init(p: &Prepared) -> io::Result<(libc::pid_t, OwnedFd)> {
             match ret {
                 // SAFETY: we are the freshly cloned child.
                 0 => unsafe { child_exec(p, true) },
-                -1 => -(io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOSYS) as libc::c_long),
+                -1 => {
+                    -(io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::ENOSYS) as libc::c_long)
+                }
                 pid => pid,
             }
         };
