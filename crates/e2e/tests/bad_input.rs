@@ -93,21 +93,46 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         );
     }
 
-    // Deeply nested JSON: refused by the parser's depth limit, before anything deeper runs.
+    // Deeply nested JSON. The `/v1` types hold no free-form JSON: the first array where a
+    // string belongs is refused. The AgentScope routes parse free-form JSON: the parser's depth
+    // limit refuses it, before anything deeper runs (and before a deep value could exhaust the
+    // stack).
     for depth in [200, 100_000] {
         let body = format!(r#"{{"cmd": {}}}"#, nested(depth)).into_bytes();
         refused(
             send(&server, Method::POST, &exec, json_ct, body).await,
             StatusCode::BAD_REQUEST,
-            "recursion limit",
+            "expected a string",
             "deep exec",
         );
         let body = format!(r#"{{"metadata": {{"k": {}}}}}"#, nested(depth)).into_bytes();
         refused(
             send(&server, Method::POST, "/v1/sandboxes", json_ct, body).await,
             StatusCode::BAD_REQUEST,
-            "recursion limit",
+            "expected a string",
             "deep create",
+        );
+        let body = format!(r#"{{"command": {}}}"#, nested(depth)).into_bytes();
+        let path = format!("/proxy/sandboxd-{id}/tools/run_shell_command");
+        let (status, v) = send(&server, Method::POST, &path, json_ct, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "deep proxy body: {v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("recursion limit"), "deep proxy body: {v}");
+        // The RPC answers its protocol's 500 `Error in <method>: ...`, saying why.
+        let body = format!(
+            r#"{{"identity": "sandboxd-{id}", "tool_name": "run_shell_command", "arguments": {{"command": {}}}}}"#,
+            nested(depth)
+        );
+        let (status, v) = send(&server, Method::POST, "/call_tool", json_ct, body.into()).await;
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "deep RPC body: {v}"
+        );
+        assert!(
+            detail.starts_with("Error in call_tool: ") && detail.contains("recursion limit"),
+            "deep RPC body: {v}"
         );
     }
 
@@ -117,7 +142,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     refused(
         send(&server, Method::POST, &exec, json_ct, body).await,
         StatusCode::BAD_REQUEST,
-        "utf-8",
+        "invalid unicode",
         "exec with invalid UTF-8",
     );
     let (status, v) = send(

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use reqwest::{Method, StatusCode};
 use sandboxd_client::Client;
+use sandboxd_core::store::SandboxStore;
 use sandboxd_e2e::{Server, ServerOptions};
+use sandboxd_store::redis::RedisStore;
+use sandboxd_store::testing::RedisServer;
 use sandboxd_types::{CreateSandboxRequest, ErrorCode, ExecRequest};
 use serde_json::{json, Value};
 
@@ -378,4 +381,42 @@ async fn api_keys_keep_tenants_apart_and_out_of_the_log() {
     for token in [ADMIN, ALICE, BOB] {
         assert!(!text.contains(token), "a token is in the server's log");
     }
+}
+
+/// With the state in Redis, the owner is part of the stored record: a server that crashed and
+/// adopted its sandboxes again from Redis still keeps them apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_owner_survives_in_redis_and_a_restart() {
+    let redis = RedisServer::start();
+    let prefix = format!("e2e-tenants-{}", std::process::id());
+    let mut server = common::server_with(ServerOptions {
+        env: vec![
+            ("REDIS_ENABLED".into(), "true".into()),
+            ("REDIS_SERVER".into(), "127.0.0.1".into()),
+            ("REDIS_PORT".into(), redis.port.to_string()),
+            ("SANDBOXD_REDIS_PREFIX".into(), prefix.clone()),
+            ("AUTO_CLEANUP".into(), "false".into()),
+            ("API_KEYS".into(), format!("alice:{ALICE},bob:{BOB}")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (alice, bob) = (client(&server, ALICE), client(&server, BOB));
+    let a = alice.create(&create_req()).await.unwrap();
+    let store = RedisStore::connect(&redis.config(&prefix)).await.unwrap();
+    let rec = store
+        .get(&a.id)
+        .await
+        .unwrap()
+        .expect("the record is in Redis");
+    assert_eq!(rec.sandbox.metadata["sandboxd.tenant"], "alice");
+
+    server.kill_hard();
+    server.restart().await.unwrap();
+    let err = bob.get(&a.id).await.unwrap_err();
+    assert_eq!(api_code(&err), Some(ErrorCode::NotFound), "{err}");
+    assert!(bob.list(&BTreeMap::new()).await.unwrap().is_empty());
+    let r = sh(&alice, &a.id, "echo adopted").await;
+    assert_eq!(r.stdout, "adopted\n", "{r:?}");
+    alice.delete(&a.id).await.unwrap();
 }

@@ -1,4 +1,5 @@
-//! sandboxd's HTTP server: the `/v1` API over a [`Manager`], bearer-token auth, settings.
+//! sandboxd's HTTP server: the `/v1` API over a [`Manager`], bearer-token auth with named API
+//! keys as tenants ([`auth`]), settings.
 //!
 //! - [`router`] builds the axum [`Router`]; tests drive it with `tower::ServiceExt::oneshot`.
 //! - [`run`] is `sandboxd serve`: it builds the backend, store, templates and manager from

@@ -50,6 +50,8 @@ const MAX_SESSION_LEN: usize = 128;
 
 /// Create a sandbox and wait until it is ready. With `ports`, each port inside the sandbox is
 /// published on a free host port of the server's `PORT_RANGE` (listed in the reply's `ports`).
+/// Made with an API key, the sandbox is that key's (`metadata["sandboxd.tenant"]`), and its
+/// `session_id` names a workspace of that key's only.
 #[utoipa::path(
     post,
     path = "/v1/sandboxes",
@@ -58,7 +60,7 @@ const MAX_SESSION_LEN: usize = 128;
     request_body = CreateSandboxRequest,
     responses(
         (status = 201, description = "The sandbox is running", body = Sandbox),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 400, description = "Invalid request (also: a `metadata` key starting with `sandboxd.`, which the server sets)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox type (`unknown_type`)", body = ErrorBody),
         (status = 429, description = "`MAX_SANDBOX_INSTANCES` reached", body = ErrorBody),
         (status = 502, description = "The backend or the agent failed", body = ErrorBody),
@@ -122,8 +124,8 @@ pub(crate) fn metadata_filter(
     Ok(filter)
 }
 
-/// List sandboxes, oldest first. Filter by labels with query parameters
-/// `metadata.<key>=<value>` (all must match); no other parameter is accepted.
+/// List sandboxes, oldest first: with an API key, only that key's. Filter by labels with
+/// query parameters `metadata.<key>=<value>` (all must match); no other parameter is accepted.
 #[utoipa::path(
     get,
     path = "/v1/sandboxes",
