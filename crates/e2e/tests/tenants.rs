@@ -310,7 +310,7 @@ async fn api_keys_keep_tenants_apart_and_out_of_the_log() {
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(only_b, [b.id.clone()]);
+    assert_eq!(only_b, [b.id.as_str()]);
 
     // Alice's sandboxes are untouched and hers to use.
     let r = sh(&alice, &a.id, "cat /workspace/secret.txt").await;
