@@ -50,6 +50,7 @@ pub struct Server {
     port: u16,
     host: String,
     netns: Option<String>,
+    stderr: Option<PathBuf>,
 }
 
 /// Options of [`Server::start`].
@@ -65,6 +66,8 @@ pub struct ServerOptions {
     pub host: Option<String>,
     /// Listen on this port instead of a free one.
     pub port: Option<u16>,
+    /// Append the server's stderr (its log) to this file instead of the test's stderr.
+    pub stderr: Option<PathBuf>,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -110,6 +113,7 @@ impl Server {
             },
             host: opts.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
             netns: opts.netns.clone(),
+            stderr: opts.stderr.clone(),
         };
         server.url = format!("http://{}:{}", server.host, server.port);
         server.spawn().await?;
@@ -148,6 +152,14 @@ impl Server {
             .stdin(Stdio::null());
         for (k, v) in &self.args {
             cmd.env(k, v);
+        }
+        if let Some(p) = &self.stderr {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("open {}", p.display()))?;
+            cmd.stderr(log);
         }
         self.child = Some(
             cmd.spawn()

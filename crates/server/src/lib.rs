@@ -1,4 +1,5 @@
-//! sandboxd's HTTP server: the `/v1` API over a [`Manager`], bearer-token auth, settings.
+//! sandboxd's HTTP server: the `/v1` API over a [`Manager`], bearer-token auth with named API
+//! keys as tenants ([`auth`]), settings.
 //!
 //! - [`router`] builds the axum [`Router`]; tests drive it with `tower::ServiceExt::oneshot`.
 //! - [`run`] is `sandboxd serve`: it builds the backend, store, templates and manager from
@@ -81,8 +82,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     /// The sandbox manager.
     pub manager: Arc<Manager>,
-    /// The token API requests must carry (`BEARER_TOKEN`), if any.
-    pub bearer_token: Option<Arc<str>>,
+    /// The tokens API requests may carry: `BEARER_TOKEN` (the admin's) and the named API keys
+    /// (`API_KEYS`, `API_KEYS_FILE`), as digests. None: every route is open.
+    pub keys: Arc<auth::Keys>,
     /// Prefix of AgentScope container names (`CONTAINER_PREFIX_KEY`).
     pub container_prefix: Arc<str>,
     /// AgentScope's heartbeat (`HEARTBEAT_*`); by default no scanner.
@@ -101,10 +103,7 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("manager", &self.manager)
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("keys", &self.keys)
             .field("container_prefix", &self.container_prefix)
             .field("heartbeat", &self.heartbeat)
             .field("types", &self.types)
@@ -120,7 +119,7 @@ impl AppState {
         AppState {
             default_type: Arc::from(manager.config().default_type.as_str()),
             manager,
-            bearer_token: None,
+            keys: Default::default(),
             container_prefix: Arc::from(Settings::default().container_prefix_key.as_str()),
             heartbeat: Default::default(),
             types: Default::default(),
@@ -170,9 +169,19 @@ impl AppState {
         self
     }
 
-    /// Require `Authorization: Bearer <token>` (an empty token means none).
-    pub fn with_token(mut self, token: Option<String>) -> Self {
-        self.bearer_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+    /// Require `Authorization: Bearer <token>` (an empty token means none); the token is the
+    /// admin's, who sees every sandbox.
+    pub fn with_token(self, token: Option<String>) -> Self {
+        self.with_keys(token.as_deref(), &[])
+    }
+
+    /// Require a token: `admin` (`BEARER_TOKEN`, sees every sandbox) or one of the named API
+    /// keys (`(name, token)`, each seeing only its own sandboxes).
+    pub fn with_keys(mut self, admin: Option<&str>, keys: &[settings::ApiKey]) -> Self {
+        self.keys = Arc::new(auth::Keys::new(
+            admin,
+            keys.iter().map(|k| (k.name.as_str(), k.token())),
+        ));
         self
     }
 }
@@ -463,7 +472,7 @@ pub async fn start_with_backend(
             settings.sandbox_types.clone(),
             settings.default_sandbox_type(),
         )
-        .with_token(settings.bearer_token.clone())
+        .with_keys(settings.bearer_token.as_deref(), &settings.api_keys)
         .with_container_prefix(&settings.container_prefix_key)
         .with_heartbeat(
             settings.heartbeat_timeout_secs,
@@ -489,7 +498,8 @@ pub async fn start_with_backend(
         backend = backend_name,
         state_dir = %settings.state_dir.display(),
         templates = %if found.is_empty() { "none (run `sandboxd template build base`)".to_string() } else { found.join(",") },
-        auth = settings.bearer_token.is_some(),
+        auth = settings.bearer_token.is_some() || !settings.api_keys.is_empty(),
+        api_keys = settings.api_keys.len(),
         "sandboxd listening on http://{local}"
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

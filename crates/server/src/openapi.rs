@@ -66,7 +66,12 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The server's BEARER_TOKEN, when it has one"))
+                    .description(Some(
+                        "The server's `BEARER_TOKEN` (the admin's: every sandbox) or one of its \
+                         `API_KEYS` (a tenant's: only the sandboxes made with that key; another \
+                         tenant's sandbox answers 404, as one that does not exist). Needed on \
+                         every route but `/health` and `/openapi.json` when the server has any.",
+                    ))
                     .build(),
             ),
         );

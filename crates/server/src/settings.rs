@@ -233,6 +233,8 @@ pub const OUR_KEYS: &[&str] = &[
     "PORT",
     "WORKERS",
     "BEARER_TOKEN",
+    "API_KEYS",
+    "API_KEYS_FILE",
     "DEFAULT_SANDBOX_TYPE",
     "POOL_SIZE",
     "AUTO_CLEANUP",
@@ -378,8 +380,11 @@ pub struct Settings {
     pub port: u16,
     /// `WORKERS`: worker processes (only 1 is available).
     pub workers: u32,
-    /// `BEARER_TOKEN`: the token API requests must carry, if any.
+    /// `BEARER_TOKEN`: the admin's token (sees every sandbox), if any.
     pub bearer_token: Option<String>,
+    /// `API_KEYS` and `API_KEYS_FILE`: named API keys, each a tenant that sees only its own
+    /// sandboxes.
+    pub api_keys: Vec<ApiKey>,
     /// `DEFAULT_SANDBOX_TYPE`: the first is used when a request names no type; each gets a
     /// warm pool of `POOL_SIZE`.
     pub default_sandbox_types: Vec<String>,
@@ -454,6 +459,7 @@ impl fmt::Debug for Settings {
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("api_keys", &self.api_keys)
             .field("default_sandbox_types", &self.default_sandbox_types)
             .field("pool_size", &self.pool_size)
             .field("auto_cleanup", &self.auto_cleanup)
@@ -495,6 +501,7 @@ impl Default for Settings {
             port: 8000,
             workers: 1,
             bearer_token: None,
+            api_keys: Vec::new(),
             default_sandbox_types: vec!["base".into()],
             pool_size: 0,
             auto_cleanup: true,
@@ -670,6 +677,137 @@ fn parse_types(s: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Shortest token an API key may have.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Longest token an API key may have.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// One named API key (`API_KEYS`, `API_KEYS_FILE`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Its name: the tenant its sandboxes belong to (1 to 64 letters, digits, `-`, `_`).
+    pub name: String,
+    token: String,
+}
+
+impl ApiKey {
+    /// A key; [`check_api_keys`] says whether it may be used.
+    pub fn new(name: impl Into<String>, token: impl Into<String>) -> ApiKey {
+        ApiKey {
+            name: name.into(),
+            token: token.into(),
+        }
+    }
+
+    /// The token clients send.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Whether `name` can name an API key: 1 to 64 letters, digits, `-` and `_` (no `.`: a
+/// tenant's sessions are named `<name>.<session>`).
+pub fn valid_key_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// Parse API keys: a JSON object `{"name": "token", ...}`, or `name:token` entries separated
+/// by commas or new lines (blank lines and `#` comment lines are skipped). Errors name the
+/// entry (by key name or line), never the token.
+pub fn parse_api_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(trimmed)
+            .map_err(|e| {
+                // serde_json's message quotes no input, only a position.
+                format!("expected a JSON object of key name to token: {e}")
+            })?;
+        let mut keys = Vec::new();
+        for (name, token) in map {
+            match token {
+                serde_json::Value::String(t) => keys.push(ApiKey::new(name, t)),
+                _ => return Err(format!("the token of key {name:?} must be a string")),
+            }
+        }
+        return Ok(keys);
+    }
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        for entry in line.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((name, token)) = entry.split_once(':') else {
+                return Err(format!(
+                    "line {}: expected name:token entries (an entry has no ':')",
+                    i + 1
+                ));
+            };
+            keys.push(ApiKey::new(name.trim(), token.trim()));
+        }
+    }
+    Ok(keys)
+}
+
+/// Check API keys: valid names, tokens of [`MIN_TOKEN_LEN`] to [`MAX_TOKEN_LEN`] visible
+/// ASCII characters, no name or token twice, no token equal to `BEARER_TOKEN`'s.
+pub fn check_api_keys(keys: &[ApiKey], bearer_token: Option<&str>) -> Result<(), String> {
+    for (i, k) in keys.iter().enumerate() {
+        if !valid_key_name(&k.name) {
+            return Err(format!(
+                "key name {:?} must be 1 to 64 letters, digits, '-' or '_'",
+                k.name
+            ));
+        }
+        let name = &k.name;
+        if k.token.is_empty() {
+            return Err(format!("key {name} has an empty token"));
+        }
+        if !k.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the token of key {name} must be visible ASCII characters (no spaces)"
+            ));
+        }
+        if k.token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the token of key {name} is {} characters; at least {MIN_TOKEN_LEN} are needed",
+                k.token.len()
+            ));
+        }
+        if k.token.len() > MAX_TOKEN_LEN {
+            return Err(format!(
+                "the token of key {name} is longer than {MAX_TOKEN_LEN} characters"
+            ));
+        }
+        if keys[..i].iter().any(|o| o.name == k.name) {
+            return Err(format!("key name {name} is given twice"));
+        }
+        if let Some(o) = keys[..i].iter().find(|o| o.token == k.token) {
+            return Err(format!("keys {} and {name} have the same token", o.name));
+        }
+        if bearer_token == Some(k.token.as_str()) {
+            return Err(format!(
+                "key {name} has the token of BEARER_TOKEN (the admin's); give it its own"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn absolute(p: &str) -> Result<PathBuf, String> {
     if p.trim().is_empty() {
         return Err("a path is needed".into());
@@ -770,7 +908,7 @@ impl Settings {
         let mut s = Settings::default();
         let invalid = |key: &str, r: &Raw, reason: String| SettingsError::Invalid {
             key: key.to_string(),
-            shown: if key == "BEARER_TOKEN" || key == "REDIS_PASSWORD" {
+            shown: if matches!(key, "BEARER_TOKEN" | "REDIS_PASSWORD" | "API_KEYS") {
                 String::new()
             } else {
                 format!("={:?}", r.value)
@@ -822,6 +960,24 @@ impl Settings {
             }
             s.bearer_token = (!v.is_empty()).then(|| v.to_string());
         }
+        if let Some(r) = get("API_KEYS") {
+            s.api_keys = parse_api_keys(&r.value).map_err(|e| invalid("API_KEYS", r, e))?;
+        }
+        if let Some(r) = get("API_KEYS_FILE") {
+            let path = r.value.trim();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("API_KEYS_FILE", r, format!("cannot read it: {e}")))?;
+            let from_file = parse_api_keys(&text).map_err(|e| invalid("API_KEYS_FILE", r, e))?;
+            s.api_keys.extend(from_file);
+        }
+        check_api_keys(&s.api_keys, s.bearer_token.as_deref()).map_err(|e| {
+            let (key, r) = match (get("API_KEYS_FILE"), get("API_KEYS")) {
+                (Some(r), _) => ("API_KEYS_FILE", r),
+                (None, Some(r)) => ("API_KEYS", r),
+                (None, None) => unreachable!("no API keys, no duplicates"),
+            };
+            invalid(key, r, e)
+        })?;
         if let Some(r) = get("DEFAULT_SANDBOX_TYPE") {
             s.default_sandbox_types =
                 parse_types(&r.value).map_err(|e| invalid("DEFAULT_SANDBOX_TYPE", r, e))?;
@@ -1629,5 +1785,118 @@ mod tests {
         );
         assert!(parse_types("Base").is_err());
         assert!(parse_types("").is_err());
+    }
+
+    const A: &str = "alice-token-0123456789";
+    const B: &str = "bob-token-0123456789ab";
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        Settings::from_sources(&ServeArgs::default(), &env_of(pairs)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn api_keys_in_both_forms() {
+        let s = load(&[("API_KEYS", &format!("alice:{A}, bob:{B}"))]).unwrap();
+        let names: Vec<&str> = s.api_keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(s.api_keys[0].token(), A);
+        assert_eq!(s.bearer_token, None);
+        let s = load(&[("API_KEYS", &format!(r#"{{"alice": "{A}", "bob": "{B}"}}"#))]).unwrap();
+        assert_eq!(s.api_keys.len(), 2);
+        assert_eq!(s.api_keys[1].token(), B);
+        // Empty means none, as for BEARER_TOKEN.
+        assert!(load(&[("API_KEYS", " ")]).unwrap().api_keys.is_empty());
+        // The tokens never show in Debug output.
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(A) && !shown.contains(B), "{shown}");
+        assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn api_keys_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keys");
+        std::fs::write(&p, format!("# tenants\n\nalice:{A}\n  bob : {B}  \n")).unwrap();
+        let path = p.to_string_lossy().to_string();
+        let s = load(&[("API_KEYS_FILE", &path)]).unwrap();
+        let names: Vec<&str> = s.api_keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(s.api_keys[1].token(), B);
+        // Both sources add up; a name in both is a duplicate.
+        let s = load(&[
+            ("API_KEYS_FILE", &path),
+            ("API_KEYS", "carol:carol-token-0123456789"),
+        ])
+        .unwrap();
+        assert_eq!(s.api_keys.len(), 3);
+        let e = load(&[
+            ("API_KEYS_FILE", &path),
+            ("API_KEYS", &format!("alice:x{A}")),
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("API_KEYS_FILE") && e.contains("alice is given twice"),
+            "{e}"
+        );
+        std::fs::write(&p, format!("alice:{A}\nbob {B}\n")).unwrap();
+        let e = load(&[("API_KEYS_FILE", &path)]).unwrap_err();
+        assert!(e.contains("line 2") && !e.contains(B), "{e}");
+        let e = load(&[("API_KEYS_FILE", "/nonexistent/keys")]).unwrap_err();
+        assert!(
+            e.contains("API_KEYS_FILE") && e.contains("cannot read"),
+            "{e}"
+        );
+        // In a config file too.
+        let (_d, args) = with_file(&format!("API_KEYS_FILE={path}\n"));
+        std::fs::write(&p, format!("alice:{A}\n")).unwrap();
+        let s = Settings::from_sources(&args, &env_of(&[])).unwrap();
+        assert_eq!(s.api_keys.len(), 1);
+    }
+
+    #[test]
+    fn bad_api_keys_are_refused_without_showing_tokens() {
+        let cases: &[(String, &str)] = &[
+            ("alice:".into(), "key alice has an empty token"),
+            ("alice:short".into(), "at least 16"),
+            (
+                format!("alice:{A},alice:{B}"),
+                "key name alice is given twice",
+            ),
+            (
+                format!("alice:{A},bob:{A}"),
+                "keys alice and bob have the same token",
+            ),
+            (format!("al.ice:{A}"), "key name \"al.ice\""),
+            (format!(":{A}"), "key name \"\""),
+            (format!("alice:{A}\u{7f}"), "visible ASCII"),
+            (
+                format!("alice:{}", "x".repeat(MAX_TOKEN_LEN + 1)),
+                "longer than",
+            ),
+            (format!("alice{A}"), "expected name:token"),
+            (r#"{"alice": 5}"#.into(), "must be a string"),
+            (r#"{"alice": "#.into(), "JSON object"),
+        ];
+        for (value, wanted) in cases {
+            let e = load(&[("API_KEYS", value)]).unwrap_err();
+            assert!(
+                e.contains("API_KEYS") && e.contains(wanted),
+                "{value:?}: {e}"
+            );
+            for secret in [A, B, "short"] {
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+        // A key may not reuse the admin's token.
+        let e = load(&[("BEARER_TOKEN", A), ("API_KEYS", &format!("alice:{A}"))]).unwrap_err();
+        assert!(e.contains("BEARER_TOKEN") && !e.contains(A), "{e}");
+        // Beside BEARER_TOKEN is fine.
+        let s = load(&[
+            ("BEARER_TOKEN", "admin"),
+            ("API_KEYS", &format!("alice:{A}")),
+        ])
+        .unwrap();
+        assert_eq!(s.bearer_token.as_deref(), Some("admin"));
+        assert_eq!(s.api_keys.len(), 1);
     }
 }

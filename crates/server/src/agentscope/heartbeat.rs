@@ -29,6 +29,7 @@ use sandboxd_types::{Sandbox, SandboxState};
 use tokio::task::JoinHandle;
 
 use super::{now_ms, META_LAST_ACTIVE, META_SESSION_CTX_ID};
+use crate::auth::META_TENANT;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -123,8 +124,10 @@ async fn restore_session(state: &AppState, sandbox: &Sandbox) -> Result<Sandbox,
     let successor = manager.restore(&sandbox.id, timeout, env(sandbox)).await?;
     if let Some(session) = session {
         let filter = BTreeMap::from([(META_SESSION_CTX_ID.to_string(), session.clone())]);
+        let tenant = sandbox.metadata.get(META_TENANT);
         for other in manager.list(&filter).await? {
-            if other.state == SandboxState::Recycled {
+            // Only the same tenant's session.
+            if other.state == SandboxState::Recycled && other.metadata.get(META_TENANT) == tenant {
                 let _ = manager.set_metadata(&other.id, active()).await;
                 if let Err(e) = manager.restore(&other.id, timeout, env(&other)).await {
                     tracing::warn!(sandbox = %other.id, error = %e, "could not restore a sandbox of the session");
@@ -151,8 +154,9 @@ pub async fn scan_once(state: &AppState) {
         .collect();
     let timeout_ms = (state.heartbeat.timeout_secs.min(i64::MAX as u64 / 1000) * 1000) as i64;
     let now = now_ms();
-    // Session → (newest activity, its running sandboxes).
-    let mut sessions: HashMap<String, (i64, Vec<String>)> = HashMap::new();
+    // (Tenant, session) → (newest activity, its running sandboxes): two tenants' sessions of
+    // one name are two sessions.
+    let mut sessions: HashMap<(Option<String>, String), (i64, Vec<String>)> = HashMap::new();
     for (sb, _) in all {
         if sb.state != SandboxState::Running {
             continue;
@@ -165,13 +169,14 @@ pub async fn scan_once(state: &AppState) {
             .get(META_LAST_ACTIVE)
             .and_then(|t| t.parse::<i64>().ok())
             .unwrap_or(sb.created_at_ms);
+        let tenant = sb.metadata.get(META_TENANT).cloned();
         let entry = sessions
-            .entry(session.clone())
+            .entry((tenant, session.clone()))
             .or_insert((active, Vec::new()));
         entry.0 = entry.0.max(active);
         entry.1.push(sb.id);
     }
-    for (session, (active, ids)) in sessions {
+    for ((_, session), (active, ids)) in sessions {
         if now.saturating_sub(active) < timeout_ms {
             continue;
         }

@@ -54,6 +54,7 @@ use axum::Router;
 use sandboxd_core::CoreError;
 use sandboxd_types::{is_valid_sandbox_id, Sandbox, SandboxState};
 
+use crate::auth::Caller;
 use crate::AppState;
 
 pub mod error;
@@ -85,7 +86,9 @@ pub fn router() -> Router<AppState> {
             let name = method.route_name(asynchronous);
             r = r.route(
                 &format!("/{name}"),
-                post(move |state, headers, body| rpc::handle(method, name, state, headers, body)),
+                post(move |state, caller, headers, body| {
+                    rpc::handle(method, name, state, caller, headers, body)
+                }),
             );
         }
     }
@@ -120,12 +123,25 @@ pub fn sandbox_id_of<'a>(prefix: &str, identity: &'a str) -> Option<&'a str> {
 pub(crate) const MAX_REDIRECTS: usize = 16;
 
 /// The sandbox with this id, following `replaced_by` links to the newest successor, so that
-/// the name of a sandbox that was recycled and restored keeps working.
-pub(crate) async fn resolve(state: &AppState, id: &str) -> Result<Sandbox, CoreError> {
-    let mut sb = state.manager.get(id).await?;
+/// the name of a sandbox that was recycled and restored keeps working. A sandbox the caller
+/// may not see ([`Caller::may_see`]: another tenant's) is not found, as one that does not
+/// exist.
+pub(crate) async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Sandbox, CoreError> {
+    let visible = |sb: Sandbox| {
+        if caller.may_see(&sb) {
+            Ok(sb)
+        } else {
+            Err(CoreError::NotFound(id.to_string()))
+        }
+    };
+    let mut sb = visible(state.manager.get(id).await?)?;
     for _ in 0..MAX_REDIRECTS {
         match (sb.state, &sb.replaced_by) {
-            (SandboxState::Replaced, Some(next)) => sb = state.manager.get(next).await?,
+            (SandboxState::Replaced, Some(next)) => sb = visible(state.manager.get(next).await?)?,
             _ => break,
         }
     }

@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 
 use super::error::DetailError;
 use super::{mcp, resolve, sandbox_id_of, tools, type_of};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -124,8 +125,14 @@ async fn dispatch(state: &AppState, identity: &str, route: &str, req: Request) -
         )
     };
     let id = sandbox_id_of(&state.container_prefix, identity).ok_or_else(not_found)?;
+    // Set by the auth middleware; without it nobody's sandbox is anyone's.
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(not_found)?;
     // A replaced sandbox's name keeps working: follow it to its successor.
-    let sb = match resolve(state, id).await {
+    let sb = match resolve(state, &caller, id).await {
         Ok(sb) => sb,
         Err(CoreError::NotFound(_)) => return Err(not_found()),
         Err(e) => return Err(e.into()),

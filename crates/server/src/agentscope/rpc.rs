@@ -30,6 +30,7 @@ use super::{
     container_name, record, resolve, sandbox_id_of, tools, type_of, META_META, META_SANDBOX_TYPE,
     META_SESSION_CTX_ID,
 };
+use crate::auth::{Caller, META_TENANT};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -294,6 +295,7 @@ pub async fn handle(
     method: Method,
     name: &'static str,
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<Value>, RpcError> {
@@ -314,7 +316,7 @@ pub async fn handle(
         })?;
     let call = Call::parse(method, &body).map_err(fail)?;
     let base_url = base_url(&headers);
-    let data = run(&state, call, &base_url).await.map_err(fail)?;
+    let data = run(&state, &caller, call, &base_url).await.map_err(fail)?;
     Ok(axum::Json(serde_json::json!({ "data": data })))
 }
 
@@ -332,32 +334,53 @@ fn base_url(headers: &HeaderMap) -> String {
 }
 
 /// The sandbox an identity names (following a replaced sandbox to its successor), or
-/// upstream's "No container found" error.
-async fn sandbox(state: &AppState, identity: &str) -> Result<Sandbox, ApiError> {
+/// upstream's "No container found" error (also for another tenant's sandbox).
+async fn sandbox(state: &AppState, caller: &Caller, identity: &str) -> Result<Sandbox, ApiError> {
     let missing = || ApiError::not_found(format!("No container found with id: {identity}."));
     let id = sandbox_id_of(&state.container_prefix, identity).ok_or_else(missing)?;
-    match resolve(state, id).await {
+    match resolve(state, caller, id).await {
         Ok(sb) => Ok(sb),
         Err(CoreError::NotFound(_)) => Err(missing()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Do one call.
-pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, ApiError> {
+/// Do one call for `caller`, who only ever sees its own sandboxes ([`Caller::may_see`]).
+pub async fn run(
+    state: &AppState,
+    caller: &Caller,
+    call: Call,
+    base_url: &str,
+) -> Result<Value, ApiError> {
     let prefix = &*state.container_prefix;
     let manager = &state.manager;
+    // The caller's sandboxes among all of them.
+    let visible = || async {
+        Ok::<_, ApiError>(
+            manager
+                .list(&BTreeMap::new())
+                .await?
+                .into_iter()
+                .filter(|sb| caller.may_see(sb)),
+        )
+    };
     match call {
-        Call::CreateFromPool(a) => create(state, a, true).await,
-        Call::Create(a) => create(state, a, false).await,
+        Call::CreateFromPool(a) => create(state, caller, a, true).await,
+        Call::Create(a) => create(state, caller, a, false).await,
         Call::Release(a) => {
             let Some(id) = sandbox_id_of(prefix, &a.identity) else {
                 return Ok(Value::Bool(true));
             };
             // Releasing a replaced sandbox's name releases its successor, and the old record.
-            let target = match resolve(state, id).await {
+            let target = match resolve(state, caller, id).await {
                 Ok(sb) => sb.id,
-                Err(_) => id.to_string(),
+                // Gone, or another tenant's: "already released". A replaced record whose
+                // successor is gone is still removed.
+                Err(CoreError::NotFound(_)) => match manager.get(id).await {
+                    Ok(sb) if caller.may_see(&sb) => id.to_string(),
+                    _ => return Ok(Value::Bool(true)),
+                },
+                Err(e) => return Err(e.into()),
             };
             if target != id {
                 let _ = manager.delete(id).await;
@@ -377,33 +400,37 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
         }
         // Upstream stops and starts the container; here `stop` freezes the sandbox (its
         // processes and memory kept) and `start` lets it run on.
-        Call::Start(a) => Ok(Value::Bool(match sandbox(state, &a.identity).await {
-            Ok(sb) => manager.resume(&sb.id).await.is_ok(),
-            Err(_) => false,
-        })),
-        Call::Stop(a) => Ok(Value::Bool(match sandbox(state, &a.identity).await {
-            Ok(sb) => match manager.pause(&sb.id).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(sandbox = %sb.id, error = %e, "stop: could not pause");
-                    false
-                }
+        Call::Start(a) => Ok(Value::Bool(
+            match sandbox(state, caller, &a.identity).await {
+                Ok(sb) => manager.resume(&sb.id).await.is_ok(),
+                Err(_) => false,
             },
-            Err(_) => true,
-        })),
-        Call::GetStatus(a) => Ok(match sandbox(state, &a.identity).await {
+        )),
+        Call::Stop(a) => Ok(Value::Bool(
+            match sandbox(state, caller, &a.identity).await {
+                Ok(sb) => match manager.pause(&sb.id).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %sb.id, error = %e, "stop: could not pause");
+                        false
+                    }
+                },
+                Err(_) => true,
+            },
+        )),
+        Call::GetStatus(a) => Ok(match sandbox(state, caller, &a.identity).await {
             Ok(sb) => Value::String(record::status_of(sb.state).into()),
             Err(_) => Value::Null,
         }),
         Call::GetInfo(a) => {
-            let sb = sandbox(state, &a.identity).await?;
+            let sb = sandbox(state, caller, &a.identity).await?;
             let mount_dir = manager.config().mount_dir.join(&sb.session_id);
             let timeout = type_of(state, &sb).timeout_secs;
             let r = record::record(&sb, prefix, base_url, &mount_dir.to_string_lossy(), timeout);
             serde_json::to_value(r).map_err(ApiError::internal)
         }
         Call::CheckHealth(a) => {
-            let sb = sandbox(state, &a.identity).await?;
+            let sb = sandbox(state, caller, &a.identity).await?;
             let sb = touch(state, sb).await?;
             if sb.state != SandboxState::Running {
                 return Ok(Value::Bool(false));
@@ -412,7 +439,7 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
             Ok(Value::Bool(manager.stat(&sb.id, "").await.is_ok()))
         }
         Call::ListTools(a) => {
-            let sb = sandbox(state, &a.identity).await?;
+            let sb = sandbox(state, caller, &a.identity).await?;
             let sb = touch(state, sb).await?;
             let mcp = mcp::groups(manager, &sb.id).await?;
             Ok(tools::list(
@@ -422,7 +449,7 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
             ))
         }
         Call::CallTool(a) => {
-            let sb = sandbox(state, &a.identity).await?;
+            let sb = sandbox(state, caller, &a.identity).await?;
             let sb = touch(state, sb).await?;
             let Some(tool) = a.tool_name.filter(|t| !t.is_empty()) else {
                 return Ok(tools::error_result("tool_name is required."));
@@ -432,7 +459,7 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
             tools::call(manager, &sb.id, &ty, &tool, &args).await
         }
         Call::AddMcpServers(a) => {
-            let sb = sandbox(state, &a.identity).await?;
+            let sb = sandbox(state, caller, &a.identity).await?;
             let sb = touch(state, sb).await?;
             let overwrite = a.overwrite.unwrap_or(false);
             mcp::add_servers(manager, &sb.id, a.server_configs.as_ref(), overwrite).await
@@ -443,23 +470,22 @@ pub async fn run(state: &AppState, call: Call, base_url: &str) -> Result<Value, 
                 .list(&filter)
                 .await?
                 .into_iter()
-                .filter(|sb| is_live(sb.state))
+                .filter(|sb| caller.may_see(sb) && is_live(sb.state))
                 .map(|sb| Value::String(container_name(prefix, &sb.id)))
                 .collect();
             Ok(Value::Array(names))
         }
         Call::ListSessionKeys => {
-            let keys: BTreeSet<String> = manager
-                .list(&BTreeMap::new())
+            let keys: BTreeSet<String> = visible()
                 .await?
-                .into_iter()
                 .filter(|sb| is_live(sb.state))
                 .filter_map(|mut sb| sb.metadata.remove(META_SESSION_CTX_ID))
                 .collect();
             Ok(Value::Array(keys.into_iter().map(Value::String).collect()))
         }
+        // The admin's removes every sandbox (as upstream's); a tenant's, the tenant's.
         Call::Cleanup => {
-            let all = manager.list(&BTreeMap::new()).await?;
+            let all: Vec<Sandbox> = visible().await?.collect();
             let n = all.len();
             let removals = all.into_iter().map(|sb| async move {
                 match manager.delete(&sb.id).await {
@@ -523,7 +549,12 @@ fn env_value(key: &str, v: Value) -> Result<Option<String>, ApiError> {
 /// ([`SandboxType::pool`]) when there is one (binding the session in its metadata), else
 /// creates one cold; a request with environment variables of its own always creates cold,
 /// since a warm sandbox was started without them.
-async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Value, ApiError> {
+async fn create(
+    state: &AppState,
+    caller: &Caller,
+    a: CreateArgs,
+    from_pool: bool,
+) -> Result<Value, ApiError> {
     let manager = &state.manager;
     let requested = a
         .sandbox_type
@@ -550,6 +581,9 @@ async fn create(state: &AppState, a: CreateArgs, from_pool: bool) -> Result<Valu
         }
     }
     let mut metadata = BTreeMap::from([(META_SANDBOX_TYPE.to_string(), requested.clone())]);
+    if let Some(tenant) = caller.tenant() {
+        metadata.insert(META_TENANT.to_string(), tenant.to_string());
+    }
     if let Some(meta) = a.meta.filter(|m| !m.is_empty()) {
         match meta.get("session_ctx_id") {
             Some(Value::String(s)) if !s.is_empty() => {

@@ -68,8 +68,13 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
-/// A route that exists, called with a method it does not take.
-pub async fn method_not_allowed() -> Response {
+/// A route that exists, called with a method it does not take. AgentScope's routes answer
+/// as FastAPI does (`{"detail": "Method Not Allowed"}`), the others with the API's error.
+pub async fn method_not_allowed(uri: Uri) -> Response {
+    if crate::agentscope::is_agentscope_path(uri.path()) {
+        let body = serde_json::json!({ "detail": "Method Not Allowed" });
+        return (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response();
+    }
     let body = ErrorBody {
         error: sandboxd_types::ApiError {
             code: ErrorCode::InvalidRequest,

@@ -6,12 +6,52 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use sandboxd_types::{CreateSandboxRequest, ErrorBody, Sandbox, SandboxList, SetTimeoutRequest};
 
+use crate::auth::{Caller, META_TENANT, RESERVED_META_PREFIX};
 use crate::error::ApiError;
 use crate::extract::{Json, Query, SandboxIdPath};
 use crate::AppState;
 
+/// Bind a create request to its caller: a tenant's sandbox records the tenant in its metadata
+/// and its session is the tenant's own ([`Caller::session`]). Metadata keys under
+/// [`RESERVED_META_PREFIX`] are the server's: a request cannot set them.
+pub(crate) fn bind_to_caller(
+    caller: &Caller,
+    req: &mut CreateSandboxRequest,
+) -> Result<(), ApiError> {
+    if let Some(k) = req
+        .metadata
+        .keys()
+        .find(|k| k.starts_with(RESERVED_META_PREFIX))
+    {
+        return Err(ApiError::invalid(format!(
+            "metadata key {k:?} is reserved: keys starting with {RESERVED_META_PREFIX:?} are set by the server"
+        )));
+    }
+    if let Some(tenant) = caller.tenant() {
+        if let Some(session) = &req.session_id {
+            if !sandboxd_types::is_valid_session_id(session)
+                || caller.session(session).len() > MAX_SESSION_LEN
+            {
+                return Err(ApiError::invalid(format!(
+                    "session_id must be 1..{} characters of letters, digits, '-', '_' and '.' \
+                     (128 less the API key's name and one)",
+                    MAX_SESSION_LEN - tenant.len() - 1
+                )));
+            }
+            req.session_id = Some(caller.session(session));
+        }
+        req.metadata.insert(META_TENANT.into(), tenant.to_string());
+    }
+    Ok(())
+}
+
+/// Longest session id the core takes (`sandboxd_types::is_valid_session_id`).
+const MAX_SESSION_LEN: usize = 128;
+
 /// Create a sandbox and wait until it is ready. With `ports`, each port inside the sandbox is
 /// published on a free host port of the server's `PORT_RANGE` (listed in the reply's `ports`).
+/// Made with an API key, the sandbox is that key's (`metadata["sandboxd.tenant"]`), and its
+/// `session_id` names a workspace of that key's only.
 #[utoipa::path(
     post,
     path = "/v1/sandboxes",
@@ -20,7 +60,7 @@ use crate::AppState;
     request_body = CreateSandboxRequest,
     responses(
         (status = 201, description = "The sandbox is running", body = Sandbox),
-        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 400, description = "Invalid request (also: a `metadata` key starting with `sandboxd.`, which the server sets)", body = ErrorBody),
         (status = 404, description = "Unknown sandbox type (`unknown_type`)", body = ErrorBody),
         (status = 429, description = "`MAX_SANDBOX_INSTANCES` reached", body = ErrorBody),
         (status = 502, description = "The backend or the agent failed", body = ErrorBody),
@@ -30,9 +70,11 @@ use crate::AppState;
 )]
 pub async fn create(
     State(state): State<AppState>,
-    Json(req): Json<CreateSandboxRequest>,
+    caller: Caller,
+    Json(mut req): Json<CreateSandboxRequest>,
 ) -> Result<(StatusCode, axum::Json<Sandbox>), ApiError> {
     sandboxd_types::check_ports(&req.ports).map_err(ApiError::invalid)?;
+    bind_to_caller(&caller, &mut req)?;
     // Bound first, so that a full range fails before a sandbox is made; a failed create drops
     // the listeners (the ports are free again).
     let reserved = state.ports.reserve(&req.ports)?;
@@ -54,8 +96,8 @@ pub async fn create(
         });
         task.await.map_err(ApiError::internal)??
     };
-    tracing::info!(sandbox = %sandbox.id, r#type = %sandbox.sandbox_type, ports = sandbox.ports.len(), "sandbox created");
-    Ok((StatusCode::CREATED, axum::Json(sandbox)))
+    tracing::info!(sandbox = %sandbox.id, r#type = %sandbox.sandbox_type, ports = sandbox.ports.len(), tenant = caller.tenant(), "sandbox created");
+    Ok((StatusCode::CREATED, axum::Json(caller.view(sandbox))))
 }
 
 /// Parse the listing's query: only `metadata.<key>=<value>` pairs are allowed.
@@ -82,8 +124,8 @@ pub(crate) fn metadata_filter(
     Ok(filter)
 }
 
-/// List sandboxes, oldest first. Filter by labels with query parameters
-/// `metadata.<key>=<value>` (all must match); no other parameter is accepted.
+/// List sandboxes, oldest first: with an API key, only that key's. Filter by labels with
+/// query parameters `metadata.<key>=<value>` (all must match); no other parameter is accepted.
 #[utoipa::path(
     get,
     path = "/v1/sandboxes",
@@ -96,10 +138,18 @@ pub(crate) fn metadata_filter(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<axum::Json<SandboxList>, ApiError> {
     let filter = metadata_filter(pairs)?;
-    let sandboxes = state.manager.list(&filter).await?;
+    let sandboxes = state
+        .manager
+        .list(&filter)
+        .await?
+        .into_iter()
+        .filter(|sb| caller.may_see(sb))
+        .map(|sb| caller.view(sb))
+        .collect();
     Ok(axum::Json(SandboxList { sandboxes }))
 }
 
@@ -117,9 +167,10 @@ pub async fn list(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     SandboxIdPath(id): SandboxIdPath,
 ) -> Result<axum::Json<Sandbox>, ApiError> {
-    Ok(axum::Json(state.manager.get(&id).await?))
+    Ok(axum::Json(caller.view(state.manager.get(&id).await?)))
 }
 
 /// Kill a sandbox and forget it; its workspace stays on the host.
@@ -161,12 +212,13 @@ pub async fn delete(
 )]
 pub async fn set_timeout(
     State(state): State<AppState>,
+    caller: Caller,
     SandboxIdPath(id): SandboxIdPath,
     Json(req): Json<SetTimeoutRequest>,
 ) -> Result<axum::Json<Sandbox>, ApiError> {
-    Ok(axum::Json(
+    Ok(axum::Json(caller.view(
         state.manager.set_timeout(&id, req.timeout_secs).await?,
-    ))
+    )))
 }
 
 /// Freeze a running sandbox: its processes and memory are kept, nothing runs, and requests to
@@ -186,9 +238,10 @@ pub async fn set_timeout(
 )]
 pub async fn pause(
     State(state): State<AppState>,
+    caller: Caller,
     SandboxIdPath(id): SandboxIdPath,
 ) -> Result<axum::Json<Sandbox>, ApiError> {
-    Ok(axum::Json(state.manager.pause(&id).await?))
+    Ok(axum::Json(caller.view(state.manager.pause(&id).await?)))
 }
 
 /// Let a paused sandbox run on where it stopped.
@@ -207,7 +260,8 @@ pub async fn pause(
 )]
 pub async fn resume(
     State(state): State<AppState>,
+    caller: Caller,
     SandboxIdPath(id): SandboxIdPath,
 ) -> Result<axum::Json<Sandbox>, ApiError> {
-    Ok(axum::Json(state.manager.resume(&id).await?))
+    Ok(axum::Json(caller.view(state.manager.resume(&id).await?)))
 }
