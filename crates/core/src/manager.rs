@@ -1153,6 +1153,7 @@ impl Manager {
             }
         };
         if let Some(sb) = &handed {
+            self.pools.handed_out();
             tracing::debug!(
                 sandbox = %sb.id,
                 pool,
@@ -1272,6 +1273,7 @@ impl Manager {
                 continue;
             };
             for _ in 0..missing {
+                self.pools.wait_for_quiet().await;
                 let _refilling = self.pools.refilling.lock().await;
                 if self.pools.stopped.load(Ordering::Relaxed) {
                     return;

@@ -30,6 +30,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use sandboxd_types::Resources;
 use tokio::sync::Notify;
 
@@ -66,6 +68,16 @@ impl PoolSpec {
 /// room under the instance limit came back).
 pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long after a hand-out the refill waits before it starts a warm sandbox. The caller of a
+/// hand-out runs its first command right away, and a create beside it on a machine of few
+/// cores delays that command by about the create's own cost (measured: the warm-pool figure
+/// of the benchmark). A refill that waits for this quiet spell stays off that path; under a
+/// steady stream of hand-outs it still runs, [`REFILL_QUIET_MAX`] after the first waiting one.
+pub(crate) const REFILL_QUIET: Duration = Duration::from_millis(20);
+
+/// The longest a refill waits for quiet after hand-outs (see [`REFILL_QUIET`]).
+pub(crate) const REFILL_QUIET_MAX: Duration = Duration::from_millis(200);
+
 /// The pools' state inside the manager.
 #[derive(Debug, Default)]
 pub(crate) struct Pools {
@@ -81,9 +93,32 @@ pub(crate) struct Pools {
     pub(crate) failing: Mutex<HashSet<String>>,
     /// Set once the pools are stopped (shutdown): no refill any more.
     pub(crate) stopped: AtomicBool,
+    /// When the last hand-out happened (see [`REFILL_QUIET`]).
+    pub(crate) last_hand_out: Mutex<Option<Instant>>,
 }
 
 impl Pools {
+    /// Note a hand-out, for [`Pools::wait_for_quiet`].
+    pub(crate) fn handed_out(&self) {
+        *self.last_hand_out.lock().unwrap() = Some(Instant::now());
+    }
+
+    /// Wait until no hand-out happened for [`REFILL_QUIET`], or [`REFILL_QUIET_MAX`] passed.
+    pub(crate) async fn wait_for_quiet(&self) {
+        let started = Instant::now();
+        loop {
+            let last = *self.last_hand_out.lock().unwrap();
+            let Some(since) = last.map(|t| t.elapsed()) else {
+                return;
+            };
+            let waited = started.elapsed();
+            if since >= REFILL_QUIET || waited >= REFILL_QUIET_MAX {
+                return;
+            }
+            tokio::time::sleep((REFILL_QUIET - since).min(REFILL_QUIET_MAX - waited)).await;
+        }
+    }
+
     /// Queue a new warm sandbox.
     pub(crate) fn push(&self, pool: &str, id: String) {
         self.queues
@@ -157,5 +192,18 @@ mod tests {
         assert_eq!(p.pop("b"), None);
         assert_eq!(p.pop("a").as_deref(), Some("2"));
         assert_eq!(p.pop_any(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refill_waits_for_quiet_after_a_hand_out_but_not_forever() {
+        let p = Pools::default();
+        let t0 = tokio::time::Instant::now();
+        p.wait_for_quiet().await;
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no hand-out yet: no wait");
+        p.handed_out();
+        let t0 = tokio::time::Instant::now();
+        p.wait_for_quiet().await;
+        assert!(t0.elapsed() >= REFILL_QUIET - Duration::from_millis(1));
+        assert!(t0.elapsed() < REFILL_QUIET_MAX);
     }
 }
