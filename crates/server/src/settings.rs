@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use sandboxd_core::backend::ReadonlyMount;
+use sandboxd_core::manager::check_resources;
 use sandboxd_core::templates::Templates;
 
 use crate::agentscope::types::{ExtensionError, TypeRegistry};
@@ -103,6 +104,10 @@ pub struct ServeArgs {
     /// Default sandbox lifetime in seconds, 0 = never [env: SANDBOX_TIMEOUT] [default: 300].
     #[arg(long, value_name = "SECS")]
     pub sandbox_timeout: Option<String>,
+    /// Default disk limit of a sandbox in MiB, each of its writable root layer and /tmp,
+    /// 0 = none [env: SANDBOXD_DISK_MB] [default: 256].
+    #[arg(long, value_name = "MB")]
+    pub disk_mb: Option<String>,
     /// Cgroup under which sandboxes' cgroups are made [env: SANDBOXD_CGROUP_PARENT]
     /// [default: sandboxd].
     #[arg(long, value_name = "NAME")]
@@ -143,7 +148,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 24] = [
+        let all: [(&'static str, &'static str, &Option<String>); 25] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -192,6 +197,7 @@ impl ServeArgs {
                 "--sandbox-timeout",
                 &self.sandbox_timeout,
             ),
+            ("SANDBOXD_DISK_MB", "--disk-mb", &self.disk_mb),
             (
                 "SANDBOXD_CGROUP_PARENT",
                 "--cgroup-parent",
@@ -245,6 +251,7 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_RUN_DIR",
     "SANDBOXD_TEMPLATES_DIR",
     "SANDBOX_TIMEOUT",
+    "SANDBOXD_DISK_MB",
     "SANDBOXD_CGROUP_PARENT",
     "SANDBOXD_INIT_BIN",
     "SANDBOXD_AGENT_BIN",
@@ -405,6 +412,8 @@ pub struct Settings {
     pub templates_dir: Option<PathBuf>,
     /// `SANDBOX_TIMEOUT`: default sandbox lifetime in seconds (0 = never).
     pub sandbox_timeout_secs: u64,
+    /// `SANDBOXD_DISK_MB`: default disk limit of a sandbox in MiB (0 = none).
+    pub disk_mb: u64,
     /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
     pub cgroup_parent: String,
     /// `SANDBOXD_INIT_BIN`: the native backend's init binary (default: next to the executable).
@@ -466,6 +475,7 @@ impl fmt::Debug for Settings {
             .field("run_dir", &self.run_dir)
             .field("templates_dir", &self.templates_dir)
             .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
+            .field("disk_mb", &self.disk_mb)
             .field("cgroup_parent", &self.cgroup_parent)
             .field("init_bin", &self.init_bin)
             .field("agent_bin", &self.agent_bin)
@@ -507,6 +517,7 @@ impl Default for Settings {
             run_dir: "/run/sandboxd".into(),
             templates_dir: None,
             sandbox_timeout_secs: 300,
+            disk_mb: 256,
             cgroup_parent: "sandboxd".into(),
             init_bin: None,
             agent_bin: None,
@@ -889,6 +900,23 @@ impl Settings {
                     "expected a number of seconds (0 = never)".into(),
                 )
             })?;
+        }
+        if let Some(r) = get("SANDBOXD_DISK_MB") {
+            let mb: u64 = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "SANDBOXD_DISK_MB",
+                    r,
+                    "expected a number of MiB (0 = no limit)".into(),
+                )
+            })?;
+            if mb != 0 {
+                check_resources(&sandboxd_types::Resources {
+                    disk_mb: Some(mb),
+                    ..Default::default()
+                })
+                .map_err(|e| invalid("SANDBOXD_DISK_MB", r, e))?;
+            }
+            s.disk_mb = mb;
         }
         if let Some(r) = get("SANDBOXD_CGROUP_PARENT") {
             let v = r.value.trim().trim_matches('/');
