@@ -1947,6 +1947,20 @@ mod tests {
     }
 
     #[test]
+    fn disk_limits_are_checked() {
+        let disk = |mb| Resources {
+            disk_mb: Some(mb),
+            ..Default::default()
+        };
+        assert!(check_resources(&disk(16)).is_ok());
+        assert!(check_resources(&disk(1 << 24)).is_ok());
+        let e = check_resources(&disk(15)).unwrap_err();
+        assert!(e.contains("resources.disk_mb"), "{e}");
+        assert!(check_resources(&disk((1 << 24) + 1)).is_err());
+        assert!(check_resources(&Resources::default()).is_ok());
+    }
+
+    #[test]
     fn expiry_handles_never_and_overflow() {
         assert_eq!(expiry(1000, 0), None);
         assert_eq!(expiry(1000, 2), Some(3000));

@@ -1396,6 +1396,30 @@ mod tests {
     }
 
     #[test]
+    fn disk_limit() {
+        let parse = |v: &str| {
+            Settings::from_sources(&ServeArgs::default(), &env_of(&[("SANDBOXD_DISK_MB", v)]))
+        };
+        assert_eq!(Settings::default().disk_mb, 256);
+        assert_eq!(parse("1024").unwrap().disk_mb, 1024);
+        assert_eq!(parse("0").unwrap().disk_mb, 0);
+        for bad in ["8", "lots", "-1"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("SANDBOXD_DISK_MB"), "{bad}: {e}");
+        }
+        let args = ServeArgs {
+            disk_mb: Some("512".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::from_sources(&args, &env_of(&[("SANDBOXD_DISK_MB", "64")]))
+                .unwrap()
+                .disk_mb,
+            512
+        );
+    }
+
+    #[test]
     fn state_dir_moves_the_default_mount_dir() {
         let args = ServeArgs {
             state_dir: Some("/tmp/sbx".into()),

@@ -1728,33 +1728,43 @@ out("ioperm", sc(173, 0x80, 1, 1))
             name: "gain privileges through a setuid-root binary",
             script: Script::Py(
                 r#"
-import shutil
-code = "import os; print('euid', os.geteuid(), [l.strip() for l in open('/proc/self/status') if l.startswith('CapEff')])"
+# The sandbox's root has no capabilities (and cannot become another user without them):
+# a setuid-root binary would give back a full set, unless no_new_privs holds.
+import shutil, subprocess
+def capeff():
+    return [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+out("before", capeff())
+code = "print('after', [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0], 'euid', __import__('os').geteuid())"
 for d in ("/workspace", "/tmp", "/usr/local/bin"):
     p = d + "/suid-py"
     try:
         shutil.copy("/usr/bin/python3", p)
-        os.chown(p, 0, 0)
         os.chmod(p, 0o4755)
+        out(p, oct(os.stat(p).st_mode))
+        out(subprocess.run([p, "-c", code], capture_output=True, text=True).stdout.strip())
     except Exception as e:
-        out(p, "ERR", type(e).__name__)
-        continue
-    out(p, oct(os.stat(p).st_mode))
-    pid = os.fork()
-    if pid == 0:
-        os.setgid(65534)
-        os.setuid(65534)
-        os.execv(p, [p, "-c", code])
-    os.waitpid(pid, 0)
+        out(p, "ERR", type(e).__name__, e)
 "#,
             ),
             check: |ctx, run| {
                 Box::pin(async move {
-                    if run.out.contains("euid 0") {
-                        return Verdict::Survived("a setuid-root binary gave euid 0".into());
-                    }
-                    if !run.out.contains("euid 65534") {
+                    let hex = |prefix: &str| -> Vec<u64> {
+                        run.out
+                            .lines()
+                            .filter_map(|l| l.strip_prefix(prefix))
+                            .filter_map(|l| l.split_whitespace().next())
+                            .filter_map(|h| u64::from_str_radix(h, 16).ok())
+                            .collect()
+                    };
+                    let (before, after) = (hex("before "), hex("after "));
+                    let Some(&before) = before.first() else {
                         return Verdict::Survived(format!("the probe did not run: {}", gist(run)));
+                    };
+                    if after.is_empty() {
+                        return Verdict::Survived(format!("the setuid binary did not run: {}", gist(run)));
+                    }
+                    if let Some(a) = after.iter().find(|a| *a & !before != 0) {
+                        return Verdict::Survived(format!("a setuid-root binary gained capabilities {a:x}"));
                     }
                     verdict(leaked(run, &secrets(ctx)), run)
                 })
