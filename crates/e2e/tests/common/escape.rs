@@ -371,7 +371,7 @@ fn verdict(survived: Option<String>, run: &Run) -> Verdict {
 }
 
 /// The secrets of the host and of the victim, and the host disk's superblock.
-fn secrets<'a>(ctx: &'a Ctx) -> Vec<(&'a str, &'static str)> {
+fn secrets(ctx: &Ctx) -> Vec<(&str, &'static str)> {
     vec![
         (
             ctx.token.as_str(),
