@@ -367,6 +367,18 @@ impl DockerBackend {
                     })
                     .collect()
                 }),
+                // The disk limit: the engine's own storage seldom limits a container's layer
+                // (`--storage-opt size` needs overlay2 on XFS with project quotas), but /tmp
+                // can be a tmpfs of that size (its pages count against the memory limit).
+                tmpfs: (spec.limits.disk_bytes > 0).then(|| {
+                    HashMap::from([(
+                        "/tmp".to_string(),
+                        format!(
+                            "rw,nosuid,nodev,mode=1777,size={}k",
+                            spec.limits.disk_bytes.div_ceil(1024)
+                        ),
+                    )])
+                }),
                 network_mode: Some("none".into()),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),

@@ -238,6 +238,12 @@ impl GvisorBackend {
                 "options": ["rbind", if ro { "ro" } else { "rw" }],
             })
         };
+        // The disk limit bounds /tmp (a tmpfs of gVisor's kernel, in the box's memory); the
+        // root layer is gVisor's overlay file on the host, which runsc does not bound.
+        let mut tmp_options = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+        if spec.limits.disk_bytes > 0 {
+            tmp_options.push(format!("size={}k", spec.limits.disk_bytes.div_ceil(1024)));
+        }
         let mut mounts = vec![
             json!({"destination": "/proc", "type": "proc", "source": "proc"}),
             json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -249,7 +255,7 @@ impl GvisorBackend {
             json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                    "options": ["nosuid", "noexec", "nodev", "ro"]}),
             json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "nodev", "mode=1777"]}),
+                   "options": tmp_options}),
             bind(&self.config.agent_bin, AGENT_IN_BOX, true),
             bind(socket_dir, RUN_IN_BOX, false),
             bind(&spec.workspace, "/workspace", false),

@@ -88,8 +88,9 @@ impl BoxPaths {
         let dir = config.state_dir.join("boxes").join(id);
         let run = config.run_dir.join(id);
         BoxPaths {
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            // In a directory of their own: a disk limit mounts a tmpfs over it.
+            upper: dir.join("layer/upper"),
+            work: dir.join("layer/work"),
             rootfs: dir.join("rootfs"),
             log: dir.join("init.log"),
             socket: run.join("agent.sock"),
@@ -503,7 +504,12 @@ fn create_blocking(
         pid: None,
         armed: true,
     };
-    for dir in [&paths.upper, &paths.work, &paths.rootfs] {
+    for dir in [
+        &paths.dir.join("layer"),
+        &paths.upper,
+        &paths.work,
+        &paths.rootfs,
+    ] {
         fs::create_dir(dir).map_err(NativeError::io(format!("create {}", dir.display())))?;
     }
     fs::DirBuilder::new()
@@ -546,6 +552,7 @@ fn create_blocking(
             .map(|m| (m.host.clone(), m.guest.clone()))
             .collect(),
         tmp_size_mb: inner.config.tmp_size_mb,
+        disk_mb: spec.limits.disk_bytes.div_ceil(1 << 20),
         cgroup_join: join.v1_tasks.clone(),
         agent_env: agent_env(&spec.env, &hostname),
         agent_argv: vec![crate::config::AGENT_BIN_NAME.to_string()],

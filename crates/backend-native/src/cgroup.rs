@@ -1120,6 +1120,7 @@ mod tests {
         memory_bytes: 32 << 20,
         cpu_millis: 500,
         pids: 32,
+        disk_bytes: 0,
     };
 
     #[test]

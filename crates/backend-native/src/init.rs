@@ -79,6 +79,11 @@ pub struct InitConfig {
     pub readonly_mounts: Vec<(PathBuf, PathBuf)>,
     /// Size of `/tmp` and `/dev/shm`, in MiB.
     pub tmp_size_mb: u64,
+    /// The box's disk limit in MiB (0 = none): the overlay's upper and work directories are
+    /// then on a tmpfs of that size mounted on their parent directory, and `/tmp` has that
+    /// size instead of `tmp_size_mb`.
+    #[serde(default)]
+    pub disk_mb: u64,
     /// Cgroup files to write `0` to (v1 `tasks`, and the v2 `cgroup.procs` when the host
     /// could not start the init inside its v2 group).
     pub cgroup_join: Vec<PathBuf>,
@@ -172,13 +177,20 @@ fn run() -> Result<Infallible, InitError> {
         None,
     )
     .map_err(at("make mounts private", "/"))?;
+    if cfg.disk_mb > 0 {
+        mount_layer(&cfg)?;
+    }
     mount_overlay(&cfg)?;
     let sources = Sources::open(&cfg)?;
     enter_root(&cfg.rootfs)?;
     mount_dev(&sources.devices, cfg.tmp_size_mb, cfg.rootless)?;
     mount_proc(&sources.proc)?;
     mount_sys(&sources.sysfs)?;
-    mount_tmp(cfg.tmp_size_mb)?;
+    mount_tmp(if cfg.disk_mb > 0 {
+        cfg.disk_mb
+    } else {
+        cfg.tmp_size_mb
+    })?;
     attach(&sources.workspace, Path::new("/workspace"), true)?;
     for (fd, guest, is_dir) in &sources.readonly {
         attach(fd, guest, *is_dir)?;
@@ -195,6 +207,30 @@ fn join_cgroups(files: &[PathBuf]) -> Result<(), InitError> {
     }
     // After joining, so that the box's cgroup root is its own group.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(at("unshare", "CLONE_NEWCGROUP"))
+}
+
+/// The disk limit of the writable root layer: a tmpfs of `disk_mb` over the directory that
+/// holds the upper and work directories. A tmpfs because this kernel may have no quotas (and
+/// the host's file system no project quotas) and a loop-mounted image costs a file system per
+/// box; its pages count against the box's memory limit, and it vanishes with the box's mount
+/// namespace, so nothing is left to clean up.
+fn mount_layer(cfg: &InitConfig) -> Result<(), InitError> {
+    let layer = cfg
+        .upper
+        .parent()
+        .ok_or_else(|| InitError::Config("the upper directory has no parent".into()))?;
+    tmpfs(
+        layer,
+        libc::MS_NOSUID | libc::MS_NODEV,
+        &format!("mode=700,size={}m", cfg.disk_mb),
+    )?;
+    for dir in [&cfg.upper, &cfg.work] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir)
+            .map_err(at("mkdir", dir))?;
+    }
+    Ok(())
 }
 
 fn mount_overlay(cfg: &InitConfig) -> Result<(), InitError> {

@@ -142,7 +142,7 @@ async fn template_and_host_files_are_out_of_reach() {
         fs::symlink_metadata(fx.template.join("bin/ls")).is_ok(),
         "the template lost a file"
     );
-    let upper = fx.backend.box_dir("fs1").join("upper");
+    let upper = fx.backend.box_dir("fs1").join("layer/upper");
     assert_eq!(fs::read_to_string(upper.join("bin/x")).unwrap(), "new\n");
     // The box's /tmp is its own.
     assert!(!std::path::Path::new("/tmp").join(&marker).exists());
@@ -584,6 +584,7 @@ fn fx_spec(root: &std::path::Path, id: &str) -> sandboxd_core::backend::BoxSpec 
             memory_bytes: 128 << 20,
             cpu_millis: 500,
             pids: 64,
+            disk_bytes: 0,
         },
         hostname: id.to_string(),
         image: None,

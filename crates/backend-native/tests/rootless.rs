@@ -397,6 +397,7 @@ fn spec(root: &Path, id: &str, template: &str) -> BoxSpec {
             memory_bytes: 256 << 20,
             cpu_millis: 1000,
             pids: 256,
+            disk_bytes: 0,
         },
         hostname: format!("{id}-host"),
         image: None,
@@ -607,7 +608,7 @@ async fn helper_server(root: &Path, parent: &str) {
     assert!(out.ok(), "{out:?}");
     assert!(out.stdout.contains(" 0        0 "), "{out:?}");
     assert!(out.stdout.contains("new\nf\n/root2\n"), "{out:?}");
-    let upper = backend.box_dir("r2").join("upper");
+    let upper = backend.box_dir("r2").join("layer/upper");
     assert_eq!(fs::read_to_string(upper.join("bin/x")).unwrap(), "new\n");
     assert_eq!(fs::metadata(upper.join("bin/x")).unwrap().uid(), UID);
     // A directory the box leaves without permissions does not stop destroy.

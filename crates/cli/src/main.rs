@@ -107,6 +107,9 @@ struct CreateArgs {
     /// Most processes and threads.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
+    /// Disk limit in MiB (the writable root layer and /tmp, each).
+    #[arg(long, value_name = "MB")]
+    disk: Option<u64>,
     /// Label (repeatable); `ls --metadata` filters on them.
     #[arg(long, short = 'm', value_name = "K=V", value_parser = parse_kv)]
     metadata: Vec<(String, String)>,
@@ -328,11 +331,14 @@ where
 
 async fn create(c: &Client, a: CreateArgs) -> Result<ExitCode> {
     let resources =
-        (a.memory.is_some() || a.cpus.is_some() || a.pids.is_some()).then_some(Resources {
-            memory_mb: a.memory,
-            cpus: a.cpus,
-            pids: a.pids,
-        });
+        (a.memory.is_some() || a.cpus.is_some() || a.pids.is_some() || a.disk.is_some()).then_some(
+            Resources {
+                memory_mb: a.memory,
+                cpus: a.cpus,
+                pids: a.pids,
+                disk_mb: a.disk,
+            },
+        );
     let req = CreateSandboxRequest {
         sandbox_type: a.sandbox_type,
         env: a.env.into_iter().collect(),

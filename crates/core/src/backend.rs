@@ -49,6 +49,10 @@ pub struct Limits {
     pub cpu_millis: u64,
     /// Maximum number of tasks (processes and threads).
     pub pids: u64,
+    /// Disk limit in bytes of each of the box's writable root layer and `/tmp` (0 = none);
+    /// each backend says which of them it enforces.
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
 /// Everything a backend needs to start one box.

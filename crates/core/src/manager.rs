@@ -84,6 +84,7 @@ impl Default for ManagerConfig {
                 memory_bytes: 512 << 20,
                 cpu_millis: 1000,
                 pids: 256,
+                disk_bytes: 256 << 20,
             },
             reap_interval: Duration::from_secs(1),
             start_timeout: Duration::from_secs(10),
@@ -103,6 +104,7 @@ impl Default for ManagerConfig {
 const MEMORY_MB_RANGE: (u64, u64) = (16, 1 << 20);
 const CPUS_RANGE: (f64, f64) = (0.01, 256.0);
 const PIDS_RANGE: (u64, u64) = (8, 1 << 22);
+const DISK_MB_RANGE: (u64, u64) = (16, 1 << 24);
 const MAX_ENV: usize = 256;
 const MAX_METADATA: usize = 64;
 const MAX_LABEL_LEN: usize = 4096;
@@ -228,6 +230,14 @@ pub fn check_resources(r: &Resources) -> Result<(), String> {
             return Err(format!(
                 "resources.pids must be between {} and {}",
                 PIDS_RANGE.0, PIDS_RANGE.1
+            ));
+        }
+    }
+    if let Some(d) = r.disk_mb {
+        if !(DISK_MB_RANGE.0..=DISK_MB_RANGE.1).contains(&d) {
+            return Err(format!(
+                "resources.disk_mb must be between {} and {}",
+                DISK_MB_RANGE.0, DISK_MB_RANGE.1
             ));
         }
     }
@@ -409,10 +419,15 @@ impl Manager {
         let memory_mb = r.memory_mb.unwrap_or(d.memory_bytes >> 20);
         let cpus = r.cpus.unwrap_or(d.cpu_millis as f64 / 1000.0);
         let pids = r.pids.unwrap_or(d.pids);
+        // A server without a disk limit (`disk_bytes` 0) checks only what a request asks.
+        let disk_mb = r
+            .disk_mb
+            .or((d.disk_bytes > 0).then_some(d.disk_bytes >> 20));
         check_resources(&Resources {
             memory_mb: Some(memory_mb),
             cpus: Some(cpus),
             pids: Some(pids),
+            disk_mb: r.disk_mb,
         })
         .map_err(invalid)?;
         Ok((
@@ -420,11 +435,13 @@ impl Manager {
                 memory_bytes: memory_mb << 20,
                 cpu_millis: (cpus * 1000.0).round() as u64,
                 pids,
+                disk_bytes: disk_mb.unwrap_or(0) << 20,
             },
             Resources {
                 memory_mb: Some(memory_mb),
                 cpus: Some(cpus),
                 pids: Some(pids),
+                disk_mb,
             },
         ))
     }
@@ -1929,6 +1946,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(exec_spec(&ok).unwrap().shell.as_deref(), Some("echo hi"));
+    }
+
+    #[test]
+    fn disk_limits_are_checked() {
+        let disk = |mb| Resources {
+            disk_mb: Some(mb),
+            ..Default::default()
+        };
+        assert!(check_resources(&disk(16)).is_ok());
+        assert!(check_resources(&disk(1 << 24)).is_ok());
+        let e = check_resources(&disk(15)).unwrap_err();
+        assert!(e.contains("resources.disk_mb"), "{e}");
+        assert!(check_resources(&disk((1 << 24) + 1)).is_err());
+        assert!(check_resources(&Resources::default()).is_ok());
     }
 
     #[test]

@@ -13,29 +13,9 @@ async fn native_backend_keeps_the_contract() {
     common::contract::run_all(&mut server, "native").await;
 }
 
-/// Whether a backend's runtime is installed; if not, says so and whether the test is skipped.
-fn runtime_installed(backend: &str, program: &str) -> bool {
-    let found = std::process::Command::new(program)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        let why =
-            format!("{backend} backend: `{program}` is not installed (scripts/setup installs it)");
-        assert!(
-            std::env::var_os("SANDBOXD_REQUIRE_ALL_BACKENDS").is_none(),
-            "{why}, and SANDBOXD_REQUIRE_ALL_BACKENDS is set"
-        );
-        eprintln!("SKIPPED: {why}");
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gvisor_backend_keeps_the_contract() {
-    if !runtime_installed("gvisor", "runsc") {
+    if !common::runtime_installed("gvisor", "runsc") {
         return;
     }
     let mut server = common::server_with(ServerOptions {
@@ -48,7 +28,7 @@ async fn gvisor_backend_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_keeps_the_contract() {
-    if !runtime_installed("docker", "dockerd") {
+    if !common::runtime_installed("docker", "dockerd") {
         return;
     }
     let dockerd = DockerDaemon::start().expect("a private dockerd");
@@ -69,7 +49,7 @@ async fn docker_backend_keeps_the_contract() {
 /// The docker backend on Podman's Docker-compatible socket instead of dockerd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_keeps_the_contract_on_podman() {
-    if !runtime_installed("docker (Podman)", "podman") {
+    if !common::runtime_installed("docker (Podman)", "podman") {
         return;
     }
     let podman = PodmanService::start().expect("a private Podman service");
@@ -166,7 +146,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_runs_images_the_user_names() {
     use sandboxd_types::{CreateSandboxRequest, ErrorCode};
-    if !runtime_installed("docker", "dockerd") {
+    if !common::runtime_installed("docker", "dockerd") {
         return;
     }
     let dockerd = DockerDaemon::start().expect("a private dockerd");

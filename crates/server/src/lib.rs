@@ -384,6 +384,10 @@ pub(crate) fn manager_config(settings: &Settings, templates: &Templates) -> Mana
     ManagerConfig {
         default_type: type_of(settings.default_sandbox_type()).template,
         default_timeout_secs: settings.sandbox_timeout_secs,
+        default_resources: sandboxd_core::backend::Limits {
+            disk_bytes: settings.disk_mb << 20,
+            ..d.default_resources
+        },
         max_instances: settings.max_sandbox_instances,
         mount_dir: settings.default_mount_dir.clone(),
         readonly_mounts: settings.readonly_mounts.clone(),

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
 use sandboxd_core::backend::ReadonlyMount;
+use sandboxd_core::manager::check_resources;
 use sandboxd_core::templates::Templates;
 
 use crate::agentscope::types::{ExtensionError, TypeRegistry};
@@ -103,6 +104,10 @@ pub struct ServeArgs {
     /// Default sandbox lifetime in seconds, 0 = never [env: SANDBOX_TIMEOUT] [default: 300].
     #[arg(long, value_name = "SECS")]
     pub sandbox_timeout: Option<String>,
+    /// Default disk limit of a sandbox in MiB, each of its writable root layer and /tmp,
+    /// 0 = none [env: SANDBOXD_DISK_MB] [default: 256].
+    #[arg(long, value_name = "MB")]
+    pub disk_mb: Option<String>,
     /// Cgroup under which sandboxes' cgroups are made [env: SANDBOXD_CGROUP_PARENT]
     /// [default: sandboxd].
     #[arg(long, value_name = "NAME")]
@@ -143,7 +148,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 24] = [
+        let all: [(&'static str, &'static str, &Option<String>); 25] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -192,6 +197,7 @@ impl ServeArgs {
                 "--sandbox-timeout",
                 &self.sandbox_timeout,
             ),
+            ("SANDBOXD_DISK_MB", "--disk-mb", &self.disk_mb),
             (
                 "SANDBOXD_CGROUP_PARENT",
                 "--cgroup-parent",
@@ -247,6 +253,7 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_RUN_DIR",
     "SANDBOXD_TEMPLATES_DIR",
     "SANDBOX_TIMEOUT",
+    "SANDBOXD_DISK_MB",
     "SANDBOXD_CGROUP_PARENT",
     "SANDBOXD_INIT_BIN",
     "SANDBOXD_AGENT_BIN",
@@ -410,6 +417,8 @@ pub struct Settings {
     pub templates_dir: Option<PathBuf>,
     /// `SANDBOX_TIMEOUT`: default sandbox lifetime in seconds (0 = never).
     pub sandbox_timeout_secs: u64,
+    /// `SANDBOXD_DISK_MB`: default disk limit of a sandbox in MiB (0 = none).
+    pub disk_mb: u64,
     /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
     pub cgroup_parent: String,
     /// `SANDBOXD_INIT_BIN`: the native backend's init binary (default: next to the executable).
@@ -472,6 +481,7 @@ impl fmt::Debug for Settings {
             .field("run_dir", &self.run_dir)
             .field("templates_dir", &self.templates_dir)
             .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
+            .field("disk_mb", &self.disk_mb)
             .field("cgroup_parent", &self.cgroup_parent)
             .field("init_bin", &self.init_bin)
             .field("agent_bin", &self.agent_bin)
@@ -514,6 +524,7 @@ impl Default for Settings {
             run_dir: "/run/sandboxd".into(),
             templates_dir: None,
             sandbox_timeout_secs: 300,
+            disk_mb: 256,
             cgroup_parent: "sandboxd".into(),
             init_bin: None,
             agent_bin: None,
@@ -1046,6 +1057,23 @@ impl Settings {
                 )
             })?;
         }
+        if let Some(r) = get("SANDBOXD_DISK_MB") {
+            let mb: u64 = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "SANDBOXD_DISK_MB",
+                    r,
+                    "expected a number of MiB (0 = no limit)".into(),
+                )
+            })?;
+            if mb != 0 {
+                check_resources(&sandboxd_types::Resources {
+                    disk_mb: Some(mb),
+                    ..Default::default()
+                })
+                .map_err(|e| invalid("SANDBOXD_DISK_MB", r, e))?;
+            }
+            s.disk_mb = mb;
+        }
         if let Some(r) = get("SANDBOXD_CGROUP_PARENT") {
             let v = r.value.trim().trim_matches('/');
             let ok = !v.is_empty()
@@ -1521,6 +1549,30 @@ mod tests {
         let s = Settings::from_sources(&args, &env).unwrap();
         assert_eq!(s.port, 3333);
         assert_eq!(s.host, "10.0.0.2");
+    }
+
+    #[test]
+    fn disk_limit() {
+        let parse = |v: &str| {
+            Settings::from_sources(&ServeArgs::default(), &env_of(&[("SANDBOXD_DISK_MB", v)]))
+        };
+        assert_eq!(Settings::default().disk_mb, 256);
+        assert_eq!(parse("1024").unwrap().disk_mb, 1024);
+        assert_eq!(parse("0").unwrap().disk_mb, 0);
+        for bad in ["8", "lots", "-1"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("SANDBOXD_DISK_MB"), "{bad}: {e}");
+        }
+        let args = ServeArgs {
+            disk_mb: Some("512".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::from_sources(&args, &env_of(&[("SANDBOXD_DISK_MB", "64")]))
+                .unwrap()
+                .disk_mb,
+            512
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct Resources {
     /// Maximum number of processes and threads (default 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Disk limit in MiB (default the server's `SANDBOXD_DISK_MB`, 256): the most the
+    /// sandbox may write to each of its writable root layer and `/tmp`, where its backend
+    /// enforces it (see the README's settings); a full disk answers `ENOSPC` inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 /// Body of `POST /v1/sandboxes`.

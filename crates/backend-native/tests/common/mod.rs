@@ -154,6 +154,7 @@ impl Fixture {
                 memory_bytes: 256 << 20,
                 cpu_millis: 1000,
                 pids: 256,
+                disk_bytes: 0,
             },
             hostname: format!("{id}-host"),
             image: None,

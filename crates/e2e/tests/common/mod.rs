@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod contract;
+pub mod escape;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ pub fn with_limits(memory_mb: u64, pids: u64) -> CreateSandboxRequest {
             memory_mb: Some(memory_mb),
             pids: Some(pids),
             cpus: None,
+            disk_mb: None,
         }),
         ..create_req()
     }
@@ -155,4 +157,24 @@ pub fn host_mounts_containing(needle: &str) -> Vec<String> {
         .filter(|l| l.contains(needle))
         .map(str::to_string)
         .collect()
+}
+
+/// Whether a backend's runtime is installed; if not, says so and whether the test is skipped.
+pub fn runtime_installed(backend: &str, program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let why =
+            format!("{backend} backend: `{program}` is not installed (scripts/setup installs it)");
+        assert!(
+            std::env::var_os("SANDBOXD_REQUIRE_ALL_BACKENDS").is_none(),
+            "{why}, and SANDBOXD_REQUIRE_ALL_BACKENDS is set"
+        );
+        eprintln!("SKIPPED: {why}");
+    }
+    found
 }

@@ -519,7 +519,8 @@ mod tests {
             Some(Resources {
                 memory_mb: Some(256),
                 cpus: Some(1.0),
-                pids: Some(64)
+                pids: Some(64),
+                disk_mb: None,
             })
         );
         // Its own pool: a warm sandbox of the template lacks its environment.
