@@ -525,6 +525,7 @@ pub async fn start_with_backend(
 /// `WORKERS` > 1 this process supervises that many worker processes instead ([`workers`]).
 pub async fn run(settings: Settings) -> Result<(), ServerError> {
     raise_fd_limit();
+    limit_malloc_arenas();
     if settings.workers > 1 && !workers::is_worker() {
         return workers::supervise(settings).await;
     }
@@ -586,6 +587,21 @@ fn raise_fd_limit() {
             error = %std::io::Error::last_os_error(),
             "cannot raise the open-file limit"
         );
+    }
+}
+
+/// glibc's allocator gives threads arenas of their own, up to 8 per CPU, and keeps what each
+/// one freed. Under load the runtime's blocking threads (the backends kill and remove boxes on
+/// them) come and go by the hundred, each landing on some arena, so the server's memory crept
+/// up round after round of the same work (by some 12 KiB a sandbox in the load test) without
+/// anything being leaked. Two arenas keep it flat; the server's allocations are small and few
+/// per request, so they hardly contend.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt(3) only changes a tunable of the allocator; M_ARENA_MAX takes effect for
+    // arenas made from now on.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
