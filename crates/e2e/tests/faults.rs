@@ -325,7 +325,7 @@ async fn sigkill_in_flight_with_redis_adopts_running_and_removes_half_made() {
     for p in &flight.prepared {
         for (path, data) in &p.files {
             let back = c.read_file(&p.sandbox.id, path).await.unwrap();
-            assert!(&back[..] == &data[..], "{path} read back differs");
+            assert!(back[..] == data[..], "{path} read back differs");
         }
     }
     for s in &listed {
