@@ -58,6 +58,7 @@ fn map_errno(e: io::Error, op: &str, shown: &str) -> AgentError {
         Some(libc::ENOENT) => AgentErrorKind::NotFound,
         Some(libc::EEXIST) => AgentErrorKind::AlreadyExists,
         Some(libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY) => AgentErrorKind::WrongKind,
+        Some(libc::ENOSPC | libc::EDQUOT) => AgentErrorKind::NoSpace,
         _ => AgentErrorKind::Io,
     };
     let what = match e.raw_os_error() {
@@ -67,6 +68,8 @@ fn map_errno(e: io::Error, op: &str, shown: &str) -> AgentError {
         Some(libc::EISDIR) => "is a directory".to_string(),
         Some(libc::ENOTEMPTY) => "directory not empty".to_string(),
         Some(libc::EXDEV) => "cannot move across file systems".to_string(),
+        Some(libc::ENOSPC) => "no space left on the device (the disk is full)".to_string(),
+        Some(libc::EDQUOT) => "the disk quota is used up".to_string(),
         _ => e.to_string(),
     };
     agent_error(kind, format!("{op} {shown}: {what}"))
@@ -740,9 +743,15 @@ impl FileWriter {
             .map_err(|e| map_errno(e, "write", &self.files.shown(&self.rel)))
     }
 
-    /// Move the written data into place and describe the result.
+    /// Move the written data into place and describe the result. The data reach the disk
+    /// before the rename, so that a crash (of the sandbox or of the host) leaves either the
+    /// old file or the whole new one under the name, never a short one.
     pub fn commit(mut self) -> Result<Entry, AgentError> {
         let shown = self.files.shown(&self.rel);
+        // A full disk may only show here, when delayed allocation meets the disk.
+        self.file
+            .sync_all()
+            .map_err(|e| map_errno(e, "write", &shown))?;
         sys::renameat(self.dir.as_fd(), &self.tmp, self.dir.as_fd(), &self.name)
             .map_err(|e| map_errno(e, "write", &shown))?;
         self.committed = true;

@@ -64,6 +64,13 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Start sandboxes again in new boxes (same ids, same /workspace): the way back for a
+    /// sandbox in state `error`.
+    Restart {
+        /// Sandbox ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Copy a file into or out of a sandbox: one side is `<id>:<path>` (path relative to
     /// /workspace), the other a local path or `-` for stdin/stdout.
     Cp {
@@ -284,6 +291,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Resume { ids } => {
             let c = &c;
             each(ids, |id| async move { c.resume(&id).await.map(drop) }).await
+        }
+        Command::Restart { ids } => {
+            let c = &c;
+            each(ids, |id| async move { c.restart(&id).await.map(drop) }).await
         }
         Command::Cp { src, dst } => cp(&c, &src, &dst).await,
         Command::Python { id, code, timeout } => python(&c, &id, &code, timeout).await,

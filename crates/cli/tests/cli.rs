@@ -136,6 +136,11 @@ async fn create_ls_exec_python_rm() {
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("Traceback"), "{}", o.stderr);
 
+    // restart: the id is printed, and the sandbox (a new box) answers again.
+    assert_eq!(ok(u, &["restart", &id]).await.trim(), id);
+    let o = run(cmd(u, &["python", &id, "1+1"])).await;
+    assert_eq!((o.code, o.stdout.as_str()), (0, "ran 1+1\n2\n"));
+
     // rm: the id is printed; a second time it is not found.
     assert_eq!(ok(u, &["rm", &id]).await.trim(), id);
     let o = run(cmd(u, &["rm", &id])).await;

@@ -321,6 +321,13 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/sandboxes/{id}/restart`: start a new box for the sandbox (one in state
+    /// `error`, typically), keeping its id and `/workspace`.
+    pub async fn restart(&self, id: &str) -> Result<Sandbox> {
+        self.json(self.request(Method::POST, &Self::sandbox_path(id, "/restart")))
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/resume`: let a paused sandbox run on.
     pub async fn resume(&self, id: &str) -> Result<Sandbox> {
         self.json(self.request(Method::POST, &Self::sandbox_path(id, "/resume")))

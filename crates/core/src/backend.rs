@@ -122,6 +122,20 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// Whether the host's disk (or a disk quota) is full: the operation failed for want of
+    /// space, not through a fault of the backend.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            BackendError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A way of running isolated boxes.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {

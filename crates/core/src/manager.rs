@@ -819,6 +819,74 @@ impl Manager {
         Ok(rec.sandbox)
     }
 
+    /// Start a new box for a sandbox, keeping its id, type, resources, metadata, expiry and
+    /// `/workspace` (its session): for a sandbox whose box died (state `error`), or a running
+    /// or paused one whose processes are to start afresh. What ran in the old box is gone
+    /// (processes, the Python interpreter's state, files outside `/workspace`); `env` is the
+    /// new box's environment (the original create's is not kept). Published ports are not
+    /// kept. While it restarts the sandbox is `creating`; if the new box fails to start, the
+    /// sandbox is `error` again, with the reason.
+    pub async fn restart(
+        &self,
+        id: &str,
+        env: BTreeMap<String, String>,
+    ) -> Result<Sandbox, CoreError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(CoreError::ShuttingDown);
+        }
+        check_env(&env)?;
+        let mut claimed = None;
+        self.modify(id, |r| {
+            claimed = None;
+            if matches!(
+                r.sandbox.state,
+                SandboxState::Running | SandboxState::Paused | SandboxState::Error
+            ) {
+                claimed = Some(r.sandbox.clone());
+                r.sandbox.state = SandboxState::Creating;
+                r.sandbox.reason = None;
+                r.sandbox.ports.clear();
+                r.endpoint = None;
+            }
+        })
+        .await?;
+        let Some(old) = claimed else {
+            return Err(CoreError::NotRunning(id.to_string()));
+        };
+        let started: Result<Sandbox, CoreError> = async {
+            self.destroy_box(id).await?;
+            let rootfs = match &old.image {
+                Some(_) => Some(PathBuf::new()),
+                None => self.templates.rootfs(&old.sandbox_type),
+            }
+            .ok_or_else(|| CoreError::UnknownType(old.sandbox_type.clone(), String::new()))?;
+            let (limits, _) = self.resolve_limits(Some(&old.resources))?;
+            self.start_box(
+                id,
+                &old.session_id,
+                (rootfs, old.image.clone()),
+                env,
+                limits,
+                SandboxState::Running,
+                false,
+            )
+            .await
+        }
+        .await;
+        match started {
+            Ok(sb) => {
+                tracing::info!(sandbox = %id, "sandbox restarted");
+                Ok(sb)
+            }
+            Err(e) => {
+                let _ = self.destroy_box(id).await;
+                self.mark_error(id, format!("could not be restarted: {e}"))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
     /// Remove a running (or paused) sandbox's box but keep its record (state `recycled`, with `reason`) and
     /// its workspace, so that [`Manager::restore`] can bring it back. The record is kept for
     /// `retired_keep`.
@@ -1898,6 +1966,7 @@ impl CoreError {
             CoreError::NotRunning(_) => ErrorCode::NotRunning,
             CoreError::LimitReached(_) => ErrorCode::LimitReached,
             CoreError::Backend(BackendError::BadSpec(_)) => ErrorCode::InvalidRequest,
+            CoreError::Backend(e) if e.is_no_space() => ErrorCode::InsufficientStorage,
             CoreError::Backend(_) => ErrorCode::BackendFailed,
             CoreError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             CoreError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
@@ -1908,6 +1977,7 @@ impl CoreError {
                 K::AlreadyExists => ErrorCode::AlreadyExists,
                 K::PathOutsideSandbox => ErrorCode::PathOutsideSandbox,
                 K::Timeout => ErrorCode::Timeout,
+                K::NoSpace => ErrorCode::InsufficientStorage,
                 K::Io | K::SpawnFailed | K::ToolFailed => ErrorCode::AgentFailed,
             },
             CoreError::AgentUnreachable(_) => ErrorCode::AgentFailed,

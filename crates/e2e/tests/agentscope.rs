@@ -1261,3 +1261,53 @@ async fn stop_freezes_and_start_continues() {
     assert_eq!(stdout(&a.ipython(&name, "print(n * 6)").await), "42\n");
     assert_eq!(a.call("release", json!({"identity": name})).await, true);
 }
+
+/// The guest agent killed inside a sandbox: `get_status` says `exited` and `get_info` `error`,
+/// tools answer an error, and `start` brings the sandbox back (a new box over the same
+/// workspace, the same name), as a container that died starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_is_reported_and_start_restarts_it() {
+    let server = server(&[]).await;
+    let a = Agentscope::new(&server);
+    let name = a.create(json!({"sandbox_type": "base"})).await;
+    assert_eq!(
+        stdout(
+            &a.shell(&name, "echo kept > /workspace/kept.txt && echo ok")
+                .await
+        ),
+        "ok\n"
+    );
+    // PID 1 of the sandbox (the agent) by its host pid: the one whose innermost pid is 1.
+    let agent = sandbox_pids(&server.cgroup_parent)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|f| f.split_whitespace().last().map(|l| l == "1"))
+                .unwrap_or(false)
+        })
+        .expect("the agent's host pid");
+    // SAFETY: kill(2) of the agent of this test server's own sandbox.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.call("get_status", json!({"identity": name})).await != "exited" {
+        assert!(Instant::now() < deadline, "the dead agent is not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.info(&name).await["state"], "error");
+    let r = a.shell(&name, "true").await;
+    assert!(is_error(&r), "{r}");
+
+    assert_eq!(a.call("start", json!({"identity": name})).await, true);
+    assert_eq!(
+        a.call("get_status", json!({"identity": name})).await,
+        "running"
+    );
+    assert_eq!(
+        stdout(&a.shell(&name, "cat /workspace/kept.txt").await),
+        "kept\n"
+    );
+    assert_eq!(a.call("release", json!({"identity": name})).await, true);
+}

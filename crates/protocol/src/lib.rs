@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this build: `(major, minor)`. Minor 1 added
 /// [`ExecSpec::quiet`]; minor 2 the MCP requests ([`Request::McpStart`] and the others); minor 3
-/// [`Request::Connect`] (tunnels to TCP ports inside the sandbox).
-pub const PROTOCOL_VERSION: (u32, u32) = (1, 3);
+/// [`Request::Connect`] (tunnels to TCP ports inside the sandbox); minor 4 the error kind
+/// [`AgentErrorKind::NoSpace`] (a host older than 1.4 reads it as a broken answer).
+pub const PROTOCOL_VERSION: (u32, u32) = (1, 4);
 
 /// The first protocol version whose agents serve [`Request::Connect`].
 pub const CONNECT_SINCE: (u32, u32) = (1, 3);
@@ -413,8 +414,11 @@ pub enum AgentErrorKind {
     PathOutsideSandbox,
     /// Not a directory / is a directory / directory not empty, and similar.
     WrongKind,
-    /// The operating system refused (permissions, disk full, ...).
+    /// The operating system refused (permissions, ...).
     Io,
+    /// The file system holding the path is full, or its quota is used up (`ENOSPC`,
+    /// `EDQUOT`). Since minor 4.
+    NoSpace,
     /// A command could not be started.
     SpawnFailed,
     /// Python code ran past its timeout and was interrupted.
@@ -630,6 +634,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Response::Connected).unwrap(),
             r#"{"op":"connected"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&AgentErrorKind::NoSpace).unwrap(),
+            r#""no_space""#
         );
         assert!(Response::Connected.is_terminal());
         assert!(compatible((1, 7)));

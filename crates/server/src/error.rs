@@ -68,6 +68,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::BackendFailed | ErrorCode::AgentFailed => StatusCode::BAD_GATEWAY,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -80,9 +81,15 @@ impl From<CoreError> for ApiError {
             ErrorCode::BackendFailed
             | ErrorCode::AgentFailed
             | ErrorCode::Unavailable
-            | ErrorCode::Timeout => {
+            | ErrorCode::Timeout
+            | ErrorCode::InsufficientStorage => {
                 tracing::warn!(code = ?code, error = %e, "request failed");
-                ApiError::new(code, e.to_string())
+                let message = e.to_string();
+                if code == ErrorCode::InsufficientStorage && !message.contains("disk is full") {
+                    ApiError::new(code, format!("the host's disk is full: {message}"))
+                } else {
+                    ApiError::new(code, message)
+                }
             }
             _ => ApiError::new(code, e.to_string()),
         }
@@ -167,6 +174,7 @@ mod tests {
             (AgentFailed, 502),
             (Unavailable, 503),
             (Timeout, 504),
+            (InsufficientStorage, 507),
             (Internal, 500),
         ];
         for (code, status) in table {

@@ -26,6 +26,7 @@ use crate::routes::{exec, files, meta, sandboxes};
         sandboxes::set_timeout,
         sandboxes::pause,
         sandboxes::resume,
+        sandboxes::restart,
         exec::exec,
         exec::python,
         files::read,

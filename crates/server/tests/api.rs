@@ -561,6 +561,7 @@ async fn openapi_lists_the_routes() {
         ("/v1/sandboxes/{id}/timeout", "post"),
         ("/v1/sandboxes/{id}/pause", "post"),
         ("/v1/sandboxes/{id}/resume", "post"),
+        ("/v1/sandboxes/{id}/restart", "post"),
         ("/v1/sandboxes/{id}/exec", "post"),
         ("/v1/sandboxes/{id}/python", "post"),
         ("/v1/sandboxes/{id}/files", "get"),

@@ -434,6 +434,9 @@ pub enum ErrorCode {
     AgentFailed,
     /// The operation timed out (504).
     Timeout,
+    /// The host's disk (the file system of the workspaces or of the server's state) is full
+    /// (507); nothing was half-written.
+    InsufficientStorage,
     /// The server is shutting down or cannot serve now (503).
     Unavailable,
     /// A bug or unexpected condition in the server (500); details are in the server's log.

@@ -297,16 +297,61 @@ async fn pause_and_timeout(server: &Server) {
     }
 }
 
-/// The server killed with SIGKILL and started again: what it left is cleaned up (the
-/// in-memory store forgot it).
+/// The server killed with SIGKILL in the middle of a streaming exec and an upload, and
+/// started again: what it left is cleaned up (the in-memory store forgot it), and the file
+/// written before the kill is whole in the workspace, where the cut upload left nothing.
 async fn crash_of_the_server_leaves_nothing(server: &mut Server) {
     let c = server.client();
     let sb = c.create(&create_req()).await.unwrap();
     assert_eq!(sh(&c, &sb.id, "echo up").await.stdout, "up\n");
+    let kept: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 251) as u8).collect();
+    c.write_file(&sb.id, "kept.bin", kept.clone())
+        .await
+        .unwrap();
+    let req = ExecRequest {
+        shell: Some("while :; do echo tick; sleep 0.05; done".into()),
+        ..Default::default()
+    };
+    let mut events = c.exec_stream(&sb.id, &req).await.unwrap();
+    loop {
+        match events.next().await {
+            Some(Ok(ExecEvent::Stdout { .. })) => break,
+            Some(Ok(_)) => {}
+            other => panic!("the streaming exec ended: {other:?}"),
+        }
+    }
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let body = futures::stream::unfold((), move |()| {
+        let counter = counter.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            counter.fetch_add(64 << 10, std::sync::atomic::Ordering::SeqCst);
+            Some((Ok::<_, std::io::Error>(vec![b'x'; 64 << 10]), ()))
+        }
+    });
+    let (c2, id) = (c.clone(), sb.id.clone());
+    let upload =
+        tokio::spawn(async move { c2.write_file_stream(&id, "kept.bin", None, body).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent.load(std::sync::atomic::Ordering::SeqCst) < 2 << 20 {
+        assert!(Instant::now() < deadline, "the upload did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill_hard();
+    upload.abort();
+    drop(events);
     server.restart().await.unwrap();
     let c = server.client();
     assert!(c.list(&Default::default()).await.unwrap().is_empty());
     let e = c.exec(&sb.id, &argv(&["true"])).await.unwrap_err();
     assert_eq!(api_code(&e), Some(ErrorCode::NotFound), "{e}");
+    let ws = server.workspace(&sb.session_id);
+    assert!(std::fs::read(ws.join("kept.bin")).unwrap() == kept);
+    let names: Vec<_> = std::fs::read_dir(&ws)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["kept.bin"], "a cut upload left a file");
 }

@@ -399,9 +399,21 @@ pub async fn run(
             }))
         }
         // Upstream stops and starts the container; here `stop` freezes the sandbox (its
-        // processes and memory kept) and `start` lets it run on.
+        // processes and memory kept) and `start` lets it run on. A sandbox whose box died
+        // (state `error`) is started in a new box over the same workspace, as a container
+        // that exited starts again.
         Call::Start(a) => Ok(Value::Bool(
             match sandbox(state, caller, &a.identity).await {
+                Ok(sb) if sb.state == SandboxState::Error => {
+                    let env = super::type_of(state, &sb).environment;
+                    match manager.restart(&sb.id, env).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(sandbox = %sb.id, error = %e, "start: could not restart");
+                            false
+                        }
+                    }
+                }
                 Ok(sb) => manager.resume(&sb.id).await.is_ok(),
                 Err(_) => false,
             },
@@ -656,6 +668,7 @@ fn no_sandbox(e: CoreError) -> Result<Value, ApiError> {
         | ErrorCode::BackendFailed
         | ErrorCode::AgentFailed
         | ErrorCode::Timeout
+        | ErrorCode::InsufficientStorage
         | ErrorCode::Unavailable => {
             tracing::warn!(error = %e, "create: no sandbox (answering null)");
             Ok(Value::Null)

@@ -132,6 +132,7 @@ pub async fn read(
         (status = 200, description = "The written file", body = FileEntry),
         (status = 403, description = "The path leaves the workspace", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 507, description = "The disk is full (`insufficient_storage`); the file keeps its old contents", body = ErrorBody),
     )
 )]
 pub async fn write(

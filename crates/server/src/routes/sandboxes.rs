@@ -1,4 +1,4 @@
-//! Sandbox lifecycle: create, list, get, delete, set timeout, pause, resume.
+//! Sandbox lifecycle: create, list, get, delete, set timeout, pause, resume, restart.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +66,7 @@ const MAX_SESSION_LEN: usize = 128;
         (status = 502, description = "The backend or the agent failed", body = ErrorBody),
         (status = 503, description = "The server is shutting down, or `PORT_RANGE` has too few free ports for `ports`", body = ErrorBody),
         (status = 504, description = "The sandbox did not start in time", body = ErrorBody),
+        (status = 507, description = "The host's disk is full (`insufficient_storage`)", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -264,4 +265,39 @@ pub async fn resume(
     SandboxIdPath(id): SandboxIdPath,
 ) -> Result<axum::Json<Sandbox>, ApiError> {
     Ok(axum::Json(caller.view(state.manager.resume(&id).await?)))
+}
+
+/// Start a new box for a sandbox, keeping its id, type, resources, metadata, timeout and
+/// `/workspace`: the way back for a sandbox in state `error` (its processes died, its agent was
+/// killed), or a fresh start of a running or paused one. Everything else of the old box is gone
+/// (its processes, the Python interpreter's state, files outside `/workspace`); the
+/// environment is its type's (the original create's `env` is not kept) and published ports are
+/// not kept. If the new box cannot start, the sandbox is `error` again, with the reason.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/restart",
+    tag = "sandboxes",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox, running in a new box", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is being created, removed or restarted, or is retired (`not_running`)", body = ErrorBody),
+        (status = 502, description = "The backend or the agent failed", body = ErrorBody),
+        (status = 503, description = "The server is shutting down", body = ErrorBody),
+        (status = 504, description = "The new box did not start in time", body = ErrorBody),
+        (status = 507, description = "The host's disk is full (`insufficient_storage`)", body = ErrorBody),
+    )
+)]
+pub async fn restart(
+    State(state): State<AppState>,
+    caller: Caller,
+    SandboxIdPath(id): SandboxIdPath,
+) -> Result<axum::Json<Sandbox>, ApiError> {
+    let sb = state.manager.get(&id).await?;
+    let env = crate::agentscope::type_of(&state, &sb).environment;
+    // In a task of its own: a client hanging up must not leave the sandbox half restarted.
+    let manager = state.manager.clone();
+    let task = tokio::spawn(async move { manager.restart(&id, env).await });
+    Ok(axum::Json(caller.view(task.await.map_err(ApiError::internal)??)))
 }
