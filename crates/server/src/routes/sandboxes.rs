@@ -299,5 +299,7 @@ pub async fn restart(
     // In a task of its own: a client hanging up must not leave the sandbox half restarted.
     let manager = state.manager.clone();
     let task = tokio::spawn(async move { manager.restart(&id, env).await });
-    Ok(axum::Json(caller.view(task.await.map_err(ApiError::internal)??)))
+    Ok(axum::Json(
+        caller.view(task.await.map_err(ApiError::internal)??),
+    ))
 }
