@@ -113,7 +113,7 @@ async fn lifecycle_create_get_list_filter_timeout_delete() {
     assert!(v.get("expires_at_ms").is_none());
     assert_eq!(
         v["resources"],
-        json!({"memory_mb": 256, "cpus": 0.5, "pids": 64})
+        json!({"memory_mb": 256, "cpus": 0.5, "pids": 64, "disk_mb": 256})
     );
 
     let (_, v) = h.json(Method::GET, "/v1/sandboxes", None).await;

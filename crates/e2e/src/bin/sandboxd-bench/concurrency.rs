@@ -4,6 +4,10 @@
 //! bubblewrap with C threads each starting `bwrap … echo hi` `per_client` times, timed to the
 //! first output byte as well.
 //!
+//! Each level runs twice: cold (no pool: every create makes a new box) and from a warm pool
+//! (a pool as large as the level's sandboxes, filled before the clock starts; each create asks
+//! `from_pool`), the way a server expecting a burst would be set up.
+//!
 //! Every client is an agent of its own: its own `Client`, so its own connection pool, like C
 //! separate processes would have. Each connects (a `/health` request) before the start, so that
 //! the figures are of sandboxes, not of C TCP handshakes landing at once; it then keeps that
@@ -33,6 +37,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(120);
 /// One concurrency level's outcome.
 struct Level {
     clients: usize,
+    /// From a warm pool, or cold.
+    pooled: bool,
     ops: usize,
     /// When each failure happened and what it was, so that the first one can be named.
     errors: Vec<(Instant, String)>,
@@ -68,7 +74,13 @@ pub async fn run(args: &super::Args) -> Result<()> {
             "concurrency {clients}: sandboxd, {clients} clients × {} sandboxes …",
             args.per_client
         );
-        let mut level = sandboxd_level(args, clients).await?;
+        let mut level = sandboxd_level(args, clients, false).await?;
+        eprintln!(
+            "concurrency {clients}: sandboxd from a warm pool of {}, {clients} clients × {} sandboxes …",
+            clients * args.per_client,
+            args.per_client
+        );
+        let pooled = sandboxd_level(args, clients, true).await?;
         if !args.no_peers {
             eprintln!(
                 "concurrency {clients}: bwrap, {clients} threads × {} runs …",
@@ -83,23 +95,30 @@ pub async fn run(args: &super::Args) -> Result<()> {
             );
         }
         levels.push(level);
+        levels.push(pooled);
     }
     print_table(&levels);
     Ok(())
 }
 
-async fn sandboxd_level(args: &super::Args, clients: usize) -> Result<Level> {
+async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Result<Level> {
+    let pool_size = if pooled { clients * args.per_client } else { 0 };
     let server = Server::start(ServerOptions {
         env: vec![
-            // Unlimited and cold: every create makes a new box, whatever the caller's
+            // Unlimited; cold: every create makes a new box, whatever the caller's
             // environment says.
             ("MAX_SANDBOX_INSTANCES".into(), "0".into()),
-            ("POOL_SIZE".into(), "0".into()),
+            ("POOL_SIZE".into(), pool_size.to_string()),
+            ("DEFAULT_SANDBOX_TYPE".into(), args.r#type.clone()),
         ],
         ..Default::default()
     })
     .await?;
-    let (create, echo) = super::sample_requests(args);
+    if pooled {
+        wait_pool_full(&server.client(), pool_size).await?;
+    }
+    let (mut create, echo) = super::sample_requests(args);
+    create.from_pool = pooled;
     let truth = ExecRequest {
         cmd: Some(vec!["true".into()]),
         ..Default::default()
@@ -143,6 +162,7 @@ async fn sandboxd_level(args: &super::Args, clients: usize) -> Result<Level> {
     let t0 = Instant::now();
     let mut level = Level {
         clients,
+        pooled,
         ops: clients * args.per_client,
         errors: Vec::new(),
         tti: Vec::new(),
@@ -235,6 +255,25 @@ async fn operation(
     let (tti, rtt) = result?;
     deleted?;
     Ok((tti, rtt, del))
+}
+
+/// Wait until the server holds `size` warm sandboxes (10 minutes at most).
+async fn wait_pool_full(client: &sandboxd_client::Client, size: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let all = client.list(&Default::default()).await?;
+        let warm = all
+            .iter()
+            .filter(|s| s.state == sandboxd_types::SandboxState::Warm)
+            .count();
+        if warm >= size {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the pool holds {warm} of {size} warm sandboxes after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Delete whatever the server still lists (a create whose reply was lost, a delete that
@@ -356,13 +395,13 @@ fn print_table(levels: &[Level]) {
     );
     println!();
     println!(
-        "| clients | sandboxes | errors | first error | TTI p50 ms | TTI p95 ms | TTI p99 ms | \
+        "| clients | creates | sandboxes | errors | first error | TTI p50 ms | TTI p95 ms | TTI p99 ms | \
          TTI max ms | exec p50 ms | exec p95 ms | exec p99 ms | delete p50 ms | delete p99 ms \
          | sandboxes/s | bwrap TTI p50 ms | bwrap TTI p99 ms | bwrap runs/s | target: \
          {TARGET_CLIENTS} clients, no errors, p99 TTI ≤ {} ms |",
         TARGET_P99.as_millis()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for l in levels {
         let mut tti = l.tti.clone();
         tti.sort();
@@ -415,8 +454,9 @@ fn print_table(levels: &[Level]) {
             format!("missed ({})", why.join(", "))
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.clients,
+            if l.pooled { "warm pool" } else { "cold" },
             l.ops,
             errors,
             first,
