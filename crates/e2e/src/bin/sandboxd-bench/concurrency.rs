@@ -277,7 +277,7 @@ async fn wait_pool_full(client: &sandboxd_client::Client, size: usize) -> Result
 }
 
 /// Delete whatever the server still lists (a create whose reply was lost, a delete that
-/// failed), and say how many there were.
+/// failed), and say how many there were, not counting the warm sandboxes of a pool.
 async fn sweep(server: &Server) -> usize {
     let client = server.client();
     let all = match client.list(&Default::default()).await {
@@ -292,7 +292,9 @@ async fn sweep(server: &Server) -> usize {
             eprintln!("cannot delete the leftover sandbox {}: {e}", sb.id);
         }
     }
-    all.len()
+    all.iter()
+        .filter(|s| s.state != sandboxd_types::SandboxState::Warm)
+        .count()
 }
 
 /// bubblewrap at the same level: threads each starting `bwrap … echo hi` in turn, timed from
