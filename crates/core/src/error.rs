@@ -4,6 +4,7 @@ use sandboxd_protocol::{AgentErrorKind, FrameError};
 
 use crate::backend::BackendError;
 use crate::store::StoreError;
+use crate::workspace::WorkspaceError;
 
 /// Why a core operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum CoreError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A workspace's own file system (the workspace quota) could not be set up.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
     /// The guest agent refused the request.
     #[error("{}", .0.message)]
     Agent(sandboxd_protocol::AgentError),

@@ -9,6 +9,7 @@
 //! - [`templates`]: where sandbox types' root file systems are found.
 //! - [`tunnel`]: byte streams to TCP ports inside sandboxes ([`Manager::connect_port`]), for
 //!   published ports.
+//! - [`workspace`]: per-session workspace quotas (a loop-mounted file system per session).
 //!
 //! Invariant: this crate never knows HTTP, Redis, Docker or any concrete backend.
 
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod store;
 pub mod templates;
 pub mod tunnel;
+pub mod workspace;
 
 pub use error::CoreError;
 pub use manager::{Manager, ManagerConfig};

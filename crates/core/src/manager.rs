@@ -25,6 +25,7 @@ use crate::pool::{self, PoolSpec, Pools, POOL_METADATA_KEY};
 use crate::store::{SandboxRecord, SandboxStore, StoreError};
 use crate::templates::Templates;
 use crate::tunnel::{Tunnel, ACTIVITY_EVERY};
+use crate::workspace::WorkspaceQuota;
 use crate::CoreError;
 
 /// Settings of the manager.
@@ -38,6 +39,10 @@ pub struct ManagerConfig {
     pub max_instances: usize,
     /// Where sessions' workspaces live (`DEFAULT_MOUNT_DIR`).
     pub mount_dir: PathBuf,
+    /// The size of each session's workspace file system, in MiB (`SANDBOXD_WORKSPACE_MB`;
+    /// 0 = no quota: workspaces are plain directories sharing `mount_dir`'s file system).
+    /// See [`crate::workspace`].
+    pub workspace_mb: u64,
     /// Read-only mounts of every sandbox (`READONLY_MOUNTS`).
     pub readonly_mounts: Vec<ReadonlyMount>,
     /// Limits when the request gives none.
@@ -79,6 +84,7 @@ impl Default for ManagerConfig {
             default_timeout_secs: 300,
             max_instances: 0,
             mount_dir: PathBuf::from("/var/lib/sandboxd/workspaces"),
+            workspace_mb: 0,
             readonly_mounts: Vec::new(),
             default_resources: Limits {
                 memory_bytes: 512 << 20,
@@ -132,6 +138,8 @@ pub struct Manager {
     restoring: tokio::sync::Mutex<()>,
     /// When tunnel traffic was last recorded for each sandbox ([`Manager::record_activity`]).
     activity: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The workspace quota, when `workspace_mb` is set.
+    quota: Option<WorkspaceQuota>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -301,6 +309,16 @@ impl Manager {
         templates: Templates,
         config: ManagerConfig,
     ) -> Result<Arc<Self>, CoreError> {
+        std::fs::create_dir_all(&config.mount_dir).map_err(|e| {
+            invalid(format!(
+                "cannot create DEFAULT_MOUNT_DIR {}: {e}",
+                config.mount_dir.display()
+            ))
+        })?;
+        let quota = match config.workspace_mb {
+            0 => None,
+            mb => Some(WorkspaceQuota::new(&config.mount_dir, mb)?),
+        };
         if !config.worker {
             let keep = adopt_or_forget(&*store, &config.node_id).await?;
             let report = backend.cleanup_stale(&keep).await?;
@@ -317,14 +335,24 @@ impl Manager {
                     "adopted the sandboxes of an earlier run recorded in the store"
                 );
             }
+            if let Some(q) = &quota {
+                let sessions = store
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|r| keep.contains(&r.sandbox.id))
+                    .map(|r| r.sandbox.session_id)
+                    .collect();
+                let n = q.unmount_unused(&sessions).await?;
+                if n > 0 {
+                    tracing::warn!(
+                        workspaces = n,
+                        "unmounted the workspaces of sandboxes an earlier run left behind"
+                    );
+                }
+            }
         }
         let config_node = config.node_id.clone();
-        std::fs::create_dir_all(&config.mount_dir).map_err(|e| {
-            invalid(format!(
-                "cannot create DEFAULT_MOUNT_DIR {}: {e}",
-                config.mount_dir.display()
-            ))
-        })?;
         let manager = Arc::new(Manager {
             backend,
             store,
@@ -336,6 +364,7 @@ impl Manager {
             holder: format!("{}:{}", config_node, std::process::id()),
             restoring: tokio::sync::Mutex::new(()),
             activity: Default::default(),
+            quota,
         });
         let weak = Arc::downgrade(&manager);
         let interval = manager.config.reap_interval;
@@ -627,6 +656,9 @@ impl Manager {
                 source: e,
             })
         })?;
+        if let Some(q) = &self.quota {
+            q.attach(session_id).await?;
+        }
         let spec = BoxSpec {
             id: id.to_string(),
             template_rootfs,
@@ -715,11 +747,50 @@ impl Manager {
         Ok(())
     }
 
-    /// Kill a sandbox's box (its kept agent connections go with it).
+    /// Kill a sandbox's box (its kept agent connections go with it), and unmount its
+    /// workspace's file system when no other sandbox of its session needs it.
     async fn destroy_box(&self, id: &str) -> Result<(), crate::backend::BackendError> {
         self.conns.forget(id);
         self.lock_activity().remove(id);
-        self.backend.destroy(id).await
+        self.backend.destroy(id).await?;
+        if let Some(q) = &self.quota {
+            if let Err(e) = self.release_workspace(q, id).await {
+                // The box is gone; a mount left behind is unmounted at the next start.
+                tracing::warn!(sandbox = id, error = %e, "could not unmount a workspace");
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmount the workspace of sandbox `id` (whose box is gone) unless another sandbox of its
+    /// session may still run.
+    async fn release_workspace(&self, q: &WorkspaceQuota, id: &str) -> Result<(), CoreError> {
+        let Some(rec) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        let session = rec.sandbox.session_id;
+        let mut failed = None;
+        q.detach(&session, || async {
+            match self.store.list().await {
+                Ok(all) => all.iter().any(|r| {
+                    r.sandbox.id != id
+                        && r.sandbox.session_id == session
+                        && !matches!(
+                            r.sandbox.state,
+                            SandboxState::Stopped | SandboxState::Recycled | SandboxState::Replaced
+                        )
+                }),
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })
+        .await?;
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Put a sandbox in state `error` with `reason`, best effort (the record may be gone).
@@ -1971,6 +2042,8 @@ impl CoreError {
             CoreError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             CoreError::Store(StoreError::NotFound(_)) => ErrorCode::NotFound,
             CoreError::Store(_) => ErrorCode::Internal,
+            CoreError::Workspace(e) if e.is_no_space() => ErrorCode::InsufficientStorage,
+            CoreError::Workspace(_) => ErrorCode::BackendFailed,
             CoreError::Agent(e) => match e.kind {
                 K::InvalidRequest | K::WrongKind | K::Unsupported => ErrorCode::InvalidRequest,
                 K::NotFound => ErrorCode::NotFound,

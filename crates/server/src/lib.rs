@@ -391,6 +391,7 @@ pub(crate) fn manager_config(settings: &Settings, templates: &Templates) -> Mana
         },
         max_instances: settings.max_sandbox_instances,
         mount_dir: settings.default_mount_dir.clone(),
+        workspace_mb: settings.workspace_mb,
         readonly_mounts: settings.readonly_mounts.clone(),
         pool_size: settings.pool_size as usize,
         node_id: settings.node_id.clone(),

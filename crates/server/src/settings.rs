@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// 0 = none [env: SANDBOXD_DISK_MB] [default: 256].
     #[arg(long, value_name = "MB")]
     pub disk_mb: Option<String>,
+    /// Size of each session's workspace in MiB: its own file system (an ext4 image,
+    /// loop-mounted; needs root), 0 = no quota, workspaces share DEFAULT_MOUNT_DIR's file system
+    /// [env: SANDBOXD_WORKSPACE_MB] [default: 0].
+    #[arg(long, value_name = "MB")]
+    pub workspace_mb: Option<String>,
     /// Cgroup under which sandboxes' cgroups are made [env: SANDBOXD_CGROUP_PARENT]
     /// [default: sandboxd].
     #[arg(long, value_name = "NAME")]
@@ -148,7 +153,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The flags that were given, by setting name.
     fn given(&self) -> Vec<(&'static str, &'static str, &String)> {
-        let all: [(&'static str, &'static str, &Option<String>); 25] = [
+        let all: [(&'static str, &'static str, &Option<String>); 26] = [
             ("HOST", "--host", &self.host),
             ("PORT", "--port", &self.port),
             ("WORKERS", "--workers", &self.workers),
@@ -198,6 +203,11 @@ impl ServeArgs {
                 &self.sandbox_timeout,
             ),
             ("SANDBOXD_DISK_MB", "--disk-mb", &self.disk_mb),
+            (
+                "SANDBOXD_WORKSPACE_MB",
+                "--workspace-mb",
+                &self.workspace_mb,
+            ),
             (
                 "SANDBOXD_CGROUP_PARENT",
                 "--cgroup-parent",
@@ -254,6 +264,7 @@ pub const OUR_KEYS: &[&str] = &[
     "SANDBOXD_TEMPLATES_DIR",
     "SANDBOX_TIMEOUT",
     "SANDBOXD_DISK_MB",
+    "SANDBOXD_WORKSPACE_MB",
     "SANDBOXD_CGROUP_PARENT",
     "SANDBOXD_INIT_BIN",
     "SANDBOXD_AGENT_BIN",
@@ -419,6 +430,9 @@ pub struct Settings {
     pub sandbox_timeout_secs: u64,
     /// `SANDBOXD_DISK_MB`: default disk limit of a sandbox in MiB (0 = none).
     pub disk_mb: u64,
+    /// `SANDBOXD_WORKSPACE_MB`: size of each session's workspace file system in MiB (0 = no
+    /// quota).
+    pub workspace_mb: u64,
     /// `SANDBOXD_CGROUP_PARENT`: cgroup under which sandboxes' cgroups are made.
     pub cgroup_parent: String,
     /// `SANDBOXD_INIT_BIN`: the native backend's init binary (default: next to the executable).
@@ -482,6 +496,7 @@ impl fmt::Debug for Settings {
             .field("templates_dir", &self.templates_dir)
             .field("sandbox_timeout_secs", &self.sandbox_timeout_secs)
             .field("disk_mb", &self.disk_mb)
+            .field("workspace_mb", &self.workspace_mb)
             .field("cgroup_parent", &self.cgroup_parent)
             .field("init_bin", &self.init_bin)
             .field("agent_bin", &self.agent_bin)
@@ -525,6 +540,7 @@ impl Default for Settings {
             templates_dir: None,
             sandbox_timeout_secs: 300,
             disk_mb: 256,
+            workspace_mb: 0,
             cgroup_parent: "sandboxd".into(),
             init_bin: None,
             agent_bin: None,
@@ -1074,6 +1090,29 @@ impl Settings {
             }
             s.disk_mb = mb;
         }
+        if let Some(r) = get("SANDBOXD_WORKSPACE_MB") {
+            let mb: u64 = r.value.trim().parse().map_err(|_| {
+                invalid(
+                    "SANDBOXD_WORKSPACE_MB",
+                    r,
+                    "expected a number of MiB (0 = no quota)".into(),
+                )
+            })?;
+            if mb != 0 {
+                check_resources(&sandboxd_types::Resources {
+                    disk_mb: Some(mb),
+                    ..Default::default()
+                })
+                .map_err(|e| {
+                    invalid(
+                        "SANDBOXD_WORKSPACE_MB",
+                        r,
+                        e.replace("resources.disk_mb", "the size"),
+                    )
+                })?;
+            }
+            s.workspace_mb = mb;
+        }
         if let Some(r) = get("SANDBOXD_CGROUP_PARENT") {
             let v = r.value.trim().trim_matches('/');
             let ok = !v.is_empty()
@@ -1573,6 +1612,23 @@ mod tests {
                 .disk_mb,
             512
         );
+    }
+
+    #[test]
+    fn workspace_quota() {
+        let parse = |v: &str| {
+            Settings::from_sources(
+                &ServeArgs::default(),
+                &env_of(&[("SANDBOXD_WORKSPACE_MB", v)]),
+            )
+        };
+        assert_eq!(Settings::default().workspace_mb, 0);
+        assert_eq!(parse("64").unwrap().workspace_mb, 64);
+        assert_eq!(parse("0").unwrap().workspace_mb, 0);
+        for bad in ["8", "lots", "-1"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("SANDBOXD_WORKSPACE_MB"), "{bad}: {e}");
+        }
     }
 
     #[test]

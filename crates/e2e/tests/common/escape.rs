@@ -43,6 +43,9 @@ pub const ATTACKER_PIDS: u64 = 128;
 pub const ATTACKER_DISK_MB: u64 = 64;
 /// Size of the file system the battery gives `DEFAULT_MOUNT_DIR` (all workspaces).
 pub const WORKSPACES_FS_MB: u64 = 192;
+/// The workspace quota of every sandbox of the battery (`SANDBOXD_WORKSPACE_MB`): less than
+/// [`WORKSPACES_FS_MB`], so that a quota that does not hold fills the shared file system.
+pub const WORKSPACE_QUOTA_MB: u64 = 48;
 
 /// How an attack is written.
 #[derive(Debug, Clone, Copy)]
@@ -630,11 +633,24 @@ fn disk_fill_check<'a>(ctx: &'a Ctx, run: &'a Run) -> BoxFuture<'a, Verdict> {
 fn workspace_fill_check<'a>(ctx: &'a Ctx, run: &'a Run) -> BoxFuture<'a, Verdict> {
     Box::pin(async move {
         let v = disk_fill_check(ctx, run).await;
-        // The other tenant's files on the same file system are intact.
+        if let Some((bytes, _, _)) = fill_report(run) {
+            if bytes > WORKSPACE_QUOTA_MB << 20 {
+                return Verdict::Survived(format!(
+                    "wrote {} MiB past a workspace quota of {WORKSPACE_QUOTA_MB} MiB",
+                    bytes >> 20
+                ));
+            }
+        }
+        // The other tenant's files are intact, and its workspace still takes writes.
         let secret = read(ctx.victim_dir().join("victim-secret.txt"));
         if !secret.contains(&ctx.token) {
             return Verdict::Survived("the other sandbox's workspace lost a file".into());
         }
+        let probe = ctx.victim_dir().join("after-fill.bin");
+        if let Err(e) = std::fs::write(&probe, vec![7u8; 4 << 20]) {
+            return Verdict::Survived(format!("the other sandbox's workspace is full too: {e}"));
+        }
+        let _ = std::fs::remove_file(probe);
         v
     })
 }
@@ -1863,7 +1879,7 @@ os.system("/workspace/cap-py -c \"print([l.strip() for l in open('/proc/self/sta
             ],
         },
         Case {
-            name: "disk fill of /workspace (its file system)",
+            name: "disk fill of /workspace (its quota)",
             script: Script::Py(FILL.replace_str("@@DIR@@", "/workspace")),
             check: workspace_fill_check,
             survives_on: &[],
@@ -1928,7 +1944,7 @@ with open(d + "/keep.bin", "wb") as f:
     os.fsync(f.fileno())
 cap = (@@DISK_MB@@ + 64) << 20
 if d == "/workspace":
-    cap = (@@WORKSPACES_FS_MB@@ + 64) << 20
+    cap = (@@WORKSPACE_QUOTA_MB@@ + 64) << 20
 written, err = 0, "none"
 chunk = b"\xa5" * (1 << 20)
 try:
@@ -2044,6 +2060,10 @@ impl Fixtures {
             (
                 "READONLY_MOUNTS".to_string(),
                 format!("{}:/ro", ro.path().display()),
+            ),
+            (
+                "SANDBOXD_WORKSPACE_MB".to_string(),
+                WORKSPACE_QUOTA_MB.to_string(),
             ),
         ];
         let redis = sandboxd_store::testing::RedisServer::start();
@@ -2236,7 +2256,7 @@ pub async fn run_battery(server: &Server, backend: &'static str, fx: &Fixtures) 
     vars.insert("DISK_MAJ", maj.to_string());
     vars.insert("DISK_MIN", min.to_string());
     vars.insert("DISK_MB", ATTACKER_DISK_MB.to_string());
-    vars.insert("WORKSPACES_FS_MB", WORKSPACES_FS_MB.to_string());
+    vars.insert("WORKSPACE_QUOTA_MB", WORKSPACE_QUOTA_MB.to_string());
     vars.insert(
         "PID_MAX",
         read("/proc/sys/kernel/pid_max").trim().to_string(),
