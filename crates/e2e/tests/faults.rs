@@ -1,8 +1,8 @@
 //! Faults a real `sandboxd serve` must survive on the native backend: SIGKILL of the server in
 //! the middle of creates, execs (buffered and streaming) and uploads, several at once, with the
 //! in-memory store (everything cleaned up at the next start) and with Redis (running sandboxes
-//! adopted); the guest agent killed inside a sandbox (reported, then restarted over the same
-//! workspace); and a full disk under the state and workspace directories (507, nothing
+//! adopted); the guest agent killed inside a sandbox, on every backend (reported, then
+//! restarted over the same workspace); and a full disk under the state and workspace directories (507, nothing
 //! corrupted, the server restarts on it).
 
 mod common;
@@ -362,10 +362,9 @@ async fn wait_error(c: &sandboxd_client::Client, id: &str) -> Sandbox {
 
 /// The agent killed with SIGKILL: the sandbox is reported `error` with a reason, refuses work
 /// with `not_running`, and `POST /restart` brings it back with the same id over the same
-/// workspace, in a new box; a running sandbox restarts too, and a deleted one cannot.
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_agent_is_reported_and_restarted() {
-    let server = common::server().await;
+/// workspace, in a new box; a running sandbox restarts too, and a deleted one cannot. `kill`
+/// kills the agent of a sandbox from the host, as the backend allows.
+async fn killed_agent_is_reported_and_restarted_on(server: &Server, kill: &dyn Fn(&str)) {
     let c = server.client();
     let sb = c.create(&create_req()).await.unwrap();
     let kept = pattern(7, 300_000);
@@ -373,9 +372,7 @@ async fn killed_agent_is_reported_and_restarted() {
         .await
         .unwrap();
     c.python(&sb.id, &common::py("x = 41")).await.unwrap();
-    let agent = agent_host_pid(&server.cgroup_parent).expect("the agent's host pid");
-    // SAFETY: kill(2) of the pid found as PID 1 in this test server's sandbox's cgroup.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    kill(&sb.id);
 
     let dead = wait_error(&c, &sb.id).await;
     let reason = dead.reason.clone().expect("a reason");
@@ -391,7 +388,6 @@ async fn killed_agent_is_reported_and_restarted() {
         .await
         .unwrap_err();
     assert_eq!(api_code(&e), Some(ErrorCode::NotRunning), "{e}");
-    assert!(wait_no_procs(&server.cgroup_parent).await.is_empty());
 
     let back = c.restart(&sb.id).await.unwrap();
     assert_eq!(
@@ -400,8 +396,6 @@ async fn killed_agent_is_reported_and_restarted() {
     );
     assert_eq!(back.session_id, sb.session_id);
     assert_eq!(back.expires_at_ms, sb.expires_at_ms);
-    let again = agent_host_pid(&server.cgroup_parent).expect("a new agent");
-    assert_ne!(again, agent);
     assert_eq!(
         &c.read_file(&sb.id, "kept.bin").await.unwrap()[..],
         &kept[..]
@@ -427,8 +421,81 @@ async fn killed_agent_is_reported_and_restarted() {
     c.delete(&sb.id).await.unwrap();
     let e = c.restart(&sb.id).await.unwrap_err();
     assert_eq!(api_code(&e), Some(ErrorCode::NotFound), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_is_reported_and_restarted() {
+    let server = common::server().await;
+    let parent = server.cgroup_parent.clone();
+    killed_agent_is_reported_and_restarted_on(&server, &|_| {
+        let agent = agent_host_pid(&parent).expect("the agent's host pid");
+        // SAFETY: kill(2) of the pid found as PID 1 in this test server's sandbox's cgroup.
+        assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    })
+    .await;
     assert!(wait_no_procs(&server.cgroup_parent).await.is_empty());
     assert!(sandbox_cgroups(&server.cgroup_parent).is_empty());
+}
+
+/// On docker the agent is the container's PID 1: the engine's `kill` is its SIGKILL.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_is_reported_and_restarted_on_docker() {
+    if !common::runtime_installed("docker", "dockerd") {
+        return;
+    }
+    let dockerd = sandboxd_e2e::DockerDaemon::start().expect("a private dockerd");
+    let server = common::server_with(ServerOptions {
+        env: vec![
+            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+            ("DOCKER_HOST".into(), dockerd.host.clone()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let host = dockerd.host.clone();
+    killed_agent_is_reported_and_restarted_on(&server, &|id| {
+        let docker = |args: &[&str]| {
+            let out = Command::new("docker")
+                .arg("-H")
+                .arg(&host)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "docker {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let name = format!("name={id}");
+        let container = docker(&["ps", "-q", "--filter", &name]);
+        assert_eq!(container.lines().count(), 1, "{container:?}");
+        docker(&["kill", "--signal", "KILL", container.trim()]);
+    })
+    .await;
+    assert_eq!(dockerd.containers(), Vec::<String>::new());
+}
+
+/// On gvisor the agent is the init of the sandbox's container inside gVisor's kernel: runsc's
+/// `kill` sends it SIGKILL there.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_is_reported_and_restarted_on_gvisor() {
+    if !common::runtime_installed("gvisor", "runsc") {
+        return;
+    }
+    let server = common::server_with(ServerOptions {
+        env: vec![("CONTAINER_DEPLOYMENT".into(), "gvisor".into())],
+        ..Default::default()
+    })
+    .await;
+    let root = server.state.path().join("gvisor/runsc");
+    killed_agent_is_reported_and_restarted_on(&server, &|id| {
+        let out = Command::new("runsc")
+            .arg("--root")
+            .arg(&root)
+            .args(["kill", id, "KILL"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "runsc kill: {out:?}");
+    })
+    .await;
 }
 
 /// A small ext4 file system on a loop device, mounted on a temporary directory and unmounted
