@@ -277,7 +277,8 @@ async fn wait_pool_full(client: &sandboxd_client::Client, size: usize) -> Result
 }
 
 /// Delete whatever the server still lists (a create whose reply was lost, a delete that
-/// failed), and say how many there were, not counting the warm sandboxes of a pool.
+/// failed), and say how many there were, not counting a pool's sandboxes (warm, or being made
+/// by its refill: they carry the pool's name until handed out).
 async fn sweep(server: &Server) -> usize {
     let client = server.client();
     let all = match client.list(&Default::default()).await {
@@ -293,7 +294,12 @@ async fn sweep(server: &Server) -> usize {
         }
     }
     all.iter()
-        .filter(|s| s.state != sandboxd_types::SandboxState::Warm)
+        .filter(|s| {
+            s.state != sandboxd_types::SandboxState::Warm
+                && !s
+                    .metadata
+                    .contains_key(sandboxd_core::pool::POOL_METADATA_KEY)
+        })
         .count()
 }
 
