@@ -33,10 +33,7 @@ async fn docker_backend_keeps_the_contract() {
     }
     let dockerd = DockerDaemon::start().expect("a private dockerd");
     let mut server = common::server_with(ServerOptions {
-        env: vec![
-            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
-            ("DOCKER_HOST".into(), dockerd.host.clone()),
-        ],
+        env: common::docker_env(&dockerd.host),
         ..Default::default()
     })
     .await;
@@ -54,10 +51,7 @@ async fn docker_backend_keeps_the_contract_on_podman() {
     }
     let podman = PodmanService::start().expect("a private Podman service");
     let mut server = common::server_with(ServerOptions {
-        env: vec![
-            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
-            ("DOCKER_HOST".into(), podman.host.clone()),
-        ],
+        env: common::docker_env(&podman.host),
         ..Default::default()
     })
     .await;
@@ -172,10 +166,7 @@ async fn docker_backend_runs_images_the_user_names() {
     assert!(status.success(), "docker import");
 
     let server = common::server_with(ServerOptions {
-        env: vec![
-            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
-            ("DOCKER_HOST".into(), dockerd.host.clone()),
-        ],
+        env: common::docker_env(&dockerd.host),
         ..Default::default()
     })
     .await;

@@ -445,10 +445,7 @@ async fn killed_agent_is_reported_and_restarted_on_docker() {
     }
     let dockerd = sandboxd_e2e::DockerDaemon::start().expect("a private dockerd");
     let server = common::server_with(ServerOptions {
-        env: vec![
-            ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
-            ("DOCKER_HOST".into(), dockerd.host.clone()),
-        ],
+        env: common::docker_env(&dockerd.host),
         ..Default::default()
     })
     .await;

@@ -192,11 +192,7 @@ async fn docker_workspace_quota_holds() {
         return;
     }
     let dockerd = DockerDaemon::start().expect("a private dockerd");
-    let server = common::server_with(options(vec![
-        ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
-        ("DOCKER_HOST".into(), dockerd.host.clone()),
-    ]))
-    .await;
+    let server = common::server_with(options(common::docker_env(&dockerd.host))).await;
     fill_stops_at_the_quota(&server, "qd").await;
 }
 

@@ -1073,45 +1073,26 @@ impl Settings {
                 )
             })?;
         }
-        if let Some(r) = get("SANDBOXD_DISK_MB") {
-            let mb: u64 = r.value.trim().parse().map_err(|_| {
-                invalid(
-                    "SANDBOXD_DISK_MB",
-                    r,
-                    "expected a number of MiB (0 = no limit)".into(),
-                )
-            })?;
+        // A disk size in MiB: 0, or what a request's `resources.disk_mb` may be.
+        let disk_size = |name: &'static str, r: &Raw, zero: &str| -> Result<u64, SettingsError> {
+            let mb: u64 =
+                r.value.trim().parse().map_err(|_| {
+                    invalid(name, r, format!("expected a number of MiB (0 = {zero})"))
+                })?;
             if mb != 0 {
                 check_resources(&sandboxd_types::Resources {
                     disk_mb: Some(mb),
                     ..Default::default()
                 })
-                .map_err(|e| invalid("SANDBOXD_DISK_MB", r, e))?;
+                .map_err(|e| invalid(name, r, e.replace("resources.disk_mb", "the size")))?;
             }
-            s.disk_mb = mb;
+            Ok(mb)
+        };
+        if let Some(r) = get("SANDBOXD_DISK_MB") {
+            s.disk_mb = disk_size("SANDBOXD_DISK_MB", r, "no limit")?;
         }
         if let Some(r) = get("SANDBOXD_WORKSPACE_MB") {
-            let mb: u64 = r.value.trim().parse().map_err(|_| {
-                invalid(
-                    "SANDBOXD_WORKSPACE_MB",
-                    r,
-                    "expected a number of MiB (0 = no quota)".into(),
-                )
-            })?;
-            if mb != 0 {
-                check_resources(&sandboxd_types::Resources {
-                    disk_mb: Some(mb),
-                    ..Default::default()
-                })
-                .map_err(|e| {
-                    invalid(
-                        "SANDBOXD_WORKSPACE_MB",
-                        r,
-                        e.replace("resources.disk_mb", "the size"),
-                    )
-                })?;
-            }
-            s.workspace_mb = mb;
+            s.workspace_mb = disk_size("SANDBOXD_WORKSPACE_MB", r, "no quota")?;
         }
         if let Some(r) = get("SANDBOXD_CGROUP_PARENT") {
             let v = r.value.trim().trim_matches('/');

@@ -25,6 +25,15 @@ pub fn require_base() {
     );
 }
 
+/// The server settings of the docker backend on the engine at `host` (a private dockerd's or
+/// Podman service's `DOCKER_HOST`).
+pub fn docker_env(host: &str) -> Vec<(String, String)> {
+    vec![
+        ("CONTAINER_DEPLOYMENT".into(), "docker".into()),
+        ("DOCKER_HOST".into(), host.to_string()),
+    ]
+}
+
 pub async fn server() -> Server {
     server_with(ServerOptions::default()).await
 }
