@@ -1528,12 +1528,12 @@ impl Manager {
         payload: &[u8],
     ) -> Result<Frame<Response>, CoreError> {
         let (conn, frame) = self.exchange(id, req, payload).await?;
+        // The agent reads on after refusing a request, so the connection serves the next one
+        // either way (and one it did close is replaced at the next exchange).
+        self.conns.put(id, conn);
         match frame.header {
             Response::Error(e) => Err(CoreError::Agent(e)),
-            _ => {
-                self.conns.put(id, conn);
-                Ok(frame)
-            }
+            _ => Ok(frame),
         }
     }
 
@@ -1576,18 +1576,23 @@ impl Manager {
                         _ = tx.closed() => break,
                     },
                 };
-                let event = match received {
-                    Ok(frame) => exec_event(frame, started),
-                    Err(e) => error_event(e),
+                // An answer of the agent's own (an exit, or its refusal to run the command)
+                // leaves the connection ready for the next request; a broken one does not.
+                let (event, reusable) = match received {
+                    Ok(frame) => {
+                        let refused = matches!(frame.header, Response::Error(_));
+                        let event = exec_event(frame, started);
+                        let exited = matches!(event, ExecEvent::Exit { .. });
+                        (event, exited || refused)
+                    }
+                    Err(e) => (error_event(e), false),
                 };
-                let exited = matches!(event, ExecEvent::Exit { .. });
-                let last = exited || matches!(event, ExecEvent::Error { .. });
+                let last = reusable || matches!(event, ExecEvent::Error { .. });
                 if tx.send(event).await.is_err() {
                     break;
                 }
                 if last {
-                    // After a clean exit the connection is ready for the next request.
-                    if exited {
+                    if reusable {
                         conns.put(&id, conn);
                     }
                     break;
@@ -1605,6 +1610,11 @@ impl Manager {
         let (mut conn, mut frame) = self.start_exec(id, req, true).await?;
         let (mut stdout, mut stderr) = (String::new(), String::new());
         loop {
+            if let Response::Error(e) = frame.header {
+                // The agent refused (a program that cannot run): its connection reads on.
+                self.conns.put(id, conn);
+                return Err(CoreError::Agent(e));
+            }
             match exec_event(frame, started) {
                 ExecEvent::Started { .. } => {}
                 ExecEvent::Stdout { data } => stdout.push_str(&data),

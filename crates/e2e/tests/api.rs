@@ -101,6 +101,39 @@ async fn bad_requests_get_clear_errors() {
     assert!(c.list(&BTreeMap::new()).await.unwrap().is_empty());
 }
 
+/// A program that cannot run is the agent's refusal, named as such (not an unreachable agent),
+/// buffered and streamed alike, and the sandbox goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_that_cannot_run_is_refused_clearly() {
+    let server = common::server().await;
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    let missing = ExecRequest {
+        cmd: Some(vec!["/no/such/program".into()]),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        let err = c.exec(&sb.id, &missing).await.unwrap_err();
+        assert_eq!(api_code(&err), Some(ErrorCode::AgentFailed), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot run /no/such/program") && !text.contains("unreachable"),
+            "{text}"
+        );
+        assert_eq!(sh(&c, &sb.id, "echo still").await.stdout, "still\n");
+    }
+    let mut events = c.exec_stream(&sb.id, &missing).await.unwrap();
+    match futures::StreamExt::next(&mut events).await {
+        Some(Ok(sandboxd_types::ExecEvent::Error { error })) => {
+            assert!(error.message.contains("cannot run"), "{error:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(events);
+    assert_eq!(sh(&c, &sb.id, "echo after").await.stdout, "after\n");
+    c.delete(&sb.id).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn files_round_trip_and_stay_confined() {
     let server = common::server().await;
