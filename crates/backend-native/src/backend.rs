@@ -504,12 +504,18 @@ fn create_blocking(
         pid: None,
         armed: true,
     };
-    for dir in [
-        &paths.dir.join("layer"),
-        &paths.upper,
-        &paths.work,
-        &paths.rootfs,
-    ] {
+    // With a disk limit the init mounts a tmpfs on `layer` and makes the upper and work
+    // directories in it: made here too, they would be two inodes of the host's disk made and
+    // removed for nothing at every box.
+    let layer_dirs: &[&PathBuf] = if spec.limits.disk_bytes > 0 {
+        &[]
+    } else {
+        &[&paths.upper, &paths.work]
+    };
+    for dir in [&paths.dir.join("layer"), &paths.rootfs]
+        .iter()
+        .chain(layer_dirs)
+    {
         fs::create_dir(dir).map_err(NativeError::io(format!("create {}", dir.display())))?;
     }
     fs::DirBuilder::new()
