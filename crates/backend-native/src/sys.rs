@@ -442,11 +442,31 @@ pub fn memfd_create(name: &CStr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Seal a memfd against any further change.
+/// Seal a memfd (that nothing has mapped) against any further change.
+///
+/// `F_SEAL_WRITE` first waits for every page of the file to lose the extra references others
+/// hold on it, and gives up with `EBUSY` after a while: pages just written can sit in another
+/// CPU's batch of pages on their way to the LRU lists, holding one, until that CPU drains it.
+/// Then `F_SEAL_FUTURE_WRITE` seals it as well for a file nobody has mapped: no write and no
+/// writable mapping can be made any more, and there is none already.
 pub fn seal_all(fd: RawFd) -> io::Result<()> {
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
     // SAFETY: F_ADD_SEALS takes an int argument and no pointers.
-    check(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) }).map(drop)
+    let sealed = check(unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            fixed | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL,
+        )
+    });
+    match sealed {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let seals = fixed | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+            // SAFETY: as above.
+            check(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) }).map(drop)
+        }
+        r => r.map(drop),
+    }
 }
 
 /// A pipe whose both ends are `O_CLOEXEC`: `(read, write)`.
@@ -667,5 +687,57 @@ impl Drop for AllSignalsBlocked {
                 KERNEL_SIGSET_SIZE,
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn seals(fd: RawFd) -> libc::c_int {
+        // SAFETY: F_GET_SEALS takes no argument.
+        unsafe { libc::fcntl(fd, libc::F_GET_SEALS) }
+    }
+
+    #[test]
+    fn a_sealed_memfd_takes_no_write() {
+        let mut f = std::fs::File::from(memfd_create(c"seal-test").unwrap());
+        f.write_all(b"\x7fELF and the rest").unwrap();
+        seal_all(f.as_raw_fd()).unwrap();
+        let s = seals(f.as_raw_fd());
+        assert_ne!(s & libc::F_SEAL_WRITE, 0, "{s:#x}");
+        assert_ne!(s & libc::F_SEAL_SEAL, 0, "{s:#x}");
+        assert!(f.write_all(b"x").is_err());
+    }
+
+    /// `F_SEAL_WRITE` refused (here by a writable shared mapping, which makes it `EBUSY` as
+    /// a page still held elsewhere does): the memfd is sealed with `F_SEAL_FUTURE_WRITE`.
+    #[test]
+    fn a_busy_memfd_is_sealed_against_future_writes() {
+        let mut f = std::fs::File::from(memfd_create(c"seal-test").unwrap());
+        f.write_all(&[7u8; 4096]).unwrap();
+        // SAFETY: a fresh shared mapping of 4096 bytes of a file this test owns; unmapped
+        // below, and never used through a pointer.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        seal_all(f.as_raw_fd()).unwrap();
+        // SAFETY: the mapping made above, of that length.
+        unsafe { libc::munmap(map, 4096) };
+        let s = seals(f.as_raw_fd());
+        assert_eq!(s & libc::F_SEAL_WRITE, 0, "{s:#x}");
+        assert_ne!(s & libc::F_SEAL_FUTURE_WRITE, 0, "{s:#x}");
+        assert_ne!(s & libc::F_SEAL_SEAL, 0, "{s:#x}");
+        assert!(f.write_all(b"x").is_err());
     }
 }
