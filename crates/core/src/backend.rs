@@ -126,14 +126,16 @@ impl BackendError {
     /// Whether the host's disk (or a disk quota) is full: the operation failed for want of
     /// space, not through a fault of the backend.
     pub fn is_no_space(&self) -> bool {
-        match self {
-            BackendError::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ),
-            _ => false,
-        }
+        matches!(self, BackendError::Io { source, .. } if io_no_space(source))
     }
+}
+
+/// Whether an I/O error says the disk (or a disk quota) is full.
+pub(crate) fn io_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// A way of running isolated boxes.

@@ -769,28 +769,18 @@ impl Manager {
             return Ok(());
         };
         let session = rec.sandbox.session_id;
-        let mut failed = None;
         q.detach(&session, || async {
-            match self.store.list().await {
-                Ok(all) => all.iter().any(|r| {
-                    r.sandbox.id != id
-                        && r.sandbox.session_id == session
-                        && !matches!(
-                            r.sandbox.state,
-                            SandboxState::Stopped | SandboxState::Recycled | SandboxState::Replaced
-                        )
-                }),
-                Err(e) => {
-                    failed = Some(e);
-                    true
-                }
-            }
+            let all = self.store.list().await?;
+            Ok::<_, CoreError>(all.iter().any(|r| {
+                r.sandbox.id != id
+                    && r.sandbox.session_id == session
+                    && !matches!(
+                        r.sandbox.state,
+                        SandboxState::Stopped | SandboxState::Recycled | SandboxState::Replaced
+                    )
+            }))
         })
-        .await?;
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        .await
     }
 
     /// Put a sandbox in state `error` with `reason`, best effort (the record may be gone).

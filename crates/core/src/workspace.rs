@@ -53,10 +53,7 @@ impl WorkspaceError {
 
     /// Whether the host's disk is full (the image could not be made for want of space).
     pub fn is_no_space(&self) -> bool {
-        matches!(self, WorkspaceError::Io { source, .. } if matches!(
-            source.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        ))
+        matches!(self, WorkspaceError::Io { source, .. } if crate::backend::io_no_space(source))
     }
 }
 
@@ -112,11 +109,6 @@ impl WorkspaceQuota {
             images,
             size_mb,
         })
-    }
-
-    /// The size of a new workspace's file system, in MiB.
-    pub fn size_mb(&self) -> u64 {
-        self.size_mb
     }
 
     /// The image file of a session.
@@ -220,21 +212,22 @@ impl WorkspaceQuota {
         made
     }
 
-    /// Unmount the workspace of `session` unless `in_use` says a sandbox still needs it; its
-    /// files stay in the image. `in_use` is asked under the lock, so that a sandbox of the
-    /// session being started at the same time (whose record exists before it attaches) keeps
-    /// its mount.
-    pub async fn detach<F, Fut>(&self, session: &str, in_use: F) -> Result<(), WorkspaceError>
+    /// Unmount the workspace of `session` unless `in_use` says a sandbox still needs it (or
+    /// fails); its files stay in the image. `in_use` is asked under the lock, so that a
+    /// sandbox of the session being started at the same time (whose record exists before it
+    /// attaches) keeps its mount.
+    pub async fn detach<F, Fut, E>(&self, session: &str, in_use: F) -> Result<(), E>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = bool>,
+        Fut: std::future::Future<Output = Result<bool, E>>,
+        E: From<WorkspaceError>,
     {
         let _lock = self.lock().await?;
         let workspace = self.mount_dir.join(session);
-        if !Self::mounted(&workspace) || !self.image(session).exists() || in_use().await {
+        if !Self::mounted(&workspace) || !self.image(session).exists() || in_use().await? {
             return Ok(());
         }
-        unmount(&workspace).await
+        Ok(unmount(&workspace).await?)
     }
 
     /// Unmount every workspace with an image whose session is not in `keep` (after a crash:
