@@ -420,7 +420,14 @@ fn remove_box_resources(inner: &Inner, id: &str) -> Result<(usize, usize), Nativ
         // The server's own group: killing it would kill the server.
         return Ok((0, 0));
     }
-    let killed = inner.cgroups.kill(id)?;
+    let killed = inner.cgroups.pids(id).len();
+    inner.cgroups.kill(id)?;
+    Ok((killed, remove_dead_box(inner, id)?))
+}
+
+/// Remove the cgroups and directories of a box whose processes are gone. Returns how many
+/// resources were removed.
+fn remove_dead_box(inner: &Inner, id: &str) -> Result<usize, NativeError> {
     let mut removed = inner.cgroups.remove(id)?;
     let paths = BoxPaths::new(&inner.config, id);
     for dir in [&paths.dir, &paths.run] {
@@ -430,7 +437,7 @@ fn remove_box_resources(inner: &Inner, id: &str) -> Result<(usize, usize), Nativ
             Err(e) => return Err(NativeError::io(format!("remove {}", dir.display()))(e)),
         }
     }
-    Ok((killed, removed))
+    Ok(removed)
 }
 
 /// `remove_dir_all`, and if that is refused, again after making every directory of the tree
@@ -712,30 +719,36 @@ impl Backend for NativeBackend {
         }
         let inner = self.inner.clone();
         let owned_id = id.to_string();
-        let kill = tokio::task::spawn_blocking(move || inner.cgroups.kill(&owned_id).map(drop));
-        let killed = kill.await.map_err(|e| BackendError::Io {
+        let runtime = tokio::runtime::Handle::current();
+        // One blocking task for the whole teardown: kill, wait for the reaper to collect the
+        // init (by then every process of its pid namespace is gone), remove.
+        tokio::task::spawn_blocking(move || {
+            let killed = inner.cgroups.kill(&owned_id);
+            if let Some(state) = state {
+                let mut rx = state.exited.clone();
+                let reaped = runtime.block_on(tokio::time::timeout(
+                    REAP_TIMEOUT,
+                    rx.wait_for(|s| s.is_some()),
+                ));
+                if reaped.is_err() {
+                    return Err(BackendError::Io {
+                        context: format!(
+                            "box {owned_id}: the init (pid {}) was not reaped",
+                            state.pid
+                        ),
+                        source: io::ErrorKind::TimedOut.into(),
+                    });
+                }
+            }
+            killed.map_err(NativeError::from)?;
+            remove_dead_box(&inner, &owned_id)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| BackendError::Io {
             context: "destroy task".into(),
             source: io::Error::other(e),
-        })?;
-        if let Some(state) = state {
-            let mut rx = state.exited.clone();
-            let reaped = tokio::time::timeout(REAP_TIMEOUT, rx.wait_for(|s| s.is_some())).await;
-            if reaped.is_err() {
-                return Err(BackendError::Io {
-                    context: format!("box {id}: the init (pid {}) was not reaped", state.pid),
-                    source: io::ErrorKind::TimedOut.into(),
-                });
-            }
-        }
-        killed.map_err(NativeError::from)?;
-        let inner = self.inner.clone();
-        let owned_id = id.to_string();
-        tokio::task::spawn_blocking(move || remove_box_resources(&inner, &owned_id))
-            .await
-            .map_err(|e| BackendError::Io {
-                context: "destroy task".into(),
-                source: io::Error::other(e),
-            })??;
+        })??;
         tracing::debug!(box_id = %id, "native box destroyed");
         Ok(())
     }

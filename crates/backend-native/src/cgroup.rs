@@ -396,6 +396,9 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// How long [`Cgroups::kill`] and [`Cgroups::remove`] keep trying.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Cgroups::kill`] trusts v2's `populated` flag before it lists the tasks left.
+const LIST_AFTER: Duration = Duration::from_millis(20);
+
 /// The cgroups of the boxes of one backend: `<hierarchy>/<parent>/<id>`.
 pub struct Cgroups<F: CgroupFs = RealCgroupFs> {
     layout: CgroupLayout,
@@ -723,9 +726,8 @@ impl<F: CgroupFs> Cgroups<F> {
         pids.into_iter().collect()
     }
 
-    /// Kill every process of the box. Returns how many processes were found at the start.
-    pub fn kill(&self, id: &str) -> Result<usize, CgroupError> {
-        let found = self.pids(id).len();
+    /// Kill every process of the box and wait until its groups are empty.
+    pub fn kill(&self, id: &str) -> Result<(), CgroupError> {
         let killed_by_v2 = match self.v2_box_dir(id) {
             Some(dir) if self.fs.exists(&dir.join("cgroup.kill")) => {
                 self.write(&dir.join("cgroup.kill"), "1")?;
@@ -740,23 +742,47 @@ impl<F: CgroupFs> Cgroups<F> {
         } else {
             self.kill_frozen(id)?;
         }
-        // Whatever is still listed (a v1-only host without a freezer, or a task the freezer
-        // missed) is killed one by one until the groups are empty.
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        // Killed tasks take a moment to exit: look again soon, then less and less often.
+        // While v2's `populated` flag says tasks remain, they are dying (cgroup.kill reached
+        // every one, and any it forks); listing them (a pid list built per hierarchy) is left
+        // for a group that is slow to empty. Whatever is still listed then (a v1-only host
+        // without a freezer, or a task the freezer missed) is killed one by one.
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(100);
         loop {
-            let left = self.pids(id);
-            if left.is_empty() {
-                return Ok(found);
+            let listed = match self.populated(id) {
+                Some(false) => return Ok(()),
+                Some(true) if start.elapsed() < LIST_AFTER => None,
+                _ => Some(self.pids(id)),
+            };
+            if let Some(left) = listed {
+                if left.is_empty() {
+                    return Ok(());
+                }
+                if start.elapsed() > SETTLE_TIMEOUT {
+                    let path = self.box_dirs(id).into_iter().next().unwrap_or_default();
+                    return Err(CgroupError::NotEmpty { path });
+                }
+                for pid in left {
+                    let _ = self.fs.kill(pid);
+                }
             }
-            if Instant::now() > deadline {
-                let path = self.box_dirs(id).into_iter().next().unwrap_or_default();
-                return Err(CgroupError::NotEmpty { path });
-            }
-            for pid in left {
-                let _ = self.fs.kill(pid);
-            }
-            self.fs.pause(Duration::from_millis(5));
+            self.fs.pause(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
+    }
+
+    /// Whether the box's v2 group still has live tasks (`cgroup.events`); `None` without a
+    /// v2 group or when the file cannot be read.
+    fn populated(&self, id: &str) -> Option<bool> {
+        let events = self
+            .fs
+            .read(&self.v2_box_dir(id)?.join("cgroup.events"))
+            .ok()?;
+        events
+            .lines()
+            .find_map(|l| l.strip_prefix("populated "))
+            .map(|v| v.trim() != "0")
     }
 
     /// Freeze every process of the box (`frozen`), or thaw them, and wait until the kernel
@@ -1218,8 +1244,9 @@ mod tests {
             ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n101\n"),
         ]);
         let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
-        // The fake's cgroup.kill does nothing, so the per-pid fallback must finish the job.
-        assert_eq!(cg.kill("b1").unwrap(), 2);
+        // The fake's cgroup.kill does nothing and there is no `cgroup.events`, so the per-pid
+        // fallback must finish the job.
+        cg.kill("b1").unwrap();
         let log = fake.log();
         assert_eq!(log[0], "write /sys/fs/cgroup/unified/sbx/b1/cgroup.kill 1");
         assert!(log.contains(&"kill 100".to_string()));
@@ -1230,7 +1257,7 @@ mod tests {
         ]);
         let cg =
             Cgroups::new(CgroupLayout::from_mountinfo(PURE_V1).unwrap(), "sbx", &fake).unwrap();
-        assert_eq!(cg.kill("b1").unwrap(), 1);
+        cg.kill("b1").unwrap();
         assert_eq!(
             fake.log(),
             vec![
@@ -1238,6 +1265,26 @@ mod tests {
                 "kill 7",
                 "write /sys/fs/cgroup/freezer/sbx/b1/freezer.state THAWED",
             ]
+        );
+    }
+
+    #[test]
+    fn kill_trusts_an_empty_v2_group() {
+        // cgroup.procs still lists a pid, but v2 says the group is empty: no pid is listed
+        // or killed one by one.
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
+            (
+                "/sys/fs/cgroup/unified/sbx/b1/cgroup.events",
+                "populated 0\nfrozen 0\n",
+            ),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n"),
+        ]);
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
+        cg.kill("b1").unwrap();
+        assert_eq!(
+            fake.log(),
+            vec!["write /sys/fs/cgroup/unified/sbx/b1/cgroup.kill 1"]
         );
     }
 

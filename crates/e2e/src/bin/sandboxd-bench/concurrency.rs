@@ -70,18 +70,22 @@ pub async fn run(args: &super::Args) -> Result<()> {
         if clients == 0 {
             continue;
         }
-        eprintln!(
-            "concurrency {clients}: sandboxd, {clients} clients × {} sandboxes …",
-            args.per_client
-        );
-        let mut level = sandboxd_level(args, clients, false).await?;
+        let mut level = if args.warm_pool_only {
+            None
+        } else {
+            eprintln!(
+                "concurrency {clients}: sandboxd, {clients} clients × {} sandboxes …",
+                args.per_client
+            );
+            Some(sandboxd_level(args, clients, false).await?)
+        };
         eprintln!(
             "concurrency {clients}: sandboxd from a warm pool of {}, {clients} clients × {} sandboxes …",
             clients * args.per_client,
             args.per_client
         );
         let pooled = sandboxd_level(args, clients, true).await?;
-        if !args.no_peers {
+        if let (Some(level), false) = (&mut level, args.no_peers) {
             eprintln!(
                 "concurrency {clients}: bwrap, {clients} threads × {} runs …",
                 args.per_client
@@ -94,7 +98,7 @@ pub async fn run(args: &super::Args) -> Result<()> {
                     .context("the bwrap round panicked")?,
             );
         }
-        levels.push(level);
+        levels.extend(level);
         levels.push(pooled);
     }
     print_table(&levels);

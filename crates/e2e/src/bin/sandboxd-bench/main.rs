@@ -85,6 +85,9 @@ struct Args {
     /// Skip the concurrency figures.
     #[arg(long)]
     no_concurrency: bool,
+    /// Of the concurrency figures, run only the warm-pool levels (for profiling them).
+    #[arg(long)]
+    warm_pool_only: bool,
 }
 
 struct Row {
