@@ -48,6 +48,8 @@ struct Level {
     /// throughput.
     del: Vec<Duration>,
     wall: Duration,
+    /// CPU time the machine spent busy during the level (`None`: unreadable).
+    busy: Option<Duration>,
     /// Sandboxes the server still listed after every client had finished.
     leftover: usize,
     peer: Option<Result<Peer>>,
@@ -164,6 +166,7 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
     }
     barrier.wait().await;
     let t0 = Instant::now();
+    let busy0 = super::density::machine_busy();
     let mut level = Level {
         clients,
         pooled,
@@ -173,6 +176,7 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         rtt: Vec::new(),
         del: Vec::new(),
         wall: Duration::ZERO,
+        busy: None,
         leftover: 0,
         peer: None,
     };
@@ -196,6 +200,10 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         }
     }
     level.wall = t0.elapsed();
+    level.busy = match (busy0, super::density::machine_busy()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     level.errors.sort_by_key(|(at, _)| *at);
     level.leftover = sweep(&server).await;
     if !level.errors.is_empty() {
@@ -409,11 +417,13 @@ fn print_table(levels: &[Level]) {
     println!(
         "| clients | creates | sandboxes | errors | first error | TTI p50 ms | TTI p95 ms | TTI p99 ms | \
          TTI max ms | exec p50 ms | exec p95 ms | exec p99 ms | delete p50 ms | delete p99 ms \
-         | sandboxes/s | bwrap TTI p50 ms | bwrap TTI p99 ms | bwrap runs/s | target: \
-         {TARGET_CLIENTS} clients, no errors, p99 TTI ≤ {} ms |",
+         | sandboxes/s | CPU ms per sandbox | CPUs busy | bwrap TTI p50 ms | bwrap TTI p99 ms \
+         | bwrap runs/s | target: {TARGET_CLIENTS} clients, no errors, p99 TTI ≤ {} ms |",
         TARGET_P99.as_millis()
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for l in levels {
         let mut tti = l.tti.clone();
         tti.sort();
@@ -465,8 +475,17 @@ fn print_table(levels: &[Level]) {
             }
             format!("missed ({})", why.join(", "))
         };
+        // The machine's busy CPU time per sandbox cycle, and how many CPUs it kept busy on
+        // average: near the machine's count, the level is bound by CPU, not by waiting.
+        let (cpu, cpus) = match l.busy {
+            Some(b) if !tti.is_empty() && !l.wall.is_zero() => (
+                ms(b / tti.len() as u32),
+                format!("{:.2}", b.as_secs_f64() / l.wall.as_secs_f64()),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.clients,
             if l.pooled { "warm pool" } else { "cold" },
             l.ops,
@@ -482,6 +501,8 @@ fn print_table(levels: &[Level]) {
             ms(percentile(&del, 50.0)),
             ms(percentile(&del, 99.0)),
             per_second(tti.len(), l.wall),
+            cpu,
+            cpus,
             b50,
             b99,
             brate,

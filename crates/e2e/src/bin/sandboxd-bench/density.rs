@@ -383,6 +383,23 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time the whole machine has spent busy since boot (every CPU's time outside idle and
+/// I/O wait, from `/proc/stat`): the work of the server, its sandboxes, the kernel's workers
+/// and the benchmark's own clients alike.
+pub(crate) fn machine_busy() -> Option<Duration> {
+    let stat = read(Path::new("/proc/stat"))?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
+    Some(Duration::from_secs_f64(busy as f64 / clock_ticks()))
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
