@@ -729,47 +729,59 @@ impl Backend for NativeBackend {
 
     async fn destroy(&self, id: &str) -> Result<(), BackendError> {
         let state = self.inner.boxes.lock().unwrap().remove(id);
-        if let Some(state) = &state {
-            // SIGKILL to PID 1 of a pid namespace kills every process in it.
-            let _ = sys::pidfd_send_signal(state.pidfd.as_raw_fd(), libc::SIGKILL);
-        }
         if !valid_id(id) || self.inner.own_groups.contains(id) {
+            if let Some(state) = &state {
+                let _ = sys::pidfd_send_signal(state.pidfd.as_raw_fd(), libc::SIGKILL);
+            }
             return Ok(());
         }
         let inner = self.inner.clone();
         let owned_id = id.to_string();
         let runtime = tokio::runtime::Handle::current();
-        let lane = self.inner.lanes.clone().acquire_owned().await;
-        // One blocking task for the whole teardown: kill, wait for the reaper to collect the
-        // init (by then every process of its pid namespace is gone), remove.
-        tokio::task::spawn_blocking(move || {
-            let _lane = lane;
-            let killed = inner.cgroups.kill(&owned_id);
-            if let Some(state) = state {
-                let mut rx = state.exited.clone();
-                let reaped = runtime.block_on(tokio::time::timeout(
-                    REAP_TIMEOUT,
-                    rx.wait_for(|s| s.is_some()),
-                ));
-                if reaped.is_err() {
-                    return Err(BackendError::Io {
-                        context: format!(
-                            "box {owned_id}: the init (pid {}) was not reaped",
-                            state.pid
-                        ),
-                        source: io::ErrorKind::TimedOut.into(),
-                    });
+        // A task of its own, so that the box is killed and removed even if the caller stops
+        // waiting for a lane (it is no longer in `boxes`). The kill waits for the lane too:
+        // the dying processes' teardown in the kernel is most of a delete's CPU.
+        let teardown = tokio::spawn(async move {
+            let lane = inner.lanes.clone().acquire_owned().await;
+            // One blocking task for the whole teardown: kill, wait for the reaper to collect
+            // the init (by then every process of its pid namespace is gone), remove.
+            tokio::task::spawn_blocking(move || {
+                let _lane = lane;
+                if let Some(state) = &state {
+                    // SIGKILL to PID 1 of a pid namespace kills every process in it.
+                    let _ = sys::pidfd_send_signal(state.pidfd.as_raw_fd(), libc::SIGKILL);
                 }
-            }
-            killed.map_err(NativeError::from)?;
-            remove_dead_box(&inner, &owned_id)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| BackendError::Io {
+                let killed = inner.cgroups.kill(&owned_id);
+                if let Some(state) = state {
+                    let mut rx = state.exited.clone();
+                    let reaped = runtime.block_on(tokio::time::timeout(
+                        REAP_TIMEOUT,
+                        rx.wait_for(|s| s.is_some()),
+                    ));
+                    if reaped.is_err() {
+                        return Err(BackendError::Io {
+                            context: format!(
+                                "box {owned_id}: the init (pid {}) was not reaped",
+                                state.pid
+                            ),
+                            source: io::ErrorKind::TimedOut.into(),
+                        });
+                    }
+                }
+                killed.map_err(NativeError::from)?;
+                remove_dead_box(&inner, &owned_id)?;
+                Ok(())
+            })
+            .await
+        });
+        let task_failed = |e: tokio::task::JoinError| BackendError::Io {
             context: "destroy task".into(),
             source: io::Error::other(e),
-        })??;
+        };
+        teardown
+            .await
+            .map_err(task_failed)?
+            .map_err(task_failed)??;
         tracing::debug!(box_id = %id, "native box destroyed");
         Ok(())
     }

@@ -43,6 +43,10 @@ struct Level {
     /// When each failure happened and what it was, so that the first one can be named.
     errors: Vec<(Instant, String)>,
     tti: Vec<Duration>,
+    /// Of `tti`, each client's first sandbox (the burst of `clients` creates at the same
+    /// instant) and the later ones.
+    tti_first: Vec<Duration>,
+    tti_later: Vec<Duration>,
     rtt: Vec<Duration>,
     /// Deletes, on every client's path to its next create, so part of what bounds the
     /// throughput.
@@ -173,6 +177,8 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         ops: clients * args.per_client,
         errors: Vec::new(),
         tti: Vec::new(),
+        tti_first: Vec::new(),
+        tti_later: Vec::new(),
         rtt: Vec::new(),
         del: Vec::new(),
         wall: Duration::ZERO,
@@ -183,9 +189,14 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
     for t in tasks {
         match t.await {
             Ok(results) => {
-                for r in results {
+                for (round, r) in results.into_iter().enumerate() {
                     match r {
                         Ok((tti, rtt, del)) => {
+                            if round == 0 {
+                                level.tti_first.push(tti);
+                            } else {
+                                level.tti_later.push(tti);
+                            }
                             level.tti.push(tti);
                             level.rtt.push(rtt);
                             level.del.push(del);
@@ -507,6 +518,36 @@ fn print_table(levels: &[Level]) {
             b99,
             brate,
             target,
+        );
+    }
+    println!();
+    println!(
+        "Time to interactive of each client's first sandbox (all clients create at the same \
+         instant) and of the later ones (ms):"
+    );
+    println!();
+    println!("| clients | creates | first: p50 | first: p99 | later: p50 | later: p99 |");
+    println!("|---|---|---|---|---|---|");
+    for l in levels {
+        let mut first = l.tti_first.clone();
+        first.sort();
+        let mut later = l.tti_later.clone();
+        later.sort();
+        let p = |v: &[Duration], q| {
+            if v.is_empty() {
+                "-".into()
+            } else {
+                ms(percentile(v, q))
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            l.clients,
+            if l.pooled { "warm pool" } else { "cold" },
+            p(&first, 50.0),
+            p(&first, 99.0),
+            p(&later, 50.0),
+            p(&later, 99.0),
         );
     }
     if !levels.iter().any(|l| l.clients == TARGET_CLIENTS) {
