@@ -41,9 +41,22 @@ async fn pool_hands_out_warm_sandboxes_and_refills() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "the hand-outs are the warm sandboxes");
+    // A new sandbox's first command, for the pid it gets.
+    let cold = c.create(&CreateSandboxRequest::default()).await.unwrap();
+    let cold_pid: u32 = sh(&c, &cold.id, "echo $$")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    c.delete(&cold.id).await.unwrap();
     for sb in &handed {
-        let r = sh(&c, &sb.id, "echo hi > f; cat f; pwd").await;
-        assert_eq!(r.stdout, "hi\n/workspace\n");
+        let r = sh(&c, &sb.id, "echo $$; echo hi > f; cat f; pwd").await;
+        let (pid, rest) = r.stdout.split_once('\n').unwrap();
+        assert_eq!(rest, "hi\n/workspace\n");
+        // A warm sandbox ran its warm-up (`true`) before the hand-out, so the first command
+        // handed to it gets the pid after a new sandbox's first one.
+        assert_eq!(pid.parse::<u32>().unwrap(), cold_pid + 1, "{}", r.stdout);
     }
     // Refilled with new ones, and never more than two warm.
     let refilled = warm(&c, 2).await;
