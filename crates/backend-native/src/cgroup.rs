@@ -1289,6 +1289,27 @@ mod tests {
     }
 
     #[test]
+    fn kill_lists_and_kills_what_a_slow_group_still_holds() {
+        // v2 keeps saying "populated 1" (the fake's cgroup.kill does nothing): after
+        // LIST_AFTER the pids are listed and killed one by one, which empties the group.
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
+            (
+                "/sys/fs/cgroup/unified/sbx/b1/cgroup.events",
+                "populated 1\nfrozen 0\n",
+            ),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n"),
+        ]);
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
+        let started = Instant::now();
+        cg.kill("b1").unwrap();
+        assert!(started.elapsed() >= LIST_AFTER);
+        let log = fake.log();
+        assert_eq!(log[0], "write /sys/fs/cgroup/unified/sbx/b1/cgroup.kill 1");
+        assert_eq!(log[1..], ["kill 100".to_string()]);
+    }
+
+    #[test]
     fn remove_and_stale_ids() {
         let fake = Fake::default();
         let cg =
