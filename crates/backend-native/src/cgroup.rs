@@ -16,8 +16,9 @@
 //!
 //! Killing uses the v2 group's `cgroup.kill` where it exists (atomic, even against a fork
 //! bomb). On pure v1 it freezes the box's freezer group, SIGKILLs every pid listed, and thaws.
-//! Either way the pids still listed in any of the box's groups are then SIGKILLed until none is
-//! left.
+//! Either way it then waits for the groups to empty, reading v2's `populated` flag where there
+//! is one; the pids still listed in any of the box's groups after a moment are SIGKILLed until
+//! none is left.
 //!
 //! All file system access goes through [`CgroupFs`], so the logic is unit-tested against a
 //! recording fake and run for real on the host.

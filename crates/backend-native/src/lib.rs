@@ -98,7 +98,11 @@
 //! namespace) and also kills through the cgroup (`cgroup.kill` on the v2 tree; on pure v1,
 //! freeze, SIGKILL every listed pid, thaw), waits for the reaper, removes the cgroups
 //! (`rmdir`, retried while the kernel finishes tearing tasks down) and the box's state and run
-//! directories. The workspace is never touched. `cleanup_stale` does the same, by name, for
+//! directories. Box starts and teardowns run in two lanes per CPU (`LANES_PER_CPU`): a burst
+//! of them queues in front of the lanes instead of contending for the kernel's cgroup and
+//! mount locks in a hundred blocking threads; a teardown runs in a task of its own, so a
+//! caller that stops waiting for its lane cannot leave the box alive. The workspace is never
+//! touched. `cleanup_stale` does the same, by name, for
 //! every box group under the cgroup parent and every directory under `<state_dir>/boxes`
 //! and `<run_dir>`: after a server crash (even SIGKILL) the boxes keep running, reparented to
 //! the host's init, and their cgroups are how they are found again.

@@ -675,10 +675,7 @@ impl Manager {
         if tunnels && version < CONNECT_SINCE {
             return Err(agent_too_old(&agent, version));
         }
-        let mut keep = true;
-        if state == SandboxState::Warm {
-            keep = warm_up(&mut conn).await;
-        }
+        let keep = state != SandboxState::Warm || warm_up(&mut conn).await;
         let updated = self
             .modify(id, |r| {
                 r.sandbox.state = state;
