@@ -16,8 +16,6 @@ use sandboxd_types::{
     is_valid_session_id, EntryKind, ErrorCode, ExecEvent, ExecRequest, ExecResult, FileEntry,
     PublishedPort, PythonError, PythonRequest, PythonResult, Resources, Sandbox, SandboxState,
 };
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::{unexpected, AgentConn, ConnPool};
 use crate::backend::{AgentEndpoint, Backend, BackendError, BoxSpec, Limits, ReadonlyMount};
@@ -1550,24 +1548,23 @@ impl Manager {
         self.exchange(id, &Request::Exec(spec), &stdin).await
     }
 
-    /// Start a command; its events stream as they happen.
+    /// Start a command; its events stream as they happen. The stream reads the agent's
+    /// answers itself, in whatever task polls it (no relay task and no channel between: one
+    /// thread hand-off less per event, the first output's included). Dropping it drops the
+    /// connection, which makes the agent kill the command: a client that goes away stops it.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecStream, CoreError> {
         let started = Instant::now();
-        let (mut conn, first) = self.start_exec(id, req, false).await?;
-        let (tx, rx) = mpsc::channel(64);
+        let (conn, first) = self.start_exec(id, req, false).await?;
         let (conns, id) = (self.conns.clone(), id.to_string());
-        tokio::spawn(async move {
-            let mut first = Some(first);
-            loop {
-                // A closed receiver means the client went away: stop waiting for output (a
-                // silent command may never send any) and drop the connection, which makes the
-                // agent kill the command.
-                let received = match first.take() {
+        // The connection, and the agent's first answer while it is not yet streamed; `None`
+        // once the last event went out.
+        let events = futures::stream::unfold(Some((conn, Some(first))), move |state| {
+            let (conns, id) = (conns.clone(), id.clone());
+            async move {
+                let (mut conn, first) = state?;
+                let received = match first {
                     Some(f) => Ok(f),
-                    None => tokio::select! {
-                        r = conn.recv() => r,
-                        _ = tx.closed() => break,
-                    },
+                    None => conn.recv().await,
                 };
                 // An answer of the agent's own (an exit, or its refusal to run the command)
                 // leaves the connection ready for the next request; a broken one does not.
@@ -1580,19 +1577,15 @@ impl Manager {
                     }
                     Err(e) => (error_event(e), false),
                 };
-                let last = reusable || matches!(event, ExecEvent::Error { .. });
-                if tx.send(event).await.is_err() {
-                    break;
+                if reusable {
+                    conns.put(&id, conn);
+                    return Some((event, None));
                 }
-                if last {
-                    if reusable {
-                        conns.put(&id, conn);
-                    }
-                    break;
-                }
+                let last = matches!(event, ExecEvent::Error { .. });
+                Some((event, (!last).then_some((conn, None))))
             }
         });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        Ok(Box::pin(events))
     }
 
     /// Run a command and collect its output. Reads the agent's answers in the caller's task
