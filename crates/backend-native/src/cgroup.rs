@@ -1269,18 +1269,21 @@ mod tests {
         );
     }
 
+    /// Box `b1` of a hybrid layout under parent `sbx`, with `cgroup.kill` (which does nothing
+    /// in the fake), `cgroup.events` holding `events`, and pid 100 listed.
+    fn hybrid_box_holding_pid_100(events: &str) -> Fake {
+        Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.events", events),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n"),
+        ])
+    }
+
     #[test]
     fn kill_trusts_an_empty_v2_group() {
         // cgroup.procs still lists a pid, but v2 says the group is empty: no pid is listed
         // or killed one by one.
-        let fake = Fake::with_files(&[
-            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
-            (
-                "/sys/fs/cgroup/unified/sbx/b1/cgroup.events",
-                "populated 0\nfrozen 0\n",
-            ),
-            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n"),
-        ]);
+        let fake = hybrid_box_holding_pid_100("populated 0\nfrozen 0\n");
         let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
         cg.kill("b1").unwrap();
         assert_eq!(
@@ -1293,14 +1296,7 @@ mod tests {
     fn kill_lists_and_kills_what_a_slow_group_still_holds() {
         // v2 keeps saying "populated 1" (the fake's cgroup.kill does nothing): after
         // LIST_AFTER the pids are listed and killed one by one, which empties the group.
-        let fake = Fake::with_files(&[
-            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
-            (
-                "/sys/fs/cgroup/unified/sbx/b1/cgroup.events",
-                "populated 1\nfrozen 0\n",
-            ),
-            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.procs", "100\n"),
-        ]);
+        let fake = hybrid_box_holding_pid_100("populated 1\nfrozen 0\n");
         let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
         let started = Instant::now();
         cg.kill("b1").unwrap();

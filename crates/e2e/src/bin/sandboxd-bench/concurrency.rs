@@ -42,9 +42,8 @@ struct Level {
     ops: usize,
     /// When each failure happened and what it was, so that the first one can be named.
     errors: Vec<(Instant, String)>,
-    tti: Vec<Duration>,
-    /// Of `tti`, each client's first sandbox (the burst of `clients` creates at the same
-    /// instant) and the later ones.
+    /// Time to interactive of each client's first sandbox (the burst of `clients` creates at
+    /// the same instant), and of the later ones.
     tti_first: Vec<Duration>,
     tti_later: Vec<Duration>,
     rtt: Vec<Duration>,
@@ -176,7 +175,6 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         pooled,
         ops: clients * args.per_client,
         errors: Vec::new(),
-        tti: Vec::new(),
         tti_first: Vec::new(),
         tti_later: Vec::new(),
         rtt: Vec::new(),
@@ -197,7 +195,6 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
                             } else {
                                 level.tti_later.push(tti);
                             }
-                            level.tti.push(tti);
                             level.rtt.push(rtt);
                             level.del.push(del);
                         }
@@ -436,7 +433,7 @@ fn print_table(levels: &[Level]) {
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for l in levels {
-        let mut tti = l.tti.clone();
+        let mut tti = [l.tti_first.as_slice(), &l.tti_later].concat();
         tti.sort();
         let mut rtt = l.rtt.clone();
         rtt.sort();
