@@ -19,9 +19,9 @@
 //!   exchanges: a request frame, then response frames up to a terminal one.
 //! * **Processes.** One reaper thread ([`reaper`]) waits for every child, including orphans
 //!   re-parented to PID 1, and hands statuses to the commands waiting for them. Commands run in
-//!   their own session and process group with the sandbox's environment (minus `SANDBOXD_*`
-//!   variables), the highest OOM score and default signal dispositions; timeouts and host
-//!   hang-ups kill the whole process group. They are started without `fork`, vfork-style
+//!   their own process group (in the agent's session) with the sandbox's environment (minus
+//!   `SANDBOXD_*` variables), the highest OOM score and default signal dispositions; timeouts
+//!   and host hang-ups kill the whole process group. They are started without `fork`, vfork-style
 //!   (`clone(CLONE_VM | CLONE_VFORK)`, see the private `process` module).
 //! * **Python.** See [`python`].
 //! * **Tunnels.** A `Connect` request turns its connection into the byte stream of a TCP

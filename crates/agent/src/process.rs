@@ -13,8 +13,10 @@
 //!    only ignored one is `SIGPIPE`, see [`crate::init::setup_process`]; handlers must go
 //!    before signals are unblocked, or one could run on the child's stack in the agent's
 //!    memory),
-//! 2. `setsid()`: own session and process group, so that the agent can kill the command with
-//!    everything it started,
+//! 2. `setpgid(0, 0)`: own process group, so that the agent can kill the command with
+//!    everything it started (not `setsid`: a new session also makes the kernel set up a
+//!    scheduler autogroup for it, a measured part of every spawn, and the agent has no
+//!    controlling terminal a session would detach the command from),
 //! 3. `dup2` of the prepared descriptors onto 0, 1 and 2,
 //! 4. `chdir`,
 //! 5. `1000` into `/proc/self/oom_score_adj`, so that under a memory limit the kernel kills
@@ -30,11 +32,11 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::sys;
 
@@ -252,10 +254,11 @@ impl Command {
 
         let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
         let mut child_ends: [Option<OwnedFd>; 3] = [None, None, None];
+        let mut null_ends = [false; 3];
         for (i, s) in self.stdio.iter().enumerate() {
             match s {
                 Stdio::Inherit => {}
-                Stdio::Null => child_ends[i] = Some(sys::open_dev_null()?),
+                Stdio::Null => null_ends[i] = true,
                 Stdio::Piped => {
                     let (r, w) = sys::pipe()?;
                     let (mine, theirs) = if i == 0 { (w, r) } else { (r, w) };
@@ -270,6 +273,11 @@ impl Command {
                 *end = Some(sys::dup_above_stdio(fd)?);
             }
         }
+        let dev_null = if null_ends.contains(&true) {
+            Some(shared_dev_null()?)
+        } else {
+            None
+        };
 
         let ctx = ChildContext {
             candidates: candidate_ptrs.as_ptr(),
@@ -278,9 +286,11 @@ impl Command {
             envp: envp_ptrs.as_ptr(),
             sh_argv: sh_argv.as_mut_ptr(),
             cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            fds: child_ends
-                .each_ref()
-                .map(|e| e.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
+            fds: [0, 1, 2].map(|i| match &child_ends[i] {
+                Some(fd) => fd.as_raw_fd(),
+                None if null_ends[i] => dev_null.map_or(-1, |fd| fd.as_raw_fd()),
+                None => -1,
+            }),
             error: AtomicI32::new(0),
         };
         let stack = StackLease::take()?;
@@ -325,6 +335,19 @@ impl Command {
             stderr,
         })
     }
+}
+
+/// One `/dev/null` descriptor (numbered 3 or higher) for the standard descriptors of every
+/// child that gets none: sharing it is harmless (reads of `/dev/null` see end-of-file and
+/// writes vanish whatever its flags), and it saves an `open` and a `close` per spawn.
+fn shared_dev_null() -> io::Result<BorrowedFd<'static>> {
+    static DEV_NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = sys::dup_above_stdio(sys::open_dev_null()?)?;
+    // A racing first spawn may have stored its own; this one is then closed.
+    Ok(DEV_NULL.get_or_init(|| fd).as_fd())
 }
 
 fn cstring(s: OsString) -> io::Result<CString> {
@@ -454,7 +477,7 @@ unsafe fn child_setup_and_exec(ctx: &ChildContext) -> libc::c_int {
         i += 1;
     }
     // 2.
-    if let Err(e) = raw!(libc::SYS_setsid) {
+    if let Err(e) = raw!(libc::SYS_setpgid, 0, 0) {
         return e;
     }
     // 3.
@@ -560,6 +583,32 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string("/proc/self/oom_score_adj").unwrap(),
             own
+        );
+    }
+
+    /// A child leads a process group of its own (the agent kills commands by group) and
+    /// stays in the agent's session: no new session, so no scheduler autogroup per command.
+    #[test]
+    fn child_leads_its_own_group_in_the_agents_session() {
+        let mut cmd = Command::new("/bin/cat");
+        cmd.arg("/proc/self/stat");
+        let (stat, code) = output(&mut cmd);
+        assert_eq!(code, 0);
+        // pid (comm) state ppid pgrp session ...
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let pid: i32 = stat.split_whitespace().next().unwrap().parse().unwrap();
+        assert_eq!(fields[2].parse::<i32>().unwrap(), pid, "pgrp of {stat}");
+        // SAFETY: getsid(0) only reads the calling process's session id.
+        let own_session = unsafe { libc::getsid(0) };
+        assert_eq!(
+            fields[3].parse::<i32>().unwrap(),
+            own_session,
+            "session of {stat}"
         );
     }
 

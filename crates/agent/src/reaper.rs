@@ -270,7 +270,7 @@ pub struct ExitWatch {
 }
 
 impl ExitWatch {
-    /// The child's pid (also its process group id, as children call `setsid`).
+    /// The child's pid (also its process group id, as children call `setpgid(0, 0)`).
     pub fn pid(&self) -> libc::pid_t {
         self.pid
     }
