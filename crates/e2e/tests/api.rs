@@ -101,6 +101,23 @@ async fn bad_requests_get_clear_errors() {
     assert!(c.list(&BTreeMap::new()).await.unwrap().is_empty());
 }
 
+/// The base template's `LANG` (C.UTF-8) comes from a locale archive, one file for the C
+/// library to map at each program's `setlocale`, and loads without complaint.
+#[tokio::test(flavor = "multi_thread")]
+async fn base_locale_comes_from_an_archive() {
+    let server = common::server().await;
+    let c = server.client();
+    let sb = c.create(&create_req()).await.unwrap();
+    let r = sh(
+        &c,
+        &sb.id,
+        "echo $LANG; localedef --list-archive; locale 2>&1 >/dev/null",
+    )
+    .await;
+    assert_eq!(r.stdout, "C.UTF-8\nC.utf8\n", "{r:?}");
+    c.delete(&sb.id).await.unwrap();
+}
+
 /// A program that cannot run is the agent's refusal, named as such (not an unreachable agent),
 /// buffered and streamed alike, and the sandbox goes on serving.
 #[tokio::test(flavor = "multi_thread")]
