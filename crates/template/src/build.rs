@@ -201,6 +201,7 @@ fn info_json(recipe: &Recipe, mirror: Option<&str>, elapsed: Duration, size: u64
             Method::HostBusybox => "host-busybox",
         },
         "packages": recipe.packages,
+        "revision": recipe.revision,
         "built_at": fsutil::rfc3339(SystemTime::now()),
         "build_seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
         "size_bytes": size,
@@ -210,6 +211,21 @@ fn info_json(recipe: &Recipe, mirror: Option<&str>, elapsed: Duration, size: u64
         info["mirror"] = m.into();
     }
     serde_json::to_string_pretty(&info).expect("JSON values serialise") + "\n"
+}
+
+/// The recipe revision template `name` was built from (1 when `info.json` names none, as
+/// before revisions were recorded, or cannot be read).
+fn built_revision(dir: &Path, name: &str) -> u64 {
+    std::fs::read(dir.join(name).join("info.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["revision"].as_u64())
+        .unwrap_or(1)
+}
+
+/// Whether template `recipe.name` is ready and built from the recipe's current revision.
+fn up_to_date(dir: &Path, recipe: &Recipe) -> bool {
+    is_ready(dir, recipe.name) && built_revision(dir, recipe.name) >= u64::from(recipe.revision)
 }
 
 /// Puts the finished `build_dir` at `final_dir`. An existing template is exchanged atomically
@@ -264,14 +280,22 @@ pub(crate) fn build(
             .collect::<Vec<_>>()
             .join(", "),
     })?;
-    if !opts.force && is_ready(dir, name) {
+    if !opts.force && up_to_date(dir, recipe) {
         return Ok(BuildOutcome::Cached);
     }
+    let stale = !opts.force && is_ready(dir, name);
     let tool = find_tool(recipe)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| TemplateError::io(format!("creating {}", dir.display()), e))?;
 
     let mut reporter = Reporter::new(name, opts.progress);
+    if stale {
+        reporter.note(&format!(
+            "built from an older recipe (revision {}, now {}): rebuilding",
+            built_revision(dir, name),
+            recipe.revision
+        ));
+    }
     let asked = SystemTime::now();
     let lock = Lock::acquire(dir, name, lock_timeout, &reporter)?;
     if lock.waited {
@@ -280,7 +304,7 @@ pub(crate) fn build(
         let fresh = std::fs::metadata(dir.join(name).join("ready"))
             .and_then(|m| m.modified())
             .is_ok_and(|t| !opts.force || t >= asked);
-        if fresh && is_ready(dir, name) {
+        if fresh && up_to_date(dir, recipe) {
             reporter.note("the other build finished it");
             reporter.clear();
             return Ok(BuildOutcome::Cached);
@@ -462,5 +486,33 @@ mod tests {
         assert_eq!(v["mirror"], "http://m/debian");
         assert!(v["packages"].as_array().unwrap().len() > 5);
         assert!(v["built_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(v["revision"], r.revision);
+    }
+
+    /// A ready template is stale when its recipe's revision went up since it was built;
+    /// one built before revisions were recorded counts as revision 1.
+    #[test]
+    fn a_template_of_an_older_revision_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let base = recipe("base").unwrap();
+        let minimal = recipe("minimal").unwrap();
+        assert!(base.revision > 1, "the test needs a recipe past revision 1");
+        for name in ["base", "minimal"] {
+            std::fs::create_dir_all(dir.join(name).join("rootfs")).unwrap();
+            std::fs::write(dir.join(name).join("ready"), "").unwrap();
+        }
+        assert!(!up_to_date(dir, base));
+        assert!(up_to_date(dir, minimal));
+        std::fs::write(
+            dir.join("base/info.json"),
+            info_json(base, None, Duration::ZERO, 0),
+        )
+        .unwrap();
+        assert!(up_to_date(dir, base));
+        std::fs::write(dir.join("base/info.json"), r#"{"revision": 1}"#).unwrap();
+        assert!(!up_to_date(dir, base));
+        std::fs::remove_file(dir.join("base/ready")).unwrap();
+        assert!(!up_to_date(dir, base));
     }
 }

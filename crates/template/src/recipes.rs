@@ -24,6 +24,11 @@ pub struct Recipe {
     pub packages: &'static [&'static str],
     /// How the tree is made.
     pub method: Method,
+    /// Raised with every change to what the recipe puts in a tree (packages, hooks,
+    /// post-processing) that templates built before it should get: a build finds a template
+    /// of a lower revision stale and rebuilds it. Templates built before revisions were
+    /// recorded count as revision 1.
+    pub revision: u32,
 }
 
 static RECIPES: &[Recipe] = &[
@@ -55,6 +60,8 @@ static RECIPES: &[Recipe] = &[
             "xz-utils",
         ],
         method: Method::Mmdebstrap,
+        // 2: C.UTF-8 in a locale archive.
+        revision: 2,
     },
     Recipe {
         name: "minimal",
@@ -62,6 +69,7 @@ static RECIPES: &[Recipe] = &[
         suite: "bookworm",
         packages: &["busybox-static"],
         method: Method::HostBusybox,
+        revision: 1,
     },
 ];
 
