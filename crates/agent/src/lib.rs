@@ -21,8 +21,8 @@
 //!   re-parented to PID 1, and hands statuses to the commands waiting for them. Commands run in
 //!   their own process group (in the agent's session) with the sandbox's environment (minus
 //!   `SANDBOXD_*` variables), the highest OOM score and default signal dispositions; timeouts
-//!   and host hang-ups kill the whole process group. They are started without `fork`, vfork-style
-//!   (`clone(CLONE_VM | CLONE_VFORK)`, see the private `process` module).
+//!   and host hang-ups kill the whole process group. They are started without `fork`,
+//!   vfork-style (`clone(CLONE_VM | CLONE_VFORK)`, see the private `process` module).
 //! * **Python.** See [`python`].
 //! * **Tunnels.** A `Connect` request turns its connection into the byte stream of a TCP
 //!   connection to a port on the sandbox's loopback (the agent runs in the sandbox's network
