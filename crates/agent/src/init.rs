@@ -27,11 +27,20 @@ extern "C" fn ignore(_: libc::c_int) {}
 ///   `sigwait`, which kills every command's process group and exits. A real (no-op) handler
 ///   is installed too: the kernel discards signals to a namespace's init that have the
 ///   default disposition, and the host must be able to stop the agent with SIGTERM.
+/// - A session of its own: the agent may have inherited the host's controlling terminal (a
+///   native box's processes descend from the server, which may run in a terminal), and
+///   commands, which stay in the agent's session, must never reach it through `/dev/tty`.
+///   Where that fails (the agent already leads a session) and a terminal is still reachable,
+///   every command gets a session of its own instead ([`crate::process`]).
 pub fn setup_process() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; failure (e.g. an old kernel) is harmless.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    // SAFETY: setsid takes no arguments; failing (EPERM: already a group leader) is handled.
+    if unsafe { libc::setsid() } < 0 && sys::has_controlling_terminal() {
+        crate::process::give_commands_their_own_session();
     }
     // SAFETY: `set` is a properly initialised sigset_t; `sa` is fully initialised (zeroed,
     // then the handler and mask set) and only read by sigaction. The handler is an

@@ -14,9 +14,11 @@
 //!    before signals are unblocked, or one could run on the child's stack in the agent's
 //!    memory),
 //! 2. `setpgid(0, 0)`: own process group, so that the agent can kill the command with
-//!    everything it started (not `setsid`: a new session also makes the kernel set up a
+//!    everything it started. Not `setsid`: a new session also makes the kernel set up a
 //!    scheduler autogroup for it, a measured part of every spawn, and the agent has no
-//!    controlling terminal a session would detach the command from),
+//!    controlling terminal a session would detach the command from (it leaves any it
+//!    inherited at start, [`crate::init::setup_process`]); only where it could not does every
+//!    command get `setsid` ([`give_commands_their_own_session`]),
 //! 3. `dup2` of the prepared descriptors onto 0, 1 and 2,
 //! 4. `chdir`,
 //! 5. `1000` into `/proc/self/oom_score_adj`, so that under a memory limit the kernel kills
@@ -35,7 +37,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::sys;
@@ -82,6 +84,15 @@ impl Drop for StackLease {
                 .push(s);
         }
     }
+}
+
+/// Whether children call `setsid` instead of `setpgid` (see the module docs, step 2).
+static OWN_SESSION: AtomicBool = AtomicBool::new(false);
+
+/// From now on every child gets a session of its own, without a controlling terminal: for an
+/// agent that still has one (it could not leave its inherited session).
+pub(crate) fn give_commands_their_own_session() {
+    OWN_SESSION.store(true, Ordering::Relaxed);
 }
 
 /// `execvp`'s search path when the environment has no `PATH` (glibc's default).
@@ -291,6 +302,7 @@ impl Command {
                 None if null_ends[i] => dev_null.map_or(-1, |fd| fd.as_raw_fd()),
                 None => -1,
             }),
+            own_session: OWN_SESSION.load(Ordering::Relaxed),
             error: AtomicI32::new(0),
         };
         let stack = StackLease::take()?;
@@ -383,6 +395,8 @@ struct ChildContext {
     cwd: *const libc::c_char,
     /// Descriptors to `dup2` onto 0, 1, 2 (`-1`: inherit); all are 3 or higher.
     fds: [libc::c_int; 3],
+    /// `setsid` rather than `setpgid` (step 2).
+    own_session: bool,
     /// Set by the child to `errno` when it fails.
     error: AtomicI32,
 }
@@ -477,7 +491,12 @@ unsafe fn child_setup_and_exec(ctx: &ChildContext) -> libc::c_int {
         i += 1;
     }
     // 2.
-    if let Err(e) = raw!(libc::SYS_setpgid, 0, 0) {
+    let grouped = if ctx.own_session {
+        raw!(libc::SYS_setsid)
+    } else {
+        raw!(libc::SYS_setpgid, 0, 0)
+    };
+    if let Err(e) = grouped {
         return e;
     }
     // 3.

@@ -540,6 +540,24 @@ pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result
     cvt(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
 }
 
+/// Whether this process has a controlling terminal (`/dev/tty` opens).
+pub fn has_controlling_terminal() -> bool {
+    // SAFETY: the path is a static NUL-terminated string; a descriptor returned is closed
+    // right away through the OwnedFd.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/tty".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    true
+}
+
 /// `eventfd(2)`, non-blocking and close-on-exec: the reaper thread signals a command's exit
 /// through one where pidfds are missing.
 pub fn eventfd() -> io::Result<OwnedFd> {

@@ -470,7 +470,52 @@ fn commands_get_high_oom_score_and_clean_signal_state() {
         .collect();
     let pid = r.pid.unwrap().to_string();
     assert_eq!(fields[2], pid.as_str(), "pgid of {stat}");
-    assert_ne!(fields[3], pid.as_str(), "sid of {stat}");
+    // The agent left whatever session it was started in and leads its own.
+    assert_eq!(fields[3], agent.pid().to_string(), "sid of {stat}");
+    // tty_nr: no controlling terminal.
+    assert_eq!(fields[4], "0", "tty of {stat}");
+}
+
+/// An agent that got a controlling terminal it cannot leave (it leads the session the
+/// terminal belongs to, as when the host's process tree runs in one) never lends it to a
+/// command: each command then gets a session of its own, without a terminal.
+#[test]
+fn commands_never_get_the_agents_terminal() {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on the descriptor just opened; ptsname's
+    // static buffer is copied out at once (no other thread of this test uses it meanwhile).
+    let (_leader, follower) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd)).to_owned();
+        (
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd),
+            name,
+        )
+    };
+    let agent = TestAgent::start_in_terminal(&follower);
+    let agent_stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid())).unwrap();
+    let agent_tty = agent_stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(4)
+        .unwrap();
+    assert_ne!(agent_tty, "0", "the agent has the terminal: {agent_stat}");
+    let mut c = agent.connect();
+    let r = c.shell("cat /proc/self/stat; echo escaped > /dev/tty && echo opened");
+    let out = r.out();
+    let fields: Vec<&str> = out.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let pid = r.pid.unwrap().to_string();
+    assert_eq!(
+        (fields[2], fields[3]),
+        (pid.as_str(), pid.as_str()),
+        "{out}"
+    );
+    assert_eq!(fields[4], "0", "tty of {out}");
+    assert!(!out.contains("opened"), "{out}");
 }
 
 #[test]

@@ -30,6 +30,16 @@ impl TestAgent {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> TestAgent {
+        Self::start_full(env, None)
+    }
+
+    /// An agent leading a session whose controlling terminal is the pseudo-terminal `pty`
+    /// (the path of its follower side), as when a server runs in a terminal.
+    pub fn start_in_terminal(pty: &std::ffi::CStr) -> TestAgent {
+        Self::start_full(&[], Some(pty.to_owned()))
+    }
+
+    fn start_full(env: &[(&str, &str)], terminal: Option<std::ffi::CString>) -> TestAgent {
         let dir = std::env::temp_dir().join(format!(
             "sbx-agent-{}-{}",
             std::process::id(),
@@ -53,6 +63,25 @@ impl TestAgent {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        if let Some(pty) = terminal {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (setsid, open, ioctl) on data prepared
+            // before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The first terminal a session leader opens without O_NOCTTY becomes its
+                    // controlling terminal; TIOCSCTTY makes sure of it.
+                    let fd = libc::open(pty.as_ptr(), libc::O_RDWR);
+                    if fd < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("start sandboxd-agent");
         let agent = TestAgent {
             child,
@@ -66,6 +95,11 @@ impl TestAgent {
             std::thread::sleep(Duration::from_millis(10));
         }
         agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn connect(&self) -> Client {
