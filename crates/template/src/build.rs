@@ -229,9 +229,15 @@ fn up_to_date(dir: &Path, recipe: &Recipe) -> bool {
 }
 
 /// Puts the finished `build_dir` at `final_dir`. An existing template is exchanged atomically
-/// (`renameat2(RENAME_EXCHANGE)`, so its name always names a complete tree) and then deleted;
-/// where exchanging is unsupported it is renamed away first.
-fn swap_into_place(build_dir: &Path, final_dir: &Path, old: &Path) -> Result<(), TemplateError> {
+/// (`renameat2(RENAME_EXCHANGE)`, so its name always names a complete tree; where exchanging
+/// is unsupported it is renamed away first) and kept at `retired`, not deleted: sandboxes
+/// started from it still have it as their root's lower layer (a deleted tree left them with
+/// an empty `/usr/bin`). Returns whether there was one.
+fn swap_into_place(
+    build_dir: &Path,
+    final_dir: &Path,
+    retired: &Path,
+) -> Result<bool, TemplateError> {
     let rename = |from: &Path, to: &Path| {
         std::fs::rename(from, to).map_err(|e| {
             TemplateError::io(
@@ -241,29 +247,32 @@ fn swap_into_place(build_dir: &Path, final_dir: &Path, old: &Path) -> Result<(),
         })
     };
     if std::fs::symlink_metadata(final_dir).is_err() {
-        return rename(build_dir, final_dir);
+        rename(build_dir, final_dir)?;
+        return Ok(false);
     }
     match fsutil::exchange(build_dir, final_dir) {
-        Ok(()) => remove_tree(build_dir),
+        Ok(()) => rename(build_dir, retired)?,
         Err(e)
             if matches!(
                 e.raw_os_error(),
                 Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
             ) =>
         {
-            rename(final_dir, old)?;
+            rename(final_dir, retired)?;
             rename(build_dir, final_dir)?;
-            remove_tree(old)
         }
-        Err(e) => Err(TemplateError::io(
-            format!(
-                "exchanging {} and {}",
-                build_dir.display(),
-                final_dir.display()
-            ),
-            e,
-        )),
+        Err(e) => {
+            return Err(TemplateError::io(
+                format!(
+                    "exchanging {} and {}",
+                    build_dir.display(),
+                    final_dir.display()
+                ),
+                e,
+            ))
+        }
     }
+    Ok(true)
 }
 
 pub(crate) fn build(
@@ -350,11 +359,17 @@ pub(crate) fn build(
         let ready = build_dir.join("ready");
         std::fs::write(&ready, "")
             .map_err(|e| TemplateError::io(format!("writing {}", ready.display()), e))?;
-        swap_into_place(
-            &build_dir,
-            &dir.join(name),
-            &dir.join(format!(".old-{name}-{pid}")),
-        )?;
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let retired = dir.join(format!(".retired-{name}-{stamp}-{pid}"));
+        if swap_into_place(&build_dir, &dir.join(name), &retired)? {
+            reporter.note(&format!(
+                "the previous tree is kept at {}: sandboxes started from it go on using it; \
+                 remove it once they are gone",
+                retired.display()
+            ));
+        }
         fsutil::sync_fs(dir)?;
         Ok(size)
     })();

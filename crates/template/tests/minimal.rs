@@ -95,7 +95,8 @@ fn minimal_is_built_cached_and_rebuilt() {
         BuildOutcome::Cached
     );
 
-    // Forced: a new tree replaces the old one; leftovers of crashed builds go away.
+    // Forced: a new tree replaces the old one, which is kept aside for the sandboxes still
+    // using it; leftovers of crashed builds go away.
     std::fs::write(root.join("workspace/old-marker"), "").unwrap();
     std::fs::create_dir_all(dir.join(".build-minimal-999999/rootfs/etc")).unwrap();
     std::fs::create_dir_all(dir.join(".old-minimal-5/rootfs")).unwrap();
@@ -105,8 +106,11 @@ fn minimal_is_built_cached_and_rebuilt() {
     assert!(is_ready(&dir, "minimal"));
     assert!(!root.join("workspace/old-marker").exists());
     assert!(root.join("bin/busybox").is_file());
+    let (retired, others): (Vec<String>, Vec<String>) = entries(&dir)
+        .into_iter()
+        .partition(|e| e.starts_with(".retired-minimal-"));
     assert_eq!(
-        entries(&dir),
+        others,
         [
             ".build-minimal.log",
             ".build-other-1",
@@ -114,6 +118,11 @@ fn minimal_is_built_cached_and_rebuilt() {
             "minimal"
         ]
     );
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert!(dir
+        .join(&retired[0])
+        .join("rootfs/workspace/old-marker")
+        .exists());
 }
 
 #[test]
