@@ -163,11 +163,23 @@ fn remove_files_in(dir: &Path, keep: &[&str]) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// What every template gets, whatever made it: `/workspace`, a sticky `/tmp`, neutral host
-/// names, an empty `/etc/resolv.conf` (the backend provides one), no apt lists or caches.
+/// What every template gets, whatever made it: `/workspace`, a sticky `/tmp`, the mount
+/// points of the agent (`/.sandboxd/agent`, `/.sandboxd/run`: the docker and gvisor backends
+/// bind the agent and its socket directory there), neutral host names, an empty
+/// `/etc/resolv.conf` (the backend provides one), no apt lists or caches.
+///
+/// The mount points are made here so that nothing writes to a finished tree: runsc made them
+/// in the template at a sandbox's first start when they were missing, once while the docker
+/// backend was reading the same tree into an image ("file changed as we read it").
 pub(crate) fn post_process(rootfs: &Path) -> Result<(), TemplateError> {
     ensure_dir(&rootfs.join("workspace"), 0o755)?;
     ensure_dir(&rootfs.join("tmp"), 0o1777)?;
+    let agent_dir = rootfs.join(".sandboxd");
+    ensure_dir(&agent_dir, 0o755)?;
+    ensure_dir(&agent_dir.join("run"), 0o755)?;
+    if !agent_dir.join("agent").is_file() {
+        replace_file(&agent_dir.join("agent"), "")?;
+    }
     let etc = rootfs.join("etc");
     ensure_dir(&etc, 0o755)?;
     replace_file(&etc.join("hostname"), "sandbox\n")?;
@@ -473,6 +485,8 @@ mod tests {
         };
         assert_eq!(mode("workspace"), 0o755);
         assert_eq!(mode("tmp"), 0o1777);
+        assert!(root.join(".sandboxd/agent").is_file());
+        assert!(root.join(".sandboxd/run").is_dir());
         assert_eq!(
             std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
             ""
