@@ -37,6 +37,33 @@ impl AgentConn {
         Ok(Self::from_io(Box::new(stream)))
     }
 
+    /// Connect to the agent of a box that has just started: its socket file exists a moment
+    /// before the agent listens on it (between its `bind` and `listen`), and a connection in
+    /// that moment is refused. Refusals and a missing socket are retried for up to `within`.
+    pub async fn connect_starting(
+        endpoint: &AgentEndpoint,
+        within: Duration,
+    ) -> Result<Self, CoreError> {
+        let AgentEndpoint::Unix { path } = endpoint else {
+            return Self::connect(endpoint).await;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(stream) => return Ok(Self::from_io(Box::new(stream))),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Err(e) => return Err(CoreError::AgentUnreachable(format!("connect: {e}"))),
+            }
+        }
+    }
+
     /// A connection over a stream the backend opened.
     pub fn from_io(io: Box<dyn AgentIo>) -> Self {
         AgentConn {
@@ -188,5 +215,46 @@ mod tests {
         assert_eq!(kept, ConnPool::MAX_IDLE_PER_SANDBOX);
         pool.forget("sb-b");
         assert!(pool.take("sb-b").is_none());
+    }
+
+    /// A socket that is bound but not yet listening (an agent between `bind` and `listen`)
+    /// refuses a plain connect; a connect to a starting box waits for it.
+    #[tokio::test]
+    async fn a_starting_agent_is_waited_for_between_bind_and_listen() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0)) };
+        // SAFETY: an all-zero sockaddr_un is valid; the path fits (a short temp dir).
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: `addr` is a valid sockaddr_un of the given size.
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(bound, 0, "{}", std::io::Error::last_os_error());
+        let ep = AgentEndpoint::Unix { path };
+        let refused = AgentConn::connect(&ep).await.unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        let raw = fd.as_raw_fd();
+        let listen_later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // SAFETY: listen(2) on the bound socket, still open (owned by the test).
+            assert_eq!(unsafe { libc::listen(raw, 1) }, 0);
+        });
+        AgentConn::connect_starting(&ep, Duration::from_secs(10))
+            .await
+            .unwrap();
+        listen_later.await.unwrap();
+        drop(fd);
     }
 }

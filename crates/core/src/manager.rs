@@ -668,8 +668,16 @@ impl Manager {
             image,
         };
         let handle = self.backend.create(spec).await?;
-        let (agent, version, mut conn) =
-            AgentConn::handshake(self.open(&handle.endpoint), self.config.start_timeout).await?;
+        let within = self.config.start_timeout;
+        let connect = async {
+            match &handle.endpoint {
+                AgentEndpoint::Unix { .. } => {
+                    AgentConn::connect_starting(&handle.endpoint, within).await
+                }
+                AgentEndpoint::Relay { .. } => self.open(&handle.endpoint).await,
+            }
+        };
+        let (agent, version, mut conn) = AgentConn::handshake(connect, within).await?;
         if tunnels && version < CONNECT_SINCE {
             return Err(agent_too_old(&agent, version));
         }
