@@ -1,5 +1,6 @@
 //! Async client of the guest agent (see `sandboxd-protocol` for the exchange rules).
 
+use std::path::Path;
 use std::time::Duration;
 
 use sandboxd_protocol::{
@@ -37,16 +38,11 @@ impl AgentConn {
         Ok(Self::from_io(Box::new(stream)))
     }
 
-    /// Connect to the agent of a box that has just started: its socket file exists a moment
-    /// before the agent listens on it (between its `bind` and `listen`), and a connection in
-    /// that moment is refused. Refusals and a missing socket are retried for up to `within`.
-    pub async fn connect_starting(
-        endpoint: &AgentEndpoint,
-        within: Duration,
-    ) -> Result<Self, CoreError> {
-        let AgentEndpoint::Unix { path } = endpoint else {
-            return Self::connect(endpoint).await;
-        };
+    /// Connect to the agent of a box that has just started, on its Unix socket `path`: the
+    /// socket file exists a moment before the agent listens on it (between its `bind` and
+    /// `listen`), and a connection in that moment is refused. Refusals and a missing socket
+    /// are retried for up to `within`.
+    pub async fn connect_starting(path: &Path, within: Duration) -> Result<Self, CoreError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match UnixStream::connect(path).await {
@@ -242,7 +238,7 @@ mod tests {
             )
         };
         assert_eq!(bound, 0, "{}", std::io::Error::last_os_error());
-        let ep = AgentEndpoint::Unix { path };
+        let ep = AgentEndpoint::Unix { path: path.clone() };
         let refused = AgentConn::connect(&ep).await.unwrap_err();
         assert!(refused.to_string().contains("refused"), "{refused}");
         let raw = fd.as_raw_fd();
@@ -251,7 +247,7 @@ mod tests {
             // SAFETY: listen(2) on the bound socket, still open (owned by the test).
             assert_eq!(unsafe { libc::listen(raw, 1) }, 0);
         });
-        AgentConn::connect_starting(&ep, Duration::from_secs(10))
+        AgentConn::connect_starting(&path, Duration::from_secs(10))
             .await
             .unwrap();
         listen_later.await.unwrap();

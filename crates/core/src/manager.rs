@@ -671,9 +671,8 @@ impl Manager {
         let within = self.config.start_timeout;
         let connect = async {
             match &handle.endpoint {
-                AgentEndpoint::Unix { .. } => {
-                    AgentConn::connect_starting(&handle.endpoint, within).await
-                }
+                AgentEndpoint::Unix { path } => AgentConn::connect_starting(path, within).await,
+                // The backend's relay waits for the agent itself.
                 AgentEndpoint::Relay { .. } => self.open(&handle.endpoint).await,
             }
         };
