@@ -363,7 +363,9 @@ impl Client {
                     .json(&req),
             )
             .await?;
-        Ok(Box::pin(ndjson::<ExecEvent>(resp)))
+        Ok(Box::pin(ending_with_the_response(ndjson::<ExecEvent>(
+            resp,
+        ))))
     }
 
     /// `POST /v1/sandboxes/{id}/python`: run code in the sandbox's persistent interpreter.
@@ -521,6 +523,25 @@ impl Client {
 }
 
 /// Parse a newline-delimited JSON body into items as its bytes arrive.
+/// An exec's events, its last one (`Exit`, or `Error`) passed on only once the response has
+/// ended. The server ends it right after that event; a caller that stops reading at the exit,
+/// as most do, would otherwise drop the body a moment before its end, and the connection with
+/// it (an unfinished body cannot be reused), so that its next request had to open a new one.
+fn ending_with_the_response(
+    events: impl Stream<Item = Result<ExecEvent>> + Send + 'static,
+) -> impl Stream<Item = Result<ExecEvent>> + Send {
+    futures::stream::unfold(Some(Box::pin(events)), |state| async move {
+        let mut events = state?;
+        let item = events.next().await?;
+        if matches!(item, Ok(ExecEvent::Exit { .. } | ExecEvent::Error { .. })) {
+            // Nothing of this command's follows its last event.
+            while events.next().await.is_some() {}
+            return Some((item, None));
+        }
+        Some((item, Some(events)))
+    })
+}
+
 fn ndjson<T: DeserializeOwned + Send + 'static>(
     resp: Response,
 ) -> impl Stream<Item = Result<T>> + Send {
@@ -613,5 +634,98 @@ mod tests {
             Client::sandbox_path("sb-1", "/exec"),
             "/v1/sandboxes/sb-1/exec"
         );
+    }
+
+    /// A loopback HTTP/1.1 server that answers every request on a connection in turn:
+    /// `POST …/exec` with a chunked stream of one `exit` line whose end (the last chunk) comes
+    /// `end_after` later, anything else with `/health`'s answer. Returns its URL and the
+    /// number of connections that the client closed so far.
+    fn late_ending_server(
+        end_after: std::time::Duration,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = closed.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut out = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    // Answers are written regardless of errors: a closed connection shows
+                    // as the end of its requests.
+                    loop {
+                        let (mut request_line, mut length) = (String::new(), 0usize);
+                        if !matches!(reader.read_line(&mut request_line), Ok(n) if n > 0) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        loop {
+                            let mut header = String::new();
+                            reader.read_line(&mut header).unwrap();
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = header.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap();
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        if request_line.contains("/exec") {
+                            let line = "{\"type\":\"exit\",\"exit_code\":0,\"timed_out\":false,\"duration_ms\":1}\n";
+                            let _ = write!(
+                                out,
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                                 transfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+                                line.len()
+                            );
+                            std::thread::sleep(end_after);
+                            let _ = out.write_all(b"0\r\n\r\n");
+                        } else {
+                            let health = "{\"status\":\"healthy\",\"version\":\"0\"}";
+                            let _ = write!(
+                                out,
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                 content-length: {}\r\n\r\n{health}",
+                                health.len()
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        (url, closed)
+    }
+
+    /// The exit event comes out once the response has ended, so that a caller that stops
+    /// reading there does not drop an unfinished body, which would close its connection.
+    /// Against a server that ends the response a while after the exit line, nothing is closed
+    /// (without the wait the first connection was, at the drop: the next request needed a new
+    /// one).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stream_read_to_its_exit_keeps_its_connection() {
+        let end_after = std::time::Duration::from_millis(100);
+        let (url, closed) = late_ending_server(end_after);
+        let c = Client::new(url);
+        let mut events = c
+            .exec_stream("sb-1", &ExecRequest::default())
+            .await
+            .unwrap();
+        match events.next().await {
+            Some(Ok(ExecEvent::Exit { exit_code, .. })) => assert_eq!(exit_code, Some(0)),
+            other => panic!("{other:?}"),
+        }
+        drop(events);
+        c.health().await.unwrap();
+        // Time for a closed connection's server thread to finish its answer and see the end.
+        std::thread::sleep(end_after * 3);
+        assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

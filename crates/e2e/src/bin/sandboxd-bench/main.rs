@@ -140,7 +140,6 @@ async fn main() -> Result<()> {
 }
 
 /// Every figure, in order.
-
 async fn bench(args: Args) -> Result<()> {
     let server;
     let client = match &args.url {
