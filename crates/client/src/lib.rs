@@ -351,7 +351,9 @@ impl Client {
     /// Dropping the stream closes the connection, which kills the command.
     ///
     /// A failure after the command started arrives as an [`ExecEvent::Error`] item; a broken
-    /// connection or an undecodable line as an `Err` item.
+    /// connection or an undecodable line as an `Err` item. The last event (`Exit`, or `Error`)
+    /// comes once the response has ended, so stopping there keeps the connection for the
+    /// next request.
     pub async fn exec_stream(&self, id: &str, req: &ExecRequest) -> Result<ExecEventStream> {
         let req = ExecRequest {
             stream: true,
