@@ -524,7 +524,6 @@ impl Client {
     }
 }
 
-/// Parse a newline-delimited JSON body into items as its bytes arrive.
 /// An exec's events, its last one (`Exit`, or `Error`) passed on only once the response has
 /// ended. The server ends it right after that event; a caller that stops reading at the exit,
 /// as most do, would otherwise drop the body a moment before its end, and the connection with
@@ -544,6 +543,7 @@ fn ending_with_the_response(
     })
 }
 
+/// Parse a newline-delimited JSON body into items as its bytes arrive.
 fn ndjson<T: DeserializeOwned + Send + 'static>(
     resp: Response,
 ) -> impl Stream<Item = Result<T>> + Send {
