@@ -526,7 +526,12 @@ fn print_table(rows: Vec<Row>) {
         } else if p50 <= r.target_p50 {
             format!("{} (met)", ms(r.target_p50))
         } else {
-            format!("{} (missed)", ms(r.target_p50))
+            // By how much, since a p50 just over the target prints as the target itself.
+            format!(
+                "{} (missed by {:.3})",
+                ms(r.target_p50),
+                (p50 - r.target_p50).as_secs_f64() * 1000.0
+            )
         };
         let rate = match r.bytes {
             0 => "-".to_string(),
