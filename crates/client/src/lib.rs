@@ -727,7 +727,7 @@ mod tests {
         drop(events);
         c.health().await.unwrap();
         // Time for a closed connection's server thread to finish its answer and see the end.
-        std::thread::sleep(end_after * 3);
+        tokio::time::sleep(end_after * 3).await;
         assert_eq!(closed.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
