@@ -32,10 +32,8 @@ impl AgentConn {
                 "a relayed agent is reached through its backend".into(),
             ));
         };
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| CoreError::AgentUnreachable(format!("connect: {e}")))?;
-        Ok(Self::from_io(Box::new(stream)))
+        // A running agent listens already: no refusal is worth waiting out.
+        Self::connect_starting(path, Duration::ZERO).await
     }
 
     /// Connect to the agent of a box that has just started, on its Unix socket `path`: the
