@@ -530,8 +530,15 @@ pub fn pidfds_supported() -> bool {
 pub static TESTS_WITHOUT_PIDFDS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// The type of `setrlimit`'s resource argument, which differs between C libraries.
+#[cfg(target_env = "musl")]
+pub type RlimitResource = libc::c_int;
+/// The type of `setrlimit`'s resource argument, which differs between C libraries.
+#[cfg(not(target_env = "musl"))]
+pub type RlimitResource = libc::__rlimit_resource_t;
+
 /// `setrlimit(2)` of `resource`, soft and hard, to `value`.
-pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+pub fn set_rlimit(resource: RlimitResource, value: u64) -> io::Result<()> {
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
