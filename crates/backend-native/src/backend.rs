@@ -641,14 +641,17 @@ fn create_blocking(
         .try_clone()
         .map_err(NativeError::io("dup the pidfd"))?;
     guard.armed = false;
-    // The init's last line says what it enforced (landlock's status depends on the kernel).
-    let log = fs::read_to_string(&paths.log).unwrap_or_default();
-    let summary = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("starting agent"))
-        .unwrap_or("");
-    tracing::debug!(box_id = %id, pid, "native box started: {summary}");
+    // The init's last line says what it enforced (landlock's status depends on the kernel);
+    // read only when it is logged, since every create would pay for the file's read.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let log = fs::read_to_string(&paths.log).unwrap_or_default();
+        let summary = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("starting agent"))
+            .unwrap_or("");
+        tracing::debug!(box_id = %id, pid, "native box started: {summary}");
+    }
     Ok((pid, pidfd, reaper_fd))
 }
 

@@ -648,7 +648,9 @@ impl Manager {
         tunnels: bool,
     ) -> Result<Sandbox, CoreError> {
         let workspace = self.config.mount_dir.join(session_id);
-        tokio::fs::create_dir_all(&workspace).await.map_err(|e| {
+        // In place, not in a blocking task: one `mkdir` (of a directory that often exists
+        // already) costs microseconds, the blocking task two thread hand-offs on every create.
+        std::fs::create_dir_all(&workspace).map_err(|e| {
             CoreError::Backend(crate::backend::BackendError::Io {
                 context: format!("create workspace {}", workspace.display()),
                 source: e,
