@@ -22,6 +22,7 @@ use crate::cgroup::{self, CgroupLayout, Cgroups, RealCgroupFs};
 use crate::config::NativeConfig;
 use crate::error::NativeError;
 use crate::init::{self, InitConfig};
+use crate::netns::NetnsPool;
 use crate::spawn::{self, ChildFds, IdMap, InitOutcome, Prepared};
 use crate::sys;
 
@@ -64,6 +65,8 @@ struct Inner {
     own_groups: BTreeSet<String>,
     /// Box starts and teardowns that may run at once (see [`LANES_PER_CPU`]).
     lanes: Arc<tokio::sync::Semaphore>,
+    /// Network namespaces made ahead of time; none in rootless mode (see [`crate::netns`]).
+    netns: Option<Arc<NetnsPool>>,
 }
 
 /// Box starts and teardowns that run at once, per CPU. They are CPU work in the kernel
@@ -240,6 +243,7 @@ impl NativeBackend {
                 lanes: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()) * LANES_PER_CPU,
                 )),
+                netns: rootless.is_none().then(NetnsPool::start),
             }),
         })
     }
@@ -601,6 +605,7 @@ fn create_blocking(
         join.v2_dir.as_deref(),
         fds,
         inner.rootless,
+        inner.netns.as_ref().and_then(|pool| pool.take()),
     )
     .map_err(NativeError::io("prepare the init"))?;
     let (pid, pidfd) = spawn::clone_init(&prepared).map_err(NativeError::io("clone the init"))?;

@@ -38,6 +38,11 @@
 //!    mode write its own id maps, unblock signals, `execve(sandboxd-init)`, `_exit(127)` on
 //!    failure. The parent drops its copies
 //!    of the listener and the pipe's write end.
+//!    Unless rootless, the clone leaves `CLONE_NEWNET` out when a network namespace made ahead
+//!    of time is ready (a background thread keeps two, see the private `netns` module): the
+//!    child `setns`es into it before the `execve` (or unshares a new one if that fails).
+//!    Making the namespace is the dearest part of the clone, and a new one holds nothing but
+//!    a `lo` that is down, so a pooled one is as fresh; each is handed out once.
 //! 6. Read the status pipe: it closes without a word when the agent has been exec'd (the
 //!    init's end is `O_CLOEXEC`), or carries the init's error message, which becomes
 //!    `StartFailed` (the whole box is then torn down). A reaper task waits on the pidfd (via
@@ -227,6 +232,7 @@ pub mod init;
 pub mod seccomp;
 
 mod backend;
+mod netns;
 mod security;
 mod spawn;
 mod sys;

@@ -76,6 +76,9 @@ pub(crate) struct Prepared {
     cgroup: Option<OwnedFd>,
     /// Rootless: the id maps the child writes for its new user namespace.
     userns: Option<UsernsMaps>,
+    /// A fresh network namespace made ahead of time ([`crate::netns`]), which the child
+    /// enters instead of having the clone make one. Close-on-exec: the init does not get it.
+    netns: Option<OwnedFd>,
 }
 
 /// The host ids that uid 0 and gid 0 of a rootless box map to (the server's effective ids).
@@ -152,6 +155,7 @@ impl Prepared {
         v2_dir: Option<&Path>,
         fds: ChildFds,
         userns: Option<IdMap>,
+        netns: Option<OwnedFd>,
     ) -> io::Result<Self> {
         let path = sys::cpath(init_bin)?;
         let argv = vec![CString::new("sandboxd-init").map_err(|_| nul_error("argv"))?];
@@ -177,6 +181,8 @@ impl Prepared {
             sources,
             _fds: owned,
             cgroup,
+            // A rootless box's network namespace must belong to its own user namespace.
+            netns: netns.filter(|_| userns.is_none()),
             userns: userns.map(|m| UsernsMaps {
                 uid_map: format!("0 {} 1\n", m.uid).into_bytes(),
                 gid_map: format!("0 {} 1\n", m.gid).into_bytes(),
@@ -184,10 +190,13 @@ impl Prepared {
         })
     }
 
-    /// The namespaces to create: [`CLONE_FLAGS`], plus a user namespace when rootless.
+    /// The namespaces to create: [`CLONE_FLAGS`], plus a user namespace when rootless, less
+    /// the network namespace when the child enters one made ahead of time.
     fn clone_flags(&self) -> libc::c_int {
         if self.userns.is_some() {
             CLONE_FLAGS | libc::CLONE_NEWUSER
+        } else if self.netns.is_some() {
+            CLONE_FLAGS & !libc::CLONE_NEWNET
         } else {
             CLONE_FLAGS
         }
@@ -324,6 +333,19 @@ unsafe fn child_exec(p: &Prepared, born_in_cgroup: bool) -> ! {
         // SAFETY: we are the cloned child, after the dup2s (the failure report needs fds 2
         // and 4).
         unsafe { child_write_id_maps(maps) };
+    }
+    if let Some(netns) = &p.netns {
+        // SAFETY: plain syscalls on an fd this process owns; they change only this task's
+        // network namespace. A namespace that cannot be entered is replaced by a new one, as
+        // the clone would have made.
+        unsafe {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) == -1
+                && libc::unshare(libc::CLONE_NEWNET) == -1
+            {
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                child_fail(b"sandboxd-init: unshare(CLONE_NEWNET): errno ", errno);
+            }
+        }
     }
     // Signals stay blocked through the execve (see the module docs): the init resets them.
     let envp = &p.envp_ptrs[usize::from(!born_in_cgroup)];

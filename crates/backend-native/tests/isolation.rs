@@ -169,6 +169,46 @@ async fn template_and_host_files_are_out_of_reach() {
     fx.finish().await;
 }
 
+/// Boxes enter network namespaces the backend made ahead of time (or, when none is ready,
+/// their clone makes one): either way each box has its own, never the host's, never another
+/// box's, with only `lo` in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_box_has_a_network_namespace_of_its_own() {
+    let fx = Fixture::new("netns");
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut agents = Vec::new();
+    // Alive together, so that the kernel cannot reuse a namespace's inode number.
+    for i in 0..4 {
+        let id = format!("netns{i}");
+        let handle = fx.backend.create(fx.spec(&id)).await.unwrap();
+        let mut agent = Agent::connect(&handle);
+        let out = agent.sh("readlink /proc/self/ns/net; ls /sys/class/net");
+        let mut lines = out.stdout.lines();
+        let ns = lines.next().unwrap_or_default().to_string();
+        assert!(ns.starts_with("net:["), "{out:?}");
+        assert_ne!(
+            std::path::Path::new(&ns),
+            host,
+            "box {id} is in the host's namespace"
+        );
+        assert!(seen.insert(ns.clone()), "box {id} shares namespace {ns}");
+        assert_eq!(
+            lines.collect::<Vec<_>>(),
+            ["lo"],
+            "only lo in box {id}: {out:?}"
+        );
+        agents.push((id, agent));
+        // Give the pool a moment to refill, so that later boxes take pooled namespaces too.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, agent) in agents {
+        drop(agent);
+        fx.backend.destroy(&id).await.unwrap();
+    }
+    fx.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_loopback_is_unreachable() {
     let fx = Fixture::new("net");

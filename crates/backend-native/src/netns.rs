@@ -1,0 +1,178 @@
+//! Network namespaces made ahead of time, so that a box's create does not wait for one.
+//!
+//! Making a network namespace is the dearest part of a box's `clone`: the kernel registers
+//! the namespace's sysctl tables and its loopback device, about a fifth of the server's CPU
+//! in a create → delete loop, all of it on the create's critical path. A new namespace holds
+//! nothing but a `lo` that is down, so one made a moment earlier is as fresh as one made in
+//! the `clone`: a background thread keeps [`NetnsPool::SIZE`] of them, each held by an open
+//! `/proc/thread-self/ns/net` descriptor, and the cloned child enters one with `setns` instead
+//! of `CLONE_NEWNET`. Every namespace is handed out once; when none is ready (a burst of
+//! creates), the clone makes its own as before.
+//!
+//! The thread makes each namespace with `unshare(CLONE_NEWNET)`, which moves the thread
+//! itself into it; the thread does nothing else, so living in a throwaway namespace is
+//! harmless. It runs at a low priority (nice 10): in a burst the creates' own work comes
+//! first, and the pool refills when the machine is idle.
+//!
+//! Not for rootless servers: the namespaces would belong to the host's user namespace, which
+//! the box's root does not own; a rootless box makes its own under its own user namespace.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// A pool of fresh network namespaces (see the module docs).
+pub(crate) struct NetnsPool {
+    state: Mutex<PoolState>,
+    /// Wakes the filler when a namespace was taken.
+    wanted: Condvar,
+}
+
+struct PoolState {
+    ready: Vec<OwnedFd>,
+}
+
+impl NetnsPool {
+    /// Namespaces kept ready: enough for creates one after another, small enough that the
+    /// idle ones cost nothing worth counting (a few KiB of kernel memory each).
+    pub(crate) const SIZE: usize = 2;
+
+    /// Start the pool and its filler thread, which ends within a second of the pool's last
+    /// user dropping it. Without the thread the pool stays empty: every box makes its own.
+    pub(crate) fn start() -> Arc<NetnsPool> {
+        let pool = Arc::new(NetnsPool {
+            state: Mutex::new(PoolState {
+                ready: Vec::with_capacity(Self::SIZE),
+            }),
+            wanted: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&pool);
+        let spawned = std::thread::Builder::new()
+            .name("netns-pool".into())
+            .stack_size(64 << 10)
+            .spawn(move || fill(weak));
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the network namespace pool ({e}); each box makes its own");
+        }
+        pool
+    }
+
+    /// A fresh network namespace, if one is ready.
+    pub(crate) fn take(&self) -> Option<OwnedFd> {
+        let fd = self.state.lock().unwrap().ready.pop();
+        if fd.is_some() {
+            self.wanted.notify_one();
+        }
+        fd
+    }
+
+    /// Namespaces ready now (for tests).
+    #[cfg(test)]
+    fn ready(&self) -> usize {
+        self.state.lock().unwrap().ready.len()
+    }
+}
+
+/// The filler thread: keep the pool full while it exists.
+fn fill(pool: Weak<NetnsPool>) {
+    // SAFETY: gettid has no arguments; setpriority of this thread's own tid changes only
+    // its scheduling weight (on Linux the nice value is per thread).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+    loop {
+        let Some(p) = pool.upgrade() else { return };
+        {
+            let mut state = p.state.lock().unwrap();
+            while state.ready.len() >= NetnsPool::SIZE {
+                // The timeout only lets the thread notice a dropped pool (the last `Arc` may
+                // go between the upgrade and the wait).
+                let (s, _) = p
+                    .wanted
+                    .wait_timeout(state, Duration::from_secs(1))
+                    .unwrap();
+                state = s;
+                if Arc::strong_count(&p) == 1 {
+                    return;
+                }
+            }
+        }
+        match new_netns() {
+            Ok(fd) => p.state.lock().unwrap().ready.push(fd),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot make network namespaces ahead of time ({e}); each box makes its own"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Move this thread into a new network namespace and return a descriptor holding it.
+fn new_netns() -> std::io::Result<OwnedFd> {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: opening a procfs file with a NUL-terminated literal path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+
+    fn ns_inode(path: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    fn wait_ready(pool: &NetnsPool, n: usize) {
+        let start = Instant::now();
+        while pool.ready() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "pool never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Each namespace handed out is new: not the host's, not another one handed out, and
+    /// the pool refills after a take.
+    #[test]
+    fn hands_out_distinct_fresh_namespaces_and_refills() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: making network namespaces needs root");
+            return;
+        }
+        let host = ns_inode("/proc/self/ns/net");
+        let pool = NetnsPool::start();
+        wait_ready(&pool, NetnsPool::SIZE);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            wait_ready(&pool, 1);
+            let fd = pool.take().expect("a namespace is ready");
+            let ino = ns_inode(&format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            assert_ne!(ino, host, "a pooled namespace is the host's");
+            assert!(seen.insert(ino), "namespace {ino} handed out twice");
+        }
+        wait_ready(&pool, NetnsPool::SIZE);
+        // The calling thread stayed in the host's namespace.
+        assert_eq!(ns_inode("/proc/thread-self/ns/net"), host);
+    }
+}
