@@ -10,14 +10,14 @@
 //! creates), the clone makes its own as before.
 //!
 //! The thread makes each namespace with `unshare(CLONE_NEWNET)`, which moves the thread
-//! itself into it; the thread does nothing else, so living in a throwaway namespace is
-//! harmless. It runs at a low priority (nice 10): in a burst the creates' own work comes
-//! first, and the pool refills when the machine is idle.
+//! itself into it, opens it, and `setns`es back to the namespace it started in: the thread
+//! is never inside a namespace a box will use. It runs at a low priority (nice 10): in a
+//! burst the creates' own work comes first, and the pool refills when the machine is idle.
 //!
 //! Not for rootless servers: the namespaces would belong to the host's user namespace, which
 //! the box's root does not own; a rootless box makes its own under its own user namespace.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
@@ -81,6 +81,15 @@ fn fill(pool: Weak<NetnsPool>) {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
+    let home = match open_own_netns() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(
+                "cannot make network namespaces ahead of time ({e}); each box makes its own"
+            );
+            return;
+        }
+    };
     loop {
         let Some(p) = pool.upgrade() else { return };
         {
@@ -98,7 +107,7 @@ fn fill(pool: Weak<NetnsPool>) {
                 }
             }
         }
-        match new_netns() {
+        match new_netns(&home) {
             Ok(fd) => p.state.lock().unwrap().ready.push(fd),
             Err(e) => {
                 tracing::warn!(
@@ -110,12 +119,8 @@ fn fill(pool: Weak<NetnsPool>) {
     }
 }
 
-/// Move this thread into a new network namespace and return a descriptor holding it.
-fn new_netns() -> std::io::Result<OwnedFd> {
-    // SAFETY: unshare affects only the calling thread's namespaces.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
+/// A descriptor of this thread's current network namespace.
+fn open_own_netns() -> std::io::Result<OwnedFd> {
     // SAFETY: opening a procfs file with a NUL-terminated literal path.
     let fd = unsafe {
         libc::open(
@@ -130,10 +135,24 @@ fn new_netns() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Make a new network namespace and return a descriptor holding it; the thread goes back to
+/// `home` (its own namespace) afterwards.
+fn new_netns(home: &OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = open_own_netns();
+    // SAFETY: setns on a descriptor of a network namespace this thread was in moments ago.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    fd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
     use std::time::Instant;
 
     fn ns_inode(path: &str) -> u64 {
@@ -172,7 +191,20 @@ mod tests {
             assert!(seen.insert(ino), "namespace {ino} handed out twice");
         }
         wait_ready(&pool, NetnsPool::SIZE);
-        // The calling thread stayed in the host's namespace.
+        // The calling thread stayed in the host's namespace, and the filler went back to it.
         assert_eq!(ns_inode("/proc/thread-self/ns/net"), host);
+        let mut fillers = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            if std::fs::read_to_string(dir.join("comm"))
+                .unwrap_or_default()
+                .trim()
+                == "netns-pool"
+            {
+                fillers += 1;
+                assert_eq!(ns_inode(dir.join("ns/net").to_str().unwrap()), host);
+            }
+        }
+        assert_eq!(fillers, 1);
     }
 }
