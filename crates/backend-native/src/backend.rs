@@ -66,7 +66,7 @@ struct Inner {
     /// Box starts and teardowns that may run at once (see [`LANES_PER_CPU`]).
     lanes: Arc<tokio::sync::Semaphore>,
     /// Network namespaces made ahead of time; none in rootless mode (see [`crate::netns`]).
-    netns: Option<Arc<NetnsPool>>,
+    netns: Option<NetnsPool>,
 }
 
 /// Box starts and teardowns that run at once, per CPU. They are CPU work in the kernel

@@ -18,18 +18,24 @@
 //! the box's root does not own; a rootless box makes its own under its own user namespace.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
 
-/// A pool of fresh network namespaces (see the module docs).
+/// A pool of fresh network namespaces (see the module docs). Dropping it ends its thread.
 pub(crate) struct NetnsPool {
+    shared: Arc<Shared>,
+}
+
+/// What the pool and its filler thread share.
+struct Shared {
     state: Mutex<PoolState>,
-    /// Wakes the filler when a namespace was taken.
+    /// Wakes the filler when a namespace was taken or the pool dropped.
     wanted: Condvar,
 }
 
 struct PoolState {
     ready: Vec<OwnedFd>,
+    /// The pool was dropped: the filler ends.
+    closed: bool,
 }
 
 impl NetnsPool {
@@ -37,31 +43,32 @@ impl NetnsPool {
     /// idle ones cost nothing worth counting (a few KiB of kernel memory each).
     pub(crate) const SIZE: usize = 2;
 
-    /// Start the pool and its filler thread, which ends within a second of the pool's last
-    /// user dropping it. Without the thread the pool stays empty: every box makes its own.
-    pub(crate) fn start() -> Arc<NetnsPool> {
-        let pool = Arc::new(NetnsPool {
+    /// Start the pool and its filler thread. Without the thread the pool stays empty: every
+    /// box makes its own namespace.
+    pub(crate) fn start() -> NetnsPool {
+        let shared = Arc::new(Shared {
             state: Mutex::new(PoolState {
                 ready: Vec::with_capacity(Self::SIZE),
+                closed: false,
             }),
             wanted: Condvar::new(),
         });
-        let weak = Arc::downgrade(&pool);
+        let filler = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("netns-pool".into())
             .stack_size(64 << 10)
-            .spawn(move || fill(weak));
+            .spawn(move || fill(&filler));
         if let Err(e) = spawned {
             tracing::warn!("cannot start the network namespace pool ({e}); each box makes its own");
         }
-        pool
+        NetnsPool { shared }
     }
 
     /// A fresh network namespace, if one is ready.
     pub(crate) fn take(&self) -> Option<OwnedFd> {
-        let fd = self.state.lock().unwrap().ready.pop();
+        let fd = self.shared.state.lock().unwrap().ready.pop();
         if fd.is_some() {
-            self.wanted.notify_one();
+            self.shared.wanted.notify_one();
         }
         fd
     }
@@ -69,12 +76,22 @@ impl NetnsPool {
     /// Namespaces ready now (for tests).
     #[cfg(test)]
     fn ready(&self) -> usize {
-        self.state.lock().unwrap().ready.len()
+        self.shared.state.lock().unwrap().ready.len()
     }
 }
 
-/// The filler thread: keep the pool full while it exists.
-fn fill(pool: Weak<NetnsPool>) {
+impl Drop for NetnsPool {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.closed = true;
+        // The namespaces nobody took go now, not when the filler gets round to ending.
+        state.ready.clear();
+        self.shared.wanted.notify_one();
+    }
+}
+
+/// The filler thread: keep the pool full until it is dropped.
+fn fill(shared: &Shared) {
     // SAFETY: gettid has no arguments; setpriority of this thread's own tid changes only
     // its scheduling weight (on Linux the nice value is per thread).
     unsafe {
@@ -91,24 +108,23 @@ fn fill(pool: Weak<NetnsPool>) {
         }
     };
     loop {
-        let Some(p) = pool.upgrade() else { return };
         {
-            let mut state = p.state.lock().unwrap();
-            while state.ready.len() >= NetnsPool::SIZE {
-                // The timeout only lets the thread notice a dropped pool (the last `Arc` may
-                // go between the upgrade and the wait).
-                let (s, _) = p
-                    .wanted
-                    .wait_timeout(state, Duration::from_secs(1))
-                    .unwrap();
-                state = s;
-                if Arc::strong_count(&p) == 1 {
-                    return;
-                }
+            let mut state = shared.state.lock().unwrap();
+            while state.ready.len() >= NetnsPool::SIZE && !state.closed {
+                state = shared.wanted.wait(state).unwrap();
+            }
+            if state.closed {
+                return;
             }
         }
         match new_netns(&home) {
-            Ok(fd) => p.state.lock().unwrap().ready.push(fd),
+            Ok(fd) => {
+                let mut state = shared.state.lock().unwrap();
+                if state.closed {
+                    return;
+                }
+                state.ready.push(fd);
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot make network namespaces ahead of time ({e}); each box makes its own"
@@ -153,7 +169,7 @@ fn new_netns(home: &OwnedFd) -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn ns_inode(path: &str) -> u64 {
         use std::os::unix::fs::MetadataExt;
@@ -193,18 +209,29 @@ mod tests {
         wait_ready(&pool, NetnsPool::SIZE);
         // The calling thread stayed in the host's namespace, and the filler went back to it.
         assert_eq!(ns_inode("/proc/thread-self/ns/net"), host);
-        let mut fillers = 0;
-        for task in std::fs::read_dir("/proc/self/task").unwrap() {
-            let dir = task.unwrap().path();
-            if std::fs::read_to_string(dir.join("comm"))
-                .unwrap_or_default()
-                .trim()
-                == "netns-pool"
-            {
-                fillers += 1;
-                assert_eq!(ns_inode(dir.join("ns/net").to_str().unwrap()), host);
-            }
+        let fillers = filler_threads();
+        assert_eq!(fillers.len(), 1);
+        assert_eq!(ns_inode(fillers[0].join("ns/net").to_str().unwrap()), host);
+        // Dropping the pool ends its thread.
+        drop(pool);
+        let start = Instant::now();
+        while !filler_threads().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the filler outlived its pool"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(fillers, 1);
+    }
+
+    /// `/proc/self/task/<tid>` of every thread named like the filler.
+    fn filler_threads() -> Vec<std::path::PathBuf> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .map(|t| t.unwrap().path())
+            .filter(|dir| {
+                std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "netns-pool")
+            })
+            .collect()
     }
 }
