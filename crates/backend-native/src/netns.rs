@@ -39,8 +39,8 @@ struct PoolState {
 }
 
 impl NetnsPool {
-    /// Namespaces kept ready: enough for creates one after another, small enough that the
-    /// idle ones cost nothing worth counting (a few KiB of kernel memory each).
+    /// Namespaces kept ready: enough for creates one after another; few, since each idle
+    /// one holds its kernel memory until a box takes it.
     pub(crate) const SIZE: usize = 2;
 
     /// Start the pool and its filler thread. Without the thread the pool stays empty: every
@@ -98,15 +98,15 @@ fn fill(shared: &Shared) {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
-    let home = match open_own_netns() {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!(
-                "cannot make network namespaces ahead of time ({e}); each box makes its own"
-            );
-            return;
-        }
-    };
+    if let Err(e) = fill_until_closed(shared) {
+        tracing::warn!(
+            "cannot make network namespaces ahead of time ({e}); each box makes its own"
+        );
+    }
+}
+
+fn fill_until_closed(shared: &Shared) -> std::io::Result<()> {
+    let home = open_own_netns()?;
     loop {
         {
             let mut state = shared.state.lock().unwrap();
@@ -114,24 +114,15 @@ fn fill(shared: &Shared) {
                 state = shared.wanted.wait(state).unwrap();
             }
             if state.closed {
-                return;
+                return Ok(());
             }
         }
-        match new_netns(&home) {
-            Ok(fd) => {
-                let mut state = shared.state.lock().unwrap();
-                if state.closed {
-                    return;
-                }
-                state.ready.push(fd);
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "cannot make network namespaces ahead of time ({e}); each box makes its own"
-                );
-                return;
-            }
+        let fd = new_netns(&home)?;
+        let mut state = shared.state.lock().unwrap();
+        if state.closed {
+            return Ok(());
         }
+        state.ready.push(fd);
     }
 }
 
