@@ -93,6 +93,7 @@ struct BoxPaths {
     dir: PathBuf,
     upper: PathBuf,
     work: PathBuf,
+    scratch: PathBuf,
     rootfs: PathBuf,
     log: PathBuf,
     run: PathBuf,
@@ -107,6 +108,7 @@ impl BoxPaths {
             // In a directory of their own: a disk limit mounts a tmpfs over it.
             upper: dir.join("layer/upper"),
             work: dir.join("layer/work"),
+            scratch: dir.join("layer/scratch"),
             rootfs: dir.join("rootfs"),
             log: dir.join("init.log"),
             socket: run.join("agent.sock"),
@@ -531,13 +533,13 @@ fn create_blocking(
         pid: None,
         armed: true,
     };
-    // With a disk limit the init mounts a tmpfs on `layer` and makes the upper and work
-    // directories in it: made here too, they would be two inodes of the host's disk made and
-    // removed for nothing at every box.
+    // With a disk limit the init mounts a tmpfs on `layer` and makes the upper, work and
+    // scratch directories in it: made here too, they would be three inodes of the host's
+    // disk made and removed for nothing at every box.
     let layer_dirs: &[&PathBuf] = if spec.limits.disk_bytes > 0 {
         &[]
     } else {
-        &[&paths.upper, &paths.work]
+        &[&paths.upper, &paths.work, &paths.scratch]
     };
     for dir in [&paths.dir.join("layer"), &paths.rootfs]
         .iter()
@@ -577,6 +579,7 @@ fn create_blocking(
         template: spec.template_rootfs.clone(),
         upper: paths.upper.clone(),
         work: paths.work.clone(),
+        scratch: paths.scratch.clone(),
         rootfs: paths.rootfs.clone(),
         workspace: spec.workspace.clone(),
         readonly_mounts: spec

@@ -36,8 +36,9 @@ pub struct NativeConfig {
     /// The `sandboxd-agent` binary. It is copied once, when the backend is made, into a sealed
     /// in-memory file that every box executes.
     pub agent_bin: PathBuf,
-    /// Size limit of each box's `/tmp` and `/dev/shm`, in MiB (tmpfs pages also count
-    /// against the box's memory limit).
+    /// Size limit of the tmpfs that holds a box's `/tmp`, `/dev/shm` and `/dev` together, in
+    /// MiB, for a box without a disk limit (with one, the disk limit is its size). Its pages
+    /// also count against the box's memory limit.
     pub tmp_size_mb: u64,
 }
 

@@ -74,14 +74,20 @@
 //!    here on every path resolves inside the box, so a symlink in a template (say
 //!    `/workspace -> /etc`) can only redirect a mount to another place in the box, never onto
 //!    the host.
-//! 5. `/dev`: tmpfs (`mode=755,nosuid,noexec`), the six device copies attached, the `fd`,
-//!    `stdin`, `stdout`, `stderr`, `ptmx` symlinks, a new devpts instance at `/dev/pts`, a
-//!    tmpfs at `/dev/shm`. `/proc`: the box's procfs, with Docker's masking (`/dev/null` over
-//!    `kcore`, `keys`, `timer_list`, `timer_stats`, `sched_debug`, `latency_stats`; empty
-//!    read-only tmpfs over `acpi`, `scsi`; read-only `sys`, `sysrq-trigger`, `irq`, `bus`,
-//!    `fs`). `/sys`: sysfs read-only (`nosuid,nodev,noexec`; in the new net namespace it
-//!    shows only the box's interfaces), with `firmware` and the powercap energy counters
-//!    masked. `/tmp`: tmpfs (`nosuid,nodev`, size from the config). Then the workspace at
+//! 5. `/dev`: a directory of the box's scratch tmpfs (`mode=755,nosuid,nodev,noexec`), the
+//!    six device copies attached, the `fd`, `stdin`, `stdout`, `stderr`, `ptmx` symlinks, a
+//!    new devpts instance at `/dev/pts`, another directory of the scratch tmpfs at
+//!    `/dev/shm`. `/proc`: the box's procfs, with Docker's masking (`/dev/null` over `kcore`,
+//!    `keys`, `timer_list`, `timer_stats`, `sched_debug`, `latency_stats`; an empty read-only
+//!    directory of the scratch tmpfs over `acpi`, `scsi`; read-only `sys`, `sysrq-trigger`,
+//!    `irq`, `bus`, `fs`). `/sys`: sysfs read-only (`nosuid,nodev,noexec`; in the new net
+//!    namespace it shows only the box's interfaces), with `firmware` and the powercap energy
+//!    counters masked the same way. `/tmp`: a third directory of the scratch tmpfs
+//!    (`nosuid,nodev`; the tmpfs's size is the disk limit, else the config's `tmp_size_mb`).
+//!    One tmpfs, not one per place: each file system instance is a superblock whose LRU lists
+//!    the kernel walks at every memory cgroup's removal, so every superblock alive makes
+//!    every box's delete dearer (a box has seven: the disk limit's tmpfs, the overlay, procfs,
+//!    sysfs, the scratch tmpfs, devpts and its IPC namespace's mqueue). Then the workspace at
 //!    `/workspace` and the read-only mounts.
 //! 6. `sethostname`; bring `lo` up (`SIOCSIFFLAGS`): the only interface, so the network is
 //!    loopback-only and the host's `127.0.0.1` is another network stack, out of reach.
@@ -137,8 +143,8 @@
 //!
 //! What it does not give: a separate kernel. A kernel bug reachable through the allowed
 //! syscalls is a host compromise; use the gVisor backend for code that needs that wall. Disk
-//! use of the overlay upper directory is not limited (only `/tmp` and `/dev/shm`, which
-//! count against memory). `init.log` (the agent's stderr) is on the host disk.
+//! use of the overlay upper directory is not limited without a disk limit (`/tmp` and
+//! `/dev/shm` always are, and count against memory). `init.log` (the agent's stderr) is on the host disk.
 //!
 //! Cgroups are made at `<hierarchy root>/<cgroup_parent>/<id>`, not below the server's own
 //! group (as Docker's cgroupfs driver does): a box's usage is charged to the box alone, and

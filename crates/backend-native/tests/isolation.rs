@@ -169,6 +169,74 @@ async fn template_and_host_files_are_out_of_reach() {
     fx.finish().await;
 }
 
+/// `/tmp`, `/dev` and `/dev/shm` are directories of one tmpfs of the box's own (sized by the
+/// disk limit when there is one), and the hidden parts of `/proc` and `/sys` are empty
+/// read-only directories of it; with and without a disk limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_dev_and_shm_are_one_tmpfs_and_the_masks_are_empty() {
+    let fx = Fixture::new("scratch");
+    for (id, disk_mb) in [("scratch0", 0u64), ("scratch1", 48)] {
+        let mut spec = fx.spec(id);
+        spec.limits.disk_bytes = disk_mb << 20;
+        let handle = fx.backend.create(spec).await.unwrap();
+        let mut agent = Agent::connect(&handle);
+        let out = agent.sh("stat -c '%d %a %n' /tmp /dev /dev/shm /; \
+             grep -E ' /(tmp|dev|dev/shm|proc/acpi|sys/firmware) ' /proc/mounts; \
+             df -k /tmp | tail -1");
+        assert!(out.ok(), "{out:?}");
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let stat = |i: usize| lines[i].split(' ').collect::<Vec<_>>();
+        let (tmp, dev, shm, root) = (stat(0), stat(1), stat(2), stat(3));
+        assert_eq!(tmp[1], "1777", "{out:?}");
+        assert_eq!(dev[1], "755", "{out:?}");
+        assert_eq!(shm[1], "1777", "{out:?}");
+        assert!(
+            tmp[0] == dev[0] && dev[0] == shm[0],
+            "not one tmpfs: {out:?}"
+        );
+        assert_ne!(tmp[0], root[0], "/tmp is on the root layer: {out:?}");
+        for (path, flags) in [
+            ("/tmp", "tmpfs rw,nosuid,nodev"),
+            ("/dev", "tmpfs rw,nosuid,nodev,noexec"),
+            ("/dev/shm", "tmpfs rw,nosuid,nodev,noexec"),
+        ] {
+            assert!(
+                out.stdout.contains(&format!("tmpfs {path} {flags}")),
+                "{path} not mounted {flags}: {out:?}"
+            );
+        }
+        let size_kb: u64 = lines
+            .last()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no size in {out:?}"));
+        // The fixture's `tmp_size_mb`.
+        let want_mb = if disk_mb > 0 { disk_mb } else { 64 };
+        assert_eq!(size_kb, want_mb << 10, "{out:?}");
+        // What one of them holds, the others do not show.
+        let out = agent.sh("echo t > /tmp/t && echo s > /dev/shm/s && ls -A /tmp /dev/shm");
+        assert_eq!(out.stdout, "/dev/shm:\ns\n\n/tmp:\nt\n", "{out:?}");
+        for masked in ["/proc/acpi", "/sys/firmware"] {
+            if !std::path::Path::new(masked).is_dir() {
+                continue;
+            }
+            let out = agent.sh(&format!(
+                "ls -A {masked} | wc -l; touch {masked}/x 2>&1; stat -c %d {masked}"
+            ));
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert_eq!(lines.first(), Some(&"0"), "{masked} not empty: {out:?}");
+            assert!(
+                out.stdout.contains("Read-only"),
+                "{masked} writable: {out:?}"
+            );
+            assert_eq!(lines.last(), Some(&tmp[0]), "{masked}: {out:?}");
+        }
+        drop(agent);
+        fx.backend.destroy(id).await.unwrap();
+    }
+    fx.finish().await;
+}
+
 /// Boxes enter network namespaces the backend made ahead of time (or, when none is ready,
 /// their clone makes one): either way each box has its own, never the host's, never another
 /// box's, with only `lo` in it.
