@@ -271,7 +271,7 @@ impl NativeBackend {
         self.inner.boxes.lock().unwrap().get(id).map(|b| b.pid)
     }
 
-    /// The cgroup directories a box has (or would have), one per hierarchy.
+    /// The cgroup directories a box may have, one per hierarchy (it has those it needs).
     pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
         self.inner.cgroups.box_dirs(id)
     }

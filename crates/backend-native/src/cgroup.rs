@@ -12,7 +12,9 @@
 //! - v2 (pure): `memory.max`, `memory.swap.max = 0`, `pids.max`, `cpu.max`, after enabling
 //!   `+memory +pids +cpu` in the parents' `cgroup.subtree_control`.
 //! - hybrid: the v1 limits above, plus a group in the controller-less v2 tree (usually
-//!   `/sys/fs/cgroup/unified`), used only to kill.
+//!   `/sys/fs/cgroup/unified`), used to kill and freeze. Where that group has `cgroup.kill`
+//!   and `cgroup.freeze` (Linux 5.14), the v1 `freezer` and `cpuacct` hierarchies are not
+//!   joined ([`V1_REPLACED_BY_V2`]).
 //!
 //! Killing uses the v2 group's `cgroup.kill` where it exists (atomic, even against a fork
 //! bomb). On pure v1 it freezes the box's freezer group, SIGKILLs every pid listed, and thaws.
@@ -144,6 +146,13 @@ pub struct CgroupLayout {
 
 /// v1 controllers a box joins.
 const V1_USED: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "freezer"];
+
+/// v1 controllers whose work a v2 group does in the hybrid layout once the kernel has
+/// `cgroup.kill` and `cgroup.freeze` (5.14): killing, freezing, and the CPU time of
+/// `cpu.stat`, which every v2 group has. A v1 hierarchy holding only these is then not
+/// joined: each group is a `mkdir`, a join and an `rmdir` under the kernel's cgroup lock at
+/// every box. Stale-box cleanup still looks in it, for groups an older server made.
+const V1_REPLACED_BY_V2: [&str; 2] = ["cpuacct", "freezer"];
 
 const V1_KNOWN: [&str; 14] = [
     "cpu",
@@ -643,8 +652,22 @@ impl<F: CgroupFs> Cgroups<F> {
     }
 
     fn create_inner(&self, id: &str, limits: &Limits) -> Result<JoinPlan, CgroupError> {
-        let mut plan = JoinPlan::default();
+        // The v2 group first: whether it can kill and freeze decides the v1 groups.
+        let mut plan = JoinPlan {
+            v2_dir: self.create_v2(id, limits)?,
+            ..Default::default()
+        };
+        let v2_kills_and_freezes = plan.v2_dir.as_ref().is_some_and(|dir| {
+            self.fs.exists(&dir.join("cgroup.kill")) && self.fs.exists(&dir.join("cgroup.freeze"))
+        });
         for h in self.layout.v1.iter() {
+            if v2_kills_and_freezes
+                && h.controllers
+                    .iter()
+                    .all(|c| V1_REPLACED_BY_V2.contains(&c.as_str()))
+            {
+                continue;
+            }
             self.mkdir_parents(&h.mountpoint)?;
             let dir = h.mountpoint.join(&self.parent).join(id);
             self.fs
@@ -671,46 +694,51 @@ impl<F: CgroupFs> Cgroups<F> {
             }
             plan.v1_tasks.push(dir.join("tasks"));
         }
-        if let Some(h) = &self.layout.v2 {
-            if self.layout.kind == LayoutKind::V2 {
-                self.mkdir_parents(&h.mountpoint)?;
-                self.enable_v2_controllers(&h.mountpoint)?;
-            } else {
-                self.mkdir_parents(&h.mountpoint)?;
-            }
-            let dir = h.mountpoint.join(&self.parent).join(id);
-            self.fs
-                .mkdir(&dir)
-                .map_err(|e| CgroupError::io("mkdir", &dir, e))?;
-            if self.layout.kind == LayoutKind::V2 {
-                let have = self
-                    .fs
-                    .read(&dir.join("cgroup.controllers"))
-                    .unwrap_or_default();
-                let has = |c: &str| have.split_whitespace().any(|x| x == c);
-                for c in ["memory", "pids"] {
-                    if !has(c) {
-                        return Err(CgroupError::MissingController(c));
-                    }
-                }
-                if limits.memory_bytes > 0 {
-                    self.write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
-                    let swap = dir.join("memory.swap.max");
-                    if self.fs.exists(&swap) {
-                        self.write(&swap, "0")?;
-                    }
-                }
-                if limits.pids > 0 {
-                    self.write(&dir.join("pids.max"), &limits.pids.to_string())?;
-                }
-                if limits.cpu_millis > 0 && has("cpu") {
-                    let value = format!("{} {}", cpu_quota_us(limits.cpu_millis), CPU_PERIOD_US);
-                    self.write(&dir.join("cpu.max"), &value)?;
-                }
-            }
-            plan.v2_dir = Some(dir);
-        }
         Ok(plan)
+    }
+
+    /// The box's v2 group, with its limits on a pure v2 host; `None` without a v2 hierarchy.
+    fn create_v2(&self, id: &str, limits: &Limits) -> Result<Option<PathBuf>, CgroupError> {
+        let Some(h) = &self.layout.v2 else {
+            return Ok(None);
+        };
+        let pure = self.layout.kind == LayoutKind::V2;
+        self.mkdir_parents(&h.mountpoint)?;
+        if pure {
+            self.enable_v2_controllers(&h.mountpoint)?;
+        }
+        let dir = h.mountpoint.join(&self.parent).join(id);
+        self.fs
+            .mkdir(&dir)
+            .map_err(|e| CgroupError::io("mkdir", &dir, e))?;
+        if !pure {
+            return Ok(Some(dir));
+        }
+        let have = self
+            .fs
+            .read(&dir.join("cgroup.controllers"))
+            .unwrap_or_default();
+        let has = |c: &str| have.split_whitespace().any(|x| x == c);
+        for c in ["memory", "pids"] {
+            if !has(c) {
+                return Err(CgroupError::MissingController(c));
+            }
+        }
+        if limits.memory_bytes > 0 {
+            self.write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+            let swap = dir.join("memory.swap.max");
+            if self.fs.exists(&swap) {
+                self.write(&swap, "0")?;
+            }
+        }
+        if limits.pids > 0 {
+            self.write(&dir.join("pids.max"), &limits.pids.to_string())?;
+        }
+        if limits.cpu_millis > 0 && has("cpu") {
+            let value = format!("{} {}", cpu_quota_us(limits.cpu_millis), CPU_PERIOD_US);
+            self.write(&dir.join("cpu.max"), &value)?;
+        }
+        Ok(Some(dir))
     }
 
     /// Pids (host view) in any of the box's groups.
@@ -1188,6 +1216,42 @@ mod tests {
         assert!(!log
             .iter()
             .any(|l| l.contains("/cpuset/") || l.contains("/devices/")));
+    }
+
+    #[test]
+    fn hybrid_skips_v1_freezer_and_cpuacct_when_v2_kills_and_freezes() {
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.kill", ""),
+            ("/sys/fs/cgroup/unified/sbx/b1/cgroup.freeze", "0"),
+        ]);
+        let layout = CgroupLayout::from_mountinfo(HYBRID).unwrap();
+        let cg = Cgroups::new(layout, "sbx", &fake).unwrap();
+        let plan = cg.create("b1", &LIMITS).unwrap();
+        let joined: Vec<String> = plan
+            .v1_tasks
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            joined,
+            [
+                "/sys/fs/cgroup/cpu/sbx/b1/tasks",
+                "/sys/fs/cgroup/memory/sbx/b1/tasks",
+                "/sys/fs/cgroup/pids/sbx/b1/tasks"
+            ]
+        );
+        let log = fake.log();
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("/cpuacct/") || l.contains("/freezer/")),
+            "{log:#?}"
+        );
+        // A group an older server made there is still found and removed.
+        (&fake)
+            .mkdir(Path::new("/sys/fs/cgroup/freezer/sbx/old"))
+            .unwrap();
+        assert!(cg.stale_ids().unwrap().contains("old"));
+        assert_eq!(cg.remove("old").unwrap(), 1);
     }
 
     #[test]

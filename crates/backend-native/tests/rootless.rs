@@ -518,7 +518,13 @@ async fn helper_server(root: &Path, parent: &str) {
         format!("Uid:\t{UID}\t{UID}\t{UID}\t{UID}"),
         "the agent's uid on the host"
     );
-    for dir in backend.cgroup_dirs("r1") {
+    let groups: Vec<PathBuf> = backend
+        .cgroup_dirs("r1")
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
+    assert!(groups.len() >= 2, "{groups:?}");
+    for dir in groups {
         assert_eq!(fs::metadata(&dir).unwrap().uid(), UID, "{}", dir.display());
     }
     // The workspace is writable, and the file is the server user's on the host.
@@ -706,10 +712,17 @@ async fn helper_server(root: &Path, parent: &str) {
 
 async fn helper_cleanup(root: &Path, parent: &str) {
     let backend = NativeBackend::new(helper_config(root, parent)).expect("rootless backend");
+    // The boxes' groups (those each needs, in some of the hierarchies).
+    let groups: usize = backend
+        .cgroup_parent_dirs()
+        .iter()
+        .flat_map(|p| fs::read_dir(p).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != SERVER_GROUP)
+        .count();
+    assert!(groups >= 4, "{groups} groups for two boxes");
     let report = backend.cleanup_stale(&Default::default()).await.unwrap();
-    // 2 boxes x (a group per hierarchy + state dir + run dir); the parents are kept.
-    let per_box = backend.cgroup_parent_dirs().len() + 2;
-    assert_eq!(report.resources_removed, 2 * per_box, "{report:?}");
+    // 2 boxes x (their groups + state dir + run dir); the parents are kept.
+    assert_eq!(report.resources_removed, groups + 2 * 2, "{report:?}");
     println!("ROOTLESS-KILLED {}", report.boxes_killed);
     let again = backend.cleanup_stale(&Default::default()).await.unwrap();
     assert_eq!((again.boxes_killed, again.resources_removed), (0, 0));
