@@ -330,8 +330,9 @@ struct Scratch {
     tmp: OwnedFd,
     dev: OwnedFd,
     shm: OwnedFd,
-    /// One per directory of `/proc` and `/sys` that may be hidden; those that do not exist
-    /// leave theirs unused.
+    /// One per directory of `/proc` and `/sys` to hide, as counted in the host's (the same
+    /// kernel's): an unused one would be unmounted at its close, which waits for an RCU
+    /// grace period.
     masks: Vec<OwnedFd>,
 }
 
@@ -344,7 +345,13 @@ impl Scratch {
             Ok(fd)
         };
         let [tmp, dev, shm, empty] = SCRATCH_DIRS.map(|(name, _, attrs)| (name, attrs));
-        let masks = (0..PROC_MASKED_DIRS.len() + SYS_MASKED_DIRS.len())
+        let hidden = PROC_MASKED_DIRS
+            .iter()
+            .map(|d| Path::new("/proc").join(d))
+            .chain(SYS_MASKED_DIRS.iter().map(|d| Path::new("/sys").join(d)))
+            .filter(|p| p.is_dir())
+            .count();
+        let masks = (0..hidden)
             .map(|_| bind(empty.0, empty.1))
             .collect::<Result<_, _>>()?;
         Ok(Scratch {
@@ -551,19 +558,21 @@ fn bind_readonly(path: &Path) -> Result<(), InitError> {
     sys::mount(None, path, None, flags, None).map_err(at("remount read-only", path))
 }
 
-/// Hide the directory `path` under an empty read-only one of the scratch tmpfs (one of
-/// `masks`), if it exists.
+/// Hide the directory `path`, if it exists, under an empty read-only one of the scratch
+/// tmpfs (one of `masks`), or under an empty read-only tmpfs of its own where the host's
+/// `/proc` or `/sys` did not show it.
 fn mask_dir(path: &Path, masks: &mut Vec<OwnedFd>) -> Result<(), InitError> {
     if !path.is_dir() {
         return Ok(());
     }
-    let mask = masks.pop().ok_or_else(|| {
-        InitError::Config(format!(
-            "no empty directory left to hide {}",
-            path.display()
-        ))
-    })?;
-    sys::move_mount(&mask, path).map_err(at("hide", path))
+    match masks.pop() {
+        Some(mask) => sys::move_mount(&mask, path).map_err(at("hide", path)),
+        None => tmpfs(
+            path,
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "mode=555",
+        ),
+    }
 }
 
 fn mount_proc(procfs: &OwnedFd, masks: &mut Vec<OwnedFd>) -> Result<(), InitError> {
