@@ -99,11 +99,11 @@ impl Drop for NetnsPool {
 /// The filler thread: keep the pool full until it is dropped.
 fn fill(shared: &Shared) {
     // SAFETY: sched_setscheduler and setpriority of this thread (pid 0 is the caller; on
-    // Linux both are per thread) change only how it is scheduled; the sched_param is a
-    // valid struct for the call's duration. Failure leaves the default, which only costs
-    // speed.
+    // Linux both are per thread) change only how it is scheduled; an all-zero sched_param
+    // (priority 0, what SCHED_BATCH takes; musl's has more fields than glibc's) is valid
+    // for the call's duration. Failure leaves the default, which only costs speed.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
+        let param: libc::sched_param = std::mem::zeroed();
         libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
