@@ -279,10 +279,11 @@ const SCRATCH_DIRS: [(&str, u32, u64); 4] = [
         0o1777,
         sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
     ),
+    // nodev too: the device nodes are bind mounts of the host's, with their own flags.
     (
         "dev",
         0o755,
-        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
     ),
     (
         "shm",
