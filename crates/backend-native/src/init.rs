@@ -339,26 +339,24 @@ struct Scratch {
 
 impl Scratch {
     fn open(scratch: &Path) -> Result<Self, InitError> {
-        let bind = |name: &str, attrs: u64| -> Result<OwnedFd, InitError> {
+        let bind = |(name, _, attrs): (&str, u32, u64)| -> Result<OwnedFd, InitError> {
             let dir = scratch.join(name);
             let fd = clone_tree(&dir, false)?;
             sys::mount_setattr(&fd, false, attrs).map_err(at("mount_setattr", &dir))?;
             Ok(fd)
         };
-        let [tmp, dev, shm, empty] = SCRATCH_DIRS.map(|(name, _, attrs)| (name, attrs));
+        let [tmp, dev, shm, empty] = SCRATCH_DIRS;
         let hidden = PROC_MASKED_DIRS
             .iter()
             .map(|d| Path::new("/proc").join(d))
             .chain(SYS_MASKED_DIRS.iter().map(|d| Path::new("/sys").join(d)))
             .filter(|p| p.is_dir())
             .count();
-        let masks = (0..hidden)
-            .map(|_| bind(empty.0, empty.1))
-            .collect::<Result<_, _>>()?;
+        let masks = (0..hidden).map(|_| bind(empty)).collect::<Result<_, _>>()?;
         Ok(Scratch {
-            tmp: bind(tmp.0, tmp.1)?,
-            dev: bind(dev.0, dev.1)?,
-            shm: bind(shm.0, shm.1)?,
+            tmp: bind(tmp)?,
+            dev: bind(dev)?,
+            shm: bind(shm)?,
             masks,
         })
     }
