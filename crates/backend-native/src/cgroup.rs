@@ -414,6 +414,9 @@ pub struct Cgroups<F: CgroupFs = RealCgroupFs> {
     layout: CgroupLayout,
     parent: String,
     fs: F,
+    /// Whether the v2 groups have `cgroup.kill` and `cgroup.freeze` (a kernel feature, so
+    /// looked up at the first create, not at every one).
+    v2_kills_and_freezes: std::sync::OnceLock<bool>,
 }
 
 impl<F: CgroupFs> std::fmt::Debug for Cgroups<F> {
@@ -450,6 +453,7 @@ impl<F: CgroupFs> Cgroups<F> {
             layout,
             parent: parent.trim_matches('/').to_string(),
             fs,
+            v2_kills_and_freezes: std::sync::OnceLock::new(),
         })
     }
 
@@ -658,7 +662,10 @@ impl<F: CgroupFs> Cgroups<F> {
             ..Default::default()
         };
         let v2_kills_and_freezes = plan.v2_dir.as_ref().is_some_and(|dir| {
-            self.fs.exists(&dir.join("cgroup.kill")) && self.fs.exists(&dir.join("cgroup.freeze"))
+            *self.v2_kills_and_freezes.get_or_init(|| {
+                self.fs.exists(&dir.join("cgroup.kill"))
+                    && self.fs.exists(&dir.join("cgroup.freeze"))
+            })
         });
         for h in self.layout.v1.iter() {
             if v2_kills_and_freezes

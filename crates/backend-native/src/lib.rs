@@ -144,7 +144,8 @@
 //! What it does not give: a separate kernel. A kernel bug reachable through the allowed
 //! syscalls is a host compromise; use the gVisor backend for code that needs that wall. Disk
 //! use of the overlay upper directory is not limited without a disk limit (`/tmp` and
-//! `/dev/shm` always are, and count against memory). `init.log` (the agent's stderr) is on the host disk.
+//! `/dev/shm` always are, and count against memory). `init.log` (the agent's stderr) is on
+//! the host disk.
 //!
 //! Cgroups are made at `<hierarchy root>/<cgroup_parent>/<id>`, not below the server's own
 //! group (as Docker's cgroupfs driver does): a box's usage is charged to the box alone, and
