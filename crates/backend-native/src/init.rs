@@ -624,7 +624,7 @@ fn cstrings(items: &[String], what: &'static str) -> Result<Vec<CString>, InitEr
 fn exec_agent(cfg: &InitConfig) -> Result<Infallible, InitError> {
     let argv = cstrings(&cfg.agent_argv, "agent argv")?;
     let envp = cstrings(&cfg.agent_env, "agent environment")?;
-    let programs = seccomp::programs()?;
+    let filter = seccomp::program()?;
     sys::reset_signals().map_err(at("reset signals", "all"))?;
     // Keep stdio, the listener, the status pipe and the agent fd (both close on exec).
     sys::close_from(AGENT_FD as u32 + 1).map_err(at("close_range", "fds above 5"))?;
@@ -637,7 +637,7 @@ fn exec_agent(cfg: &InitConfig) -> Result<Infallible, InitError> {
         seccomp::denied_syscalls().len()
     );
     sys::write_all_raw(libc::STDERR_FILENO, line.as_bytes());
-    seccomp::install(&programs)?;
+    seccomp::install(&filter)?;
     let err = sys::execveat_fd(AGENT_FD, &argv, &envp);
     Err(InitError::Step {
         step: "execveat",
