@@ -287,6 +287,21 @@ fn search(asm: &mut Asm, runs: &[(u32, u32)]) {
     search(asm, &runs[mid + 1..]);
 }
 
+/// For syscall `nr` (the accumulator holds the number): `one_of` if the low word of its first
+/// argument is one of `values`, else `other`. Other syscalls go on after this block.
+fn arg0_one_of(asm: &mut Asm, nr: i64, values: &[u64], one_of: u32, other: u32) {
+    let (not_nr, found) = (asm.label(), asm.label());
+    asm.jump(JEQ_K, nr as u32, To::Next, To::Label(not_nr));
+    asm.load(DATA_ARG0_LOW);
+    for &v in values {
+        asm.jump(JEQ_K, v as u32, To::Label(found), To::Next);
+    }
+    asm.ret(other);
+    asm.place(found);
+    asm.ret(one_of);
+    asm.place(not_nr);
+}
+
 /// The box's filter (see the module docs).
 pub fn program() -> Result<BpfProgram, SeccompError> {
     let mut asm = Asm::default();
@@ -329,39 +344,20 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
     asm.ret(RET_ALLOW);
     asm.place(not_clone);
 
-    let not_personality = asm.label();
-    asm.jump(
-        JEQ_K,
-        libc::SYS_personality as u32,
-        To::Next,
-        To::Label(not_personality),
+    arg0_one_of(
+        &mut asm,
+        libc::SYS_personality,
+        &PERSONALITY_ALLOWED,
+        RET_ALLOW,
+        RET_EPERM,
     );
-    asm.load(DATA_ARG0_LOW);
-    let harmless = asm.label();
-    for &persona in &PERSONALITY_ALLOWED {
-        asm.jump(JEQ_K, persona as u32, To::Label(harmless), To::Next);
-    }
-    asm.ret(RET_EPERM);
-    asm.place(harmless);
-    asm.ret(RET_ALLOW);
-    asm.place(not_personality);
-
-    let not_socket = asm.label();
-    asm.jump(
-        JEQ_K,
-        libc::SYS_socket as u32,
-        To::Next,
-        To::Label(not_socket),
+    arg0_one_of(
+        &mut asm,
+        libc::SYS_socket,
+        &DENIED_SOCKET_FAMILIES,
+        RET_EPERM,
+        RET_ALLOW,
     );
-    asm.load(DATA_ARG0_LOW);
-    let refused = asm.label();
-    for &family in &DENIED_SOCKET_FAMILIES {
-        asm.jump(JEQ_K, family as u32, To::Label(refused), To::Next);
-    }
-    asm.ret(RET_ALLOW);
-    asm.place(refused);
-    asm.ret(RET_EPERM);
-    asm.place(not_socket);
 
     let mut nrs: Vec<u32> = denied_syscalls().iter().map(|&(_, nr)| nr as u32).collect();
     nrs.sort_unstable();
