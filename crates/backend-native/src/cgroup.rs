@@ -14,7 +14,7 @@
 //! - hybrid: the v1 limits above, plus a group in the controller-less v2 tree (usually
 //!   `/sys/fs/cgroup/unified`), used to kill and freeze. Where that group has `cgroup.kill`
 //!   and `cgroup.freeze` (Linux 5.14), the v1 `freezer` and `cpuacct` hierarchies are not
-//!   joined ([`V1_REPLACED_BY_V2`]).
+//!   joined (`V1_REPLACED_BY_V2`).
 //!
 //! Killing uses the v2 group's `cgroup.kill` where it exists (atomic, even against a fork
 //! bomb). On pure v1 it freezes the box's freezer group, SIGKILLs every pid listed, and thaws.
