@@ -4,6 +4,10 @@
 //! bubblewrap with C threads each starting `bwrap … echo hi` `per_client` times, timed to the
 //! first output byte as well.
 //!
+//! Each level also says where the machine's CPU time went: to the benchmark's own clients, to
+//! the server process, to the sandboxes' cgroups (agents and their commands) and to the rest
+//! (the kernel's workers: namespace and cgroup teardown, RCU), per sandbox.
+//!
 //! Each level runs twice: cold (no pool: every create makes a new box) and from a warm pool
 //! (a pool as large as the level's sandboxes, filled before the clock starts; each create asks
 //! `from_pool`), the way a server expecting a burst would be set up.
@@ -57,9 +61,45 @@ struct Level {
     wall: Duration,
     /// CPU time the machine spent busy during the level (`None`: unreadable).
     busy: Option<Duration>,
+    /// That time split by who spent it.
+    split: Option<CpuTimes>,
     /// Sandboxes the server still listed after every client had finished.
     leftover: usize,
     peer: Option<Result<Peer>>,
+}
+
+/// CPU time by who spent it: the benchmark's own clients (this process), the server process
+/// and the sandboxes (their cgroups: agents and commands). Read as counters since boot, and as
+/// a level's share their difference; the machine's busy time less these three is the rest (the
+/// kernel's workers and interrupts, other processes).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    clients: Duration,
+    server: Duration,
+    sandboxes: Duration,
+}
+
+impl CpuTimes {
+    fn read(server: &Server) -> Option<CpuTimes> {
+        let ticks = |pid| {
+            super::density::cpu_ticks(pid)
+                .map(|t| Duration::from_secs_f64(t as f64 / super::density::clock_ticks()))
+        };
+        let groups = sandboxd_e2e::cgroup_dirs(&server.cgroup_parent);
+        Some(CpuTimes {
+            clients: ticks(std::process::id())?,
+            server: ticks(server.pid()?)?,
+            sandboxes: Duration::from_nanos(super::density::groups_cpu_ns(&groups)?),
+        })
+    }
+
+    fn since(&self, start: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            clients: self.clients.saturating_sub(start.clients),
+            server: self.server.saturating_sub(start.server),
+            sandboxes: self.sandboxes.saturating_sub(start.sandboxes),
+        }
+    }
 }
 
 /// bubblewrap's outcome at the same level.
@@ -174,6 +214,7 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
     barrier.wait().await;
     let t0 = Instant::now();
     let busy0 = super::density::machine_busy();
+    let split0 = CpuTimes::read(&server);
     let mut level = Level {
         clients,
         pooled,
@@ -185,6 +226,7 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         del: Vec::new(),
         wall: Duration::ZERO,
         busy: None,
+        split: None,
         leftover: 0,
         peer: None,
     };
@@ -216,6 +258,9 @@ async fn sandboxd_level(args: &super::Args, clients: usize, pooled: bool) -> Res
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
+    level.split = split0
+        .zip(CpuTimes::read(&server))
+        .map(|(a, b)| b.since(&a));
     level.errors.sort_by_key(|(at, _)| *at);
     level.leftover = sweep(&server).await;
     if !level.errors.is_empty() {
@@ -549,6 +594,35 @@ fn print_table(levels: &[Level]) {
             p(&first, 99.0),
             p(&later, 50.0),
             p(&later, 99.0),
+        );
+    }
+    println!();
+    println!(
+        "Where the CPU time went, per sandbox (ms): the benchmark's clients, the server process, \
+         the sandboxes' cgroups (agents and commands), the rest of the machine (kernel workers, \
+         interrupts, other processes):"
+    );
+    println!();
+    println!("| clients | creates | clients | server | sandboxes | rest | all |");
+    println!("|---|---|---|---|---|---|---|");
+    for l in levels {
+        let n = (l.tti_first.len() + l.tti_later.len()) as u32;
+        let (Some(split), Some(busy)) = (l.split, l.busy) else {
+            continue;
+        };
+        if n == 0 {
+            continue;
+        }
+        let rest = busy.saturating_sub(split.clients + split.server + split.sandboxes);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            l.clients,
+            if l.pooled { "warm pool" } else { "cold" },
+            ms(split.clients / n),
+            ms(split.server / n),
+            ms(split.sandboxes / n),
+            ms(rest / n),
+            ms(busy / n),
         );
     }
     if !levels.iter().any(|l| l.clients == TARGET_CLIENTS) {

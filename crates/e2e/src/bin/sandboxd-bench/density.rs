@@ -358,7 +358,7 @@ fn own_cgroup_kernel(pid: u32) -> Option<u64> {
 
 /// CPU time of all the groups under the parent (the parent's own counter sums its children):
 /// v1 `cpuacct.usage`, else v2 `cpu.stat`'s `usage_usec`, in ns.
-fn groups_cpu_ns(parents: &[PathBuf]) -> Option<u64> {
+pub(crate) fn groups_cpu_ns(parents: &[PathBuf]) -> Option<u64> {
     parents
         .iter()
         .find_map(|d| read(&d.join("cpuacct.usage"))?.trim().parse().ok())
@@ -372,7 +372,7 @@ fn groups_cpu_ns(parents: &[PathBuf]) -> Option<u64> {
 }
 
 /// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = read(&proc_file(pid, "stat"))?;
     // The command name may hold spaces and parentheses; the fields follow the last `)`.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -400,7 +400,7 @@ pub(crate) fn machine_busy() -> Option<Duration> {
     Some(Duration::from_secs_f64(busy as f64 / clock_ticks()))
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 {
