@@ -587,7 +587,8 @@ fn fill_metadata(dir: &Path, round: u32) {
     }
 }
 
-fn assert_disk_full(e: &sandboxd_client::Error, what: &str) {
+/// `host`: the directory the server's state lies in, which no message may name.
+fn assert_disk_full(e: &sandboxd_client::Error, what: &str, host: &Path) {
     assert_eq!(
         api_code(e),
         Some(ErrorCode::InsufficientStorage),
@@ -601,6 +602,10 @@ fn assert_disk_full(e: &sandboxd_client::Error, what: &str) {
     assert!(
         msg.contains("disk is full") || msg.contains("No space left"),
         "{what}: the message does not say the disk is full: {msg}"
+    );
+    assert!(
+        !msg.contains(&*host.to_string_lossy()),
+        "{what}: the message names a host path: {msg}"
     );
 }
 
@@ -633,17 +638,17 @@ async fn full_disk_gives_507_and_corrupts_nothing() {
         .write_file(&sb.id, "new.bin", pattern(4, 2 << 20))
         .await
         .unwrap_err();
-    assert_disk_full(&e, "a new file");
+    assert_disk_full(&e, "a new file", &disk.mnt());
     assert!(!ws.join("new.bin").exists());
     let e = c
         .write_file(&sb.id, "kept.bin", pattern(5, 2 << 20))
         .await
         .unwrap_err();
-    assert_disk_full(&e, "replacing a file");
+    assert_disk_full(&e, "replacing a file", &disk.mnt());
     assert!(std::fs::read(ws.join("kept.bin")).unwrap() == kept);
     assert!(temp_files(&ws).is_empty(), "{:?}", temp_files(&ws));
     let e = c.create(&create_req()).await.unwrap_err();
-    assert_disk_full(&e, "a create");
+    assert_disk_full(&e, "a create", &disk.mnt());
     // On a workspace that exists (a session's): the box's own directories do not fit.
     let e = c
         .create(&sandboxd_types::CreateSandboxRequest {
@@ -652,7 +657,7 @@ async fn full_disk_gives_507_and_corrupts_nothing() {
         })
         .await
         .unwrap_err();
-    assert_disk_full(&e, "a create on an existing workspace");
+    assert_disk_full(&e, "a create on an existing workspace", &disk.mnt());
 
     // Still serving, and the sandbox still works.
     c.health().await.unwrap();
@@ -676,7 +681,7 @@ async fn full_disk_gives_507_and_corrupts_nothing() {
     // The clean-up freed the dead boxes' directories: full again.
     fill_metadata(&more, 2);
     let e = c.create(&create_req()).await.unwrap_err();
-    assert_disk_full(&e, "a create after the restart");
+    assert_disk_full(&e, "a create after the restart", &disk.mnt());
 
     // Space back: everything works again.
     std::fs::remove_file(ws.join("fill")).unwrap();

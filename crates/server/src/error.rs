@@ -84,7 +84,11 @@ impl From<CoreError> for ApiError {
             | ErrorCode::Timeout
             | ErrorCode::InsufficientStorage => {
                 tracing::warn!(code = ?code, error = %e, "request failed");
-                let message = e.to_string();
+                let message = if from_the_host(&e) {
+                    redact_host_paths(&e.to_string())
+                } else {
+                    e.to_string()
+                };
                 if code == ErrorCode::InsufficientStorage && !message.contains("disk is full") {
                     ApiError::new(code, format!("the host's disk is full: {message}"))
                 } else {
@@ -94,6 +98,53 @@ impl From<CoreError> for ApiError {
             _ => ApiError::new(code, e.to_string()),
         }
     }
+}
+
+/// Whether the error comes from the host (a backend's or the workspaces' own operation), so that
+/// any path it names is one of the host's. An agent's errors name paths inside the sandbox,
+/// which the caller needs to see; a backend's refusal of a spec names what the caller asked.
+fn from_the_host(e: &CoreError) -> bool {
+    use sandboxd_core::backend::BackendError;
+    matches!(e, CoreError::Workspace(_))
+        || matches!(e, CoreError::Backend(b) if !matches!(b, BackendError::BadSpec(_)))
+}
+
+/// What stands in a message for a path of the host.
+const HOST_PATH: &str = "<host path>";
+
+/// `message` with every absolute path in it replaced by [`HOST_PATH`]: the server's directories
+/// (state, run, workspaces, templates) and whatever a runtime names are the operator's business,
+/// not the caller's, and the log keeps the whole message. A path starts with `/` at the start
+/// of the message or after a space, quote, `(`, `[` or `=`, and ends at white space, a quote,
+/// `)`, `]`, `,`, or a `:` that ends a clause (followed by a space or the end).
+fn redact_host_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        let starts_path = c == '/'
+            && prev.is_none_or(|p| p.is_whitespace() || "\"'([=".contains(p))
+            && rest[1..].starts_with(|n: char| !n.is_whitespace());
+        if !starts_path {
+            out.push(c);
+            prev = Some(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let bytes = rest.as_bytes();
+        let mut end = rest.len();
+        for (i, ch) in rest.char_indices() {
+            let ends_clause = ch == ':' && bytes.get(i + 1).is_none_or(|b| b.is_ascii_whitespace());
+            if ch.is_whitespace() || "\"'),]".contains(ch) || ends_clause {
+                end = i;
+                break;
+            }
+        }
+        out.push_str(HOST_PATH);
+        prev = Some('>');
+        rest = &rest[end..];
+    }
+    out
 }
 
 impl From<JsonRejection> for ApiError {
@@ -180,6 +231,53 @@ mod tests {
         for (code, status) in table {
             assert_eq!(status_of(code).as_u16(), status, "{code:?}");
         }
+    }
+
+    #[test]
+    fn host_paths_are_redacted() {
+        let cases = [
+            (
+                "could not start sandbox: mount overlay on /var/lib/sandboxd/native/boxes/sb-1/rootfs: Operation not permitted (os error 1)",
+                "could not start sandbox: mount overlay on <host path>: Operation not permitted (os error 1)",
+            ),
+            ("create workspace /srv/ws/a:b", "create workspace <host path>"),
+            ("/run/x failed", "<host path> failed"),
+            ("open \"/etc/x y\" (at /a/b), [/c]", "open \"<host path> y\" (at <host path>), [<host path>]"),
+            ("lowerdir=/t/rootfs,upperdir=/u", "lowerdir=<host path>,upperdir=<host path>"),
+            ("a/b and 1/2 and / alone and no path", "a/b and 1/2 and / alone and no path"),
+            ("ünïcode /ß/ü: done", "ünïcode <host path>: done"),
+            ("", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_host_paths(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn backend_errors_name_no_host_path_but_agent_errors_keep_theirs() {
+        use sandboxd_core::backend::BackendError;
+        let e: ApiError = CoreError::Backend(BackendError::Io {
+            context: "create workspace /var/lib/sandboxd/workspaces/s1".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        })
+        .into();
+        assert_eq!(e.code, ErrorCode::BackendFailed);
+        assert!(!e.message.contains("/var/lib"), "{}", e.message);
+        assert!(
+            e.message.starts_with("create workspace <host path>: "),
+            "{}",
+            e.message
+        );
+        let e: ApiError =
+            CoreError::Backend(BackendError::BadSpec("image /x is not here".into())).into();
+        assert!(e.message.contains("/x"), "{}", e.message);
+        let e: ApiError = CoreError::Agent(sandboxd_protocol::AgentError {
+            kind: sandboxd_protocol::AgentErrorKind::SpawnFailed,
+            message: "exec: cannot run /usr/bin/nope: No such file or directory".into(),
+        })
+        .into();
+        assert_eq!(e.code, ErrorCode::AgentFailed);
+        assert!(e.message.contains("/usr/bin/nope"), "{}", e.message);
     }
 
     #[test]

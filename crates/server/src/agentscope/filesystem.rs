@@ -241,7 +241,9 @@ fn failure(e: CoreError, op: &str, path: &str) -> Failure {
             }
             _ => a.message.clone(),
         }),
-        _ => Failure::Tool(e.to_string()),
+        // Through the edge's error type: an internal error's detail and a host path stay in
+        // the log.
+        _ => Failure::Tool(ApiError::from(e).message),
     }
 }
 
