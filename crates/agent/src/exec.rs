@@ -92,20 +92,22 @@ pub(crate) fn build(config: &Config, spec: &ExecSpec) -> Result<Command, AgentEr
     let cwd = match &spec.cwd {
         Some(c) => {
             let p = Path::new(c);
-            if p.is_absolute() {
+            let cwd = if p.is_absolute() {
                 p.to_path_buf()
             } else {
                 config.default_cwd().join(p)
+            };
+            if !cwd.is_dir() {
+                return Err(spawn_failed(format!(
+                    "exec: working directory {} does not exist or is not a directory",
+                    cwd.display()
+                )));
             }
+            cwd
         }
+        // Already looked at: the files root when it is a directory, else `/`.
         None => config.default_cwd(),
     };
-    if !cwd.is_dir() {
-        return Err(spawn_failed(format!(
-            "exec: working directory {} does not exist or is not a directory",
-            cwd.display()
-        )));
-    }
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)))
         .envs(&spec.env)
         .current_dir(cwd);

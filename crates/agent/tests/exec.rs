@@ -362,6 +362,21 @@ fn spawn_failures_and_invalid_specs() {
         &[],
     );
     assert_eq!(r.error.unwrap().0, AgentErrorKind::SpawnFailed);
+    // Relative, from the files root; and a file is no working directory either.
+    std::fs::write(agent.path("a-file"), "").unwrap();
+    for cwd in ["no-such-dir", "a-file"] {
+        let r = c.exec(
+            ExecSpec {
+                argv: Some(vec!["true".into()]),
+                cwd: Some(cwd.into()),
+                ..Default::default()
+            },
+            &[],
+        );
+        let (kind, msg) = r.error.expect("error");
+        assert_eq!(kind, AgentErrorKind::SpawnFailed, "{cwd}");
+        assert!(msg.contains("working directory"), "{msg}");
+    }
 
     for spec in [
         ExecSpec::default(),
