@@ -86,10 +86,17 @@ impl CpuTimes {
                 .map(|t| Duration::from_secs_f64(t as f64 / super::density::clock_ticks()))
         };
         let groups = sandboxd_e2e::cgroup_dirs(&server.cgroup_parent);
+        // Before a cold level's first create the sandboxes' parent group may not exist yet:
+        // they have spent nothing.
+        let sandboxes = if groups.is_empty() {
+            0
+        } else {
+            super::density::groups_cpu_ns(&groups)?
+        };
         Some(CpuTimes {
             clients: ticks(std::process::id())?,
             server: ticks(server.pid()?)?,
-            sandboxes: Duration::from_nanos(super::density::groups_cpu_ns(&groups)?),
+            sandboxes: Duration::from_nanos(sandboxes),
         })
     }
 
