@@ -612,21 +612,20 @@ impl Files {
             .or(existing.as_ref().map(|st| st.st_mode & 0o7777))
             .unwrap_or(0o644)
             & 0o7777;
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let tmp = format!(
-            ".sandboxd-write-{}-{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let tmp = CString::new(tmp).expect("no NUL");
-        let fd = sys::openat2(
-            dir.as_fd(),
-            &tmp,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY,
-            0o600,
-            RESOLVE_WALK,
-        )
-        .map_err(|e| map_errno(e, "write", &shown))?;
+        // An unnamed file where the file system can make one: a box killed in the middle of an
+        // upload then leaves nothing behind, and nobody sees the half-written data under a
+        // name. It gets a name only at the commit, for the rename over the old file.
+        let (fd, tmp) = match sys::open_tmpfile(dir.as_fd(), 0o600)
+            .map_err(|e| map_errno(e, "write", &shown))?
+        {
+            Some(fd) => (fd, None),
+            None => {
+                let tmp = temp_name();
+                let fd = open_named_temp(dir.as_fd(), &tmp)
+                    .map_err(|e| map_errno(e, "write", &shown))?;
+                (fd, Some(tmp))
+            }
+        };
         let writer = FileWriter {
             file: File::from(fd),
             dir,
@@ -728,7 +727,9 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 pub struct FileWriter {
     file: File,
     dir: OwnedFd,
-    tmp: CString,
+    /// The temporary name of the data, once they have one (from the start where the file
+    /// system has no unnamed files).
+    tmp: Option<CString>,
     name: CString,
     rel: Vec<String>,
     files: Files,
@@ -752,7 +753,16 @@ impl FileWriter {
         self.file
             .sync_all()
             .map_err(|e| map_errno(e, "write", &shown))?;
-        sys::renameat(self.dir.as_fd(), &self.tmp, self.dir.as_fd(), &self.name)
+        let tmp = match self.tmp.clone() {
+            Some(tmp) => tmp,
+            None => {
+                let tmp = temp_name();
+                self.name_unnamed(&tmp)
+                    .map_err(|e| map_errno(e, "write", &shown))?;
+                tmp
+            }
+        };
+        sys::renameat(self.dir.as_fd(), &tmp, self.dir.as_fd(), &self.name)
             .map_err(|e| map_errno(e, "write", &shown))?;
         self.committed = true;
         self.files
@@ -760,10 +770,60 @@ impl FileWriter {
     }
 }
 
+impl FileWriter {
+    /// Link the unnamed file under `tmp` (kept in `self.tmp` from then on, for `Drop`). Where
+    /// linking it is refused, its data are copied to a new file of that name instead.
+    fn name_unnamed(&mut self, tmp: &CStr) -> io::Result<()> {
+        match sys::link_tmpfile(self.file.as_fd(), self.dir.as_fd(), tmp) {
+            Ok(()) => {
+                self.tmp = Some(tmp.to_owned());
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(e),
+            Err(_) => {
+                let named = File::from(open_named_temp(self.dir.as_fd(), tmp)?);
+                self.tmp = Some(tmp.to_owned());
+                let mode = sys::fstat(self.file.as_fd())?.st_mode & 0o7777;
+                sys::fchmod(named.as_fd(), mode)?;
+                let mut from = &self.file;
+                io::Seek::seek(&mut from, io::SeekFrom::Start(0))?;
+                let mut to = &named;
+                io::copy(&mut from, &mut to)?;
+                named.sync_all()?;
+                self.file = named;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A fresh temporary name for a file being written.
+fn temp_name() -> CString {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = format!(
+        ".sandboxd-write-{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    CString::new(tmp).expect("no NUL")
+}
+
+/// Create the temporary file `tmp` in `dir`, which must not exist.
+fn open_named_temp(dir: BorrowedFd<'_>, tmp: &CStr) -> io::Result<OwnedFd> {
+    sys::openat2(
+        dir,
+        tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY,
+        0o600,
+        RESOLVE_WALK,
+    )
+}
+
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        if !self.committed {
-            let _ = sys::unlinkat(self.dir.as_fd(), &self.tmp, false);
+        // An unnamed file goes with its descriptor.
+        if let (false, Some(tmp)) = (self.committed, &self.tmp) {
+            let _ = sys::unlinkat(self.dir.as_fd(), tmp, false);
         }
     }
 }
@@ -774,6 +834,58 @@ mod tests {
 
     fn files() -> Files {
         Files::new(Path::new("/workspace"))
+    }
+
+    /// Where the unnamed file cannot be linked into its directory (here: made on another
+    /// file system, so `linkat` fails with `EXDEV`), its data are copied to a named temporary
+    /// file, which the commit renames into place with the file's mode.
+    #[test]
+    fn an_unnamed_file_that_cannot_be_linked_is_copied() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("sbx-files-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let shm = Path::new("/dev/shm");
+        if std::fs::metadata(shm).map(|m| m.dev()).ok()
+            == Some(std::fs::metadata(&dir).unwrap().dev())
+        {
+            eprintln!(
+                "{} and /dev/shm are one file system: nothing to check",
+                dir.display()
+            );
+            return;
+        }
+        let shm_fd = sys::open_dir_path(shm).unwrap();
+        let unnamed = sys::open_tmpfile(shm_fd.as_fd(), 0o600)
+            .unwrap()
+            .expect("tmpfs makes unnamed files");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = File::from(unnamed);
+        file.write_all(&data).unwrap();
+        sys::fchmod(file.as_fd(), 0o640).unwrap();
+        let writer = FileWriter {
+            file,
+            dir: sys::open_dir_path(&dir).unwrap(),
+            tmp: None,
+            name: CString::new("target").unwrap(),
+            rel: vec!["target".into()],
+            files: Files::new(&dir),
+            committed: false,
+        };
+        let entry = writer.commit().unwrap();
+        assert_eq!(entry.size, data.len() as u64);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["target"]);
+        assert!(std::fs::read(dir.join("target")).unwrap() == data);
+        let mode = std::fs::metadata(dir.join("target"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

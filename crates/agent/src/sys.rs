@@ -164,6 +164,65 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, dir_flag: bool) -> io::Result<
     Ok(())
 }
 
+/// An unnamed regular file in directory `dir` (`O_TMPFILE`, open for reading and writing),
+/// or `None` where the file system or the kernel cannot make one.
+pub fn open_tmpfile(dir: BorrowedFd<'_>, mode: u32) -> io::Result<Option<OwnedFd>> {
+    let flags = libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY;
+    // SAFETY: "." is NUL-terminated; the call only reads it.
+    match retry(|| cvt(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, mode) })) {
+        // SAFETY: a non-negative return of openat is a new descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) })),
+        // Not supported here (EISDIR: a kernel that reads O_TMPFILE as O_DIRECTORY).
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOSYS)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Give the unnamed file `file` (from [`open_tmpfile`]) the name `name` in `dir`. Through
+/// `/proc/self/fd`, which needs no privilege, else with `AT_EMPTY_PATH`, which needs
+/// `CAP_DAC_READ_SEARCH`.
+pub fn link_tmpfile(file: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
+    // SAFETY: both paths are NUL-terminated; the call only reads them.
+    let by_proc = retry(|| {
+        cvt(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+    });
+    match by_proc {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(e),
+        Err(_) => {
+            // SAFETY: as above; the empty path is NUL-terminated.
+            retry(|| {
+                cvt(unsafe {
+                    libc::linkat(
+                        file.as_raw_fd(),
+                        c"".as_ptr(),
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    )
+                })
+            })?;
+            Ok(())
+        }
+    }
+}
+
 /// `renameat(2)`.
 pub fn renameat(
     from_dir: BorrowedFd<'_>,

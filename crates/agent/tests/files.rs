@@ -489,3 +489,68 @@ fn symlinks_inside_the_root_work() {
         b"later"
     );
 }
+
+/// The descriptors of process `pid` that point below `dir`, as `/proc` names their files.
+fn open_files_in(pid: u32, dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.to_string_lossy());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().to_string())
+        .filter(|p| p.starts_with(&prefix))
+        .collect()
+}
+
+/// A write in progress is invisible in its directory, and an agent killed in the middle of it
+/// (as when its box is) leaves nothing behind: the file it would have replaced keeps its old
+/// bytes, and no temporary file is left among the user's.
+#[test]
+fn an_upload_cut_by_a_killed_agent_leaves_nothing_behind() {
+    let mut agent = TestAgent::start();
+    let mut c = agent.connect();
+    write(&mut c, "keep.txt", b"original");
+    c.send(
+        &Request::WriteFile {
+            path: "keep.txt".into(),
+            mode: None,
+            create_parents: false,
+            more: true,
+        },
+        &vec![b'n'; MIB],
+    );
+    // The agent holds the file being written once it has taken the first chunk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let held = loop {
+        let held: Vec<String> = open_files_in(agent.pid(), &agent.root)
+            .into_iter()
+            .filter(|p| !p.ends_with("/keep.txt"))
+            .collect();
+        if !held.is_empty() {
+            break held;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never opened the upload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(
+        held.iter().all(|p| p.ends_with(" (deleted)")),
+        "the upload has a name while it is written: {held:?}"
+    );
+    let root = agent.root.clone();
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), ["keep.txt"]);
+    agent.kill();
+    assert_eq!(names(), ["keep.txt"]);
+    assert_eq!(std::fs::read(agent.path("keep.txt")).unwrap(), b"original");
+}

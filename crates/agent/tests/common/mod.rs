@@ -102,6 +102,12 @@ impl TestAgent {
         self.child.id()
     }
 
+    /// SIGKILL the agent, as when its box dies, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn connect(&self) -> Client {
         let s = UnixStream::connect(&self.sock).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
