@@ -768,9 +768,7 @@ impl FileWriter {
         self.files
             .entry_at(self.dir.as_fd(), &self.name, &self.rel, "write")
     }
-}
 
-impl FileWriter {
     /// Link the unnamed file under `tmp` (kept in `self.tmp` from then on, for `Drop`). Where
     /// linking it is refused, its data are copied to a new file of that name instead.
     fn name_unnamed(&mut self, tmp: &CStr) -> io::Result<()> {
