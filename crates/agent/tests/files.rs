@@ -23,6 +23,19 @@ fn write(c: &mut Client, path: &str, data: &[u8]) -> Response {
     .resp
 }
 
+/// Start a chunked write of `path` with its first chunk; `Request::Chunk`s follow.
+fn begin_write(c: &mut Client, path: &str, first: &[u8]) {
+    c.send(
+        &Request::WriteFile {
+            path: path.into(),
+            mode: None,
+            create_parents: false,
+            more: true,
+        },
+        first,
+    );
+}
+
 /// Read a file: its contents, or the error kind.
 fn read(c: &mut Client, path: &str) -> Result<Vec<u8>, AgentErrorKind> {
     let frames = c.call(&Request::ReadFile { path: path.into() }, &[]);
@@ -138,15 +151,7 @@ fn multi_chunk_write_and_read() {
     let agent = TestAgent::start();
     let mut c = agent.connect();
     let data: Vec<u8> = (0..(2 * MIB + MIB / 2)).map(|i| (i % 251) as u8).collect();
-    c.send(
-        &Request::WriteFile {
-            path: "big.bin".into(),
-            mode: None,
-            create_parents: false,
-            more: true,
-        },
-        &data[..MIB],
-    );
+    begin_write(&mut c, "big.bin", &data[..MIB]);
     c.send(&Request::Chunk { more: true }, &data[MIB..2 * MIB]);
     c.send(&Request::Chunk { more: false }, &data[2 * MIB..]);
     let e = entry(c.recv().resp);
@@ -175,28 +180,12 @@ fn failed_write_keeps_old_contents_and_stream_in_step() {
     write(&mut c, "keep.txt", b"original");
     // A chunked write to a path outside the root: the chunks are still consumed, the error
     // answers the whole request and the connection keeps working.
-    c.send(
-        &Request::WriteFile {
-            path: "../evil.txt".into(),
-            mode: None,
-            create_parents: false,
-            more: true,
-        },
-        b"aaa",
-    );
+    begin_write(&mut c, "../evil.txt", b"aaa");
     c.send(&Request::Chunk { more: false }, b"bbb");
     assert_eq!(err_kind(c.recv().resp), AgentErrorKind::PathOutsideSandbox);
     assert!(!exists(&agent.dir.join("evil.txt")));
     // A write interrupted by a protocol error leaves the old contents.
-    c.send(
-        &Request::WriteFile {
-            path: "keep.txt".into(),
-            mode: None,
-            create_parents: false,
-            more: true,
-        },
-        b"new contents that never land",
-    );
+    begin_write(&mut c, "keep.txt", b"new contents that never land");
     c.send(&Request::Stat { path: "x".into() }, &[]);
     assert_eq!(err_kind(c.recv().resp), AgentErrorKind::InvalidRequest);
     let mut c = agent.connect();
@@ -511,15 +500,7 @@ fn an_upload_cut_by_a_killed_agent_leaves_nothing_behind() {
     let mut agent = TestAgent::start();
     let mut c = agent.connect();
     write(&mut c, "keep.txt", b"original");
-    c.send(
-        &Request::WriteFile {
-            path: "keep.txt".into(),
-            mode: None,
-            create_parents: false,
-            more: true,
-        },
-        &vec![b'n'; MIB],
-    );
+    begin_write(&mut c, "keep.txt", &vec![b'n'; MIB]);
     // The agent holds the file being written once it has taken the first chunk.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let held = loop {

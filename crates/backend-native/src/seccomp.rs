@@ -224,6 +224,14 @@ impl Asm {
         self.insns.push((code, jt, jf, k));
     }
 
+    /// The start of a block for syscall `nr` (the accumulator holds the number): other
+    /// numbers jump to the returned label, to be placed after the block.
+    fn only_for(&mut self, nr: i64) -> usize {
+        let other = self.label();
+        self.jump(JEQ_K, nr as u32, To::Next, To::Label(other));
+        other
+    }
+
     fn ret(&mut self, action: u32) {
         self.insns.push((RET_K, To::Next, To::Next, action));
     }
@@ -291,8 +299,8 @@ fn search(asm: &mut Asm, runs: &[(u32, u32)]) {
 /// For syscall `nr` (the accumulator holds the number): `one_of` if the low word of its first
 /// argument is one of `values`, else `other`. Other syscalls go on after this block.
 fn arg0_one_of(asm: &mut Asm, nr: i64, values: &[u64], one_of: u32, other: u32) {
-    let (not_nr, found) = (asm.label(), asm.label());
-    asm.jump(JEQ_K, nr as u32, To::Next, To::Label(not_nr));
+    let not_nr = asm.only_for(nr);
+    let found = asm.label();
     asm.load(DATA_ARG0_LOW);
     for &v in values {
         asm.jump(JEQ_K, v as u32, To::Label(found), To::Next);
@@ -319,23 +327,11 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
         asm.place(native);
     }
 
-    let not_clone3 = asm.label();
-    asm.jump(
-        JEQ_K,
-        libc::SYS_clone3 as u32,
-        To::Next,
-        To::Label(not_clone3),
-    );
+    let not_clone3 = asm.only_for(libc::SYS_clone3);
     asm.ret(RET_ENOSYS);
     asm.place(not_clone3);
 
-    let not_clone = asm.label();
-    asm.jump(
-        JEQ_K,
-        libc::SYS_clone as u32,
-        To::Next,
-        To::Label(not_clone),
-    );
+    let not_clone = asm.only_for(libc::SYS_clone);
     asm.load(DATA_ARG0_LOW);
     let ns_flags = CLONE_NS_FLAGS.iter().fold(0, |all, &f| all | f as u32);
     let plain_clone = asm.label();
