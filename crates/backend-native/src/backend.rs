@@ -758,6 +758,7 @@ impl Backend for NativeBackend {
             // the init (by then every process of its pid namespace is gone), remove.
             tokio::task::spawn_blocking(move || {
                 let _lane = lane;
+                inner.cgroups.lower_cpu_weight(&owned_id);
                 if let Some(state) = &state {
                     // SIGKILL to PID 1 of a pid namespace kills every process in it.
                     let _ = sys::pidfd_send_signal(state.pidfd.as_raw_fd(), libc::SIGKILL);

@@ -762,6 +762,26 @@ impl<F: CgroupFs> Cgroups<F> {
         pids.into_iter().collect()
     }
 
+    /// Give the box's group the least CPU weight there is (v1 `cpu.shares` 2, v2 `cpu.weight`
+    /// 1), just before it is killed. Its processes do their own exit (unmapping their memory;
+    /// the last one tears down the box's mount and network namespaces), and at the weight of a
+    /// live box that work takes a live box's share of the CPUs; at the least weight it runs
+    /// when the boxes still in use leave time. Measured with 128 clients creating, running and
+    /// deleting at once on two cores: the time to interactive of the sandboxes created while
+    /// others were being deleted fell by about half (BENCHMARKS.md). Best effort: without a
+    /// `cpu` controller for the box the weight stays, which costs the other boxes only speed.
+    pub fn lower_cpu_weight(&self, id: &str) {
+        let (dir, file, value) = match self.layout.v1_for("cpu") {
+            Some(h) => (h.mountpoint.join(&self.parent).join(id), "cpu.shares", "2"),
+            None if self.layout.kind == LayoutKind::V2 => match self.v2_box_dir(id) {
+                Some(dir) => (dir, "cpu.weight", "1"),
+                None => return,
+            },
+            None => return,
+        };
+        let _ = self.fs.write(&dir.join(file), value);
+    }
+
     /// Kill every process of the box and wait until its groups are empty.
     pub fn kill(&self, id: &str) -> Result<(), CgroupError> {
         let killed_by_v2 = match self.v2_box_dir(id) {
@@ -1338,6 +1358,25 @@ mod tests {
                 "write /sys/fs/cgroup/freezer/sbx/b1/freezer.state THAWED",
             ]
         );
+    }
+
+    #[test]
+    fn a_box_about_to_be_killed_gets_the_least_cpu_weight() {
+        for (mountinfo, want) in [
+            (HYBRID, "write /sys/fs/cgroup/cpu/sbx/b1/cpu.shares 2"),
+            (
+                PURE_V1,
+                "write /sys/fs/cgroup/cpu,cpuacct/sbx/b1/cpu.shares 2",
+            ),
+            (PURE_V2, "write /sys/fs/cgroup/sbx/b1/cpu.weight 1"),
+        ] {
+            let fake =
+                Fake::with_files(&[("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids")]);
+            let layout = CgroupLayout::from_mountinfo(mountinfo).unwrap();
+            let cg = Cgroups::new(layout, "sbx", &fake).unwrap();
+            cg.lower_cpu_weight("b1");
+            assert_eq!(fake.log(), vec![want.to_string()]);
+        }
     }
 
     /// Box `b1` of a hybrid layout under parent `sbx`, with `cgroup.kill` (which does nothing

@@ -105,7 +105,9 @@
 //!
 //! # Destroy and clean-up
 //!
-//! `destroy` sends SIGKILL through the pidfd to PID 1 (the kernel then kills the whole pid
+//! `destroy` first gives the box's group the least CPU weight (its processes' own exit then
+//! waits for the boxes in use; `Cgroups::lower_cpu_weight`), then sends SIGKILL through the
+//! pidfd to PID 1 (the kernel then kills the whole pid
 //! namespace) and also kills through the cgroup (`cgroup.kill` on the v2 tree; on pure v1,
 //! freeze, SIGKILL every listed pid, thaw), waits for the reaper, removes the cgroups
 //! (`rmdir`, retried while the kernel finishes tearing tasks down) and the box's state and run
