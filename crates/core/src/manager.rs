@@ -741,8 +741,28 @@ impl Manager {
 
     /// Kill a sandbox and forget it. Its workspace stays on the host.
     pub async fn delete(&self, id: &str) -> Result<(), CoreError> {
-        self.modify(id, |r| r.sandbox.state = SandboxState::Stopping)
-            .await?;
+        self.delete_if(id, |_| true).await.map(|_| ())
+    }
+
+    /// [`Manager::delete`], if `still` holds for the record as it is when it is marked
+    /// `stopping` (in the same update): whoever works from an older read (the reaper) must not
+    /// remove a sandbox that a restart or a recycle has taken since. Whether it was deleted.
+    async fn delete_if(
+        &self,
+        id: &str,
+        still: impl Fn(&Sandbox) -> bool,
+    ) -> Result<bool, CoreError> {
+        let mut claimed = false;
+        self.modify(id, |r| {
+            claimed = still(&r.sandbox);
+            if claimed {
+                r.sandbox.state = SandboxState::Stopping;
+            }
+        })
+        .await?;
+        if !claimed {
+            return Ok(false);
+        }
         if let Err(e) = self.destroy_box(id).await {
             // Keep the record, visibly failed, so that a retry (or the operator) can find it.
             self.mark_error(id, format!("could not be removed: {e}"))
@@ -754,7 +774,7 @@ impl Manager {
         if self.pools_enabled() {
             self.pools.wake.notify_one();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Kill a sandbox's box (its kept agent connections go with it), and unmount its
@@ -791,6 +811,39 @@ impl Manager {
             }))
         })
         .await
+    }
+
+    /// Remove the box of a running sandbox found dead and mark it `error`. Claimed as
+    /// `stopping` first, so that no restart starts a new box under the removal, and only while
+    /// the record still says `running`; then looked at again, as the box found dead may have
+    /// been replaced by a restart that ended before the claim.
+    async fn mark_dead(&self, id: &str) {
+        let mut claimed = false;
+        let taken = self
+            .modify(id, |r| {
+                claimed = r.sandbox.state == SandboxState::Running;
+                if claimed {
+                    r.sandbox.state = SandboxState::Stopping;
+                }
+            })
+            .await;
+        if taken.is_err() || !claimed {
+            return;
+        }
+        if self.backend.is_alive(id).await {
+            let _ = self
+                .modify(id, |r| {
+                    if r.sandbox.state == SandboxState::Stopping {
+                        r.sandbox.state = SandboxState::Running;
+                    }
+                })
+                .await;
+            return;
+        }
+        tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
+        let _ = self.destroy_box(id).await;
+        self.mark_error(id, "the sandbox's processes exited".into())
+            .await;
     }
 
     /// Put a sandbox in state `error` with `reason`, best effort (the record may be gone).
@@ -1116,17 +1169,26 @@ impl Manager {
             ) {
                 continue;
             }
+            // `rec` may be old by now (the passes over the records before it awaited): each
+            // action takes the sandbox only if the record as it is now still calls for it, so
+            // that a restart, recycle or pause begun meanwhile keeps its sandbox.
             if rec.sandbox.expires_at_ms.is_some_and(|t| t <= now) {
-                tracing::info!(sandbox = %id, "timeout passed; removing sandbox");
-                if let Err(e) = self.delete(id).await {
-                    tracing::warn!(sandbox = %id, error = %e, "could not remove expired sandbox");
+                let expired = |s: &Sandbox| {
+                    matches!(
+                        s.state,
+                        SandboxState::Running | SandboxState::Paused | SandboxState::Error
+                    ) && s.expires_at_ms.is_some_and(|t| t <= now)
+                };
+                match self.delete_if(id, expired).await {
+                    Ok(true) => tracing::info!(sandbox = %id, "timeout passed; sandbox removed"),
+                    Ok(false) | Err(CoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "could not remove expired sandbox")
+                    }
                 }
             } else if rec.sandbox.state == SandboxState::Running && !self.backend.is_alive(id).await
             {
-                tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
-                let _ = self.destroy_box(id).await;
-                self.mark_error(id, "the sandbox's processes exited".into())
-                    .await;
+                self.mark_dead(id).await;
             }
         }
     }

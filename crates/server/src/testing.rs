@@ -40,6 +40,61 @@ pub struct FakeBackend {
     /// Released by tests to let the `gate` command finish.
     pub gate: Arc<Notify>,
     conns: Arc<AtomicUsize>,
+    /// Where every `create` waits while it is closed, before it makes the box.
+    pub create_gate: Gate,
+    /// Where `is_alive` waits while it is closed, for the box named at [`Gate::close_for`];
+    /// it looks at the box once let through, so its answer is of that moment.
+    pub alive_gate: Gate,
+}
+
+/// A point where calls of the fake backend wait while a test holds it closed, so that the
+/// test can put other work between a call's start and its end.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// The box id it holds (`None`: every call) and what its calls wait on.
+    closed: Mutex<Option<(Option<String>, Arc<tokio::sync::Semaphore>)>>,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    /// Hold every call from now on.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = Some((None, Arc::new(tokio::sync::Semaphore::new(0))));
+    }
+
+    /// Hold the calls for box `id` from now on.
+    pub fn close_for(&self, id: &str) {
+        *self.closed.lock().unwrap() = Some((
+            Some(id.to_string()),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        ));
+    }
+
+    /// Let the held calls and every later one through.
+    pub fn open(&self) {
+        if let Some((_, s)) = self.closed.lock().unwrap().take() {
+            s.close();
+        }
+    }
+
+    /// How many calls are held now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Wait here while the gate is closed for `id`.
+    async fn pass(&self, id: &str) {
+        let held = match &*self.closed.lock().unwrap() {
+            Some((only, s)) if only.as_deref().is_none_or(|o| o == id) => Some(s.clone()),
+            _ => None,
+        };
+        if let Some(s) = held {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            // A closed semaphore is the gate opened.
+            let _ = s.acquire().await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Counts an open agent connection while it lives.
@@ -59,6 +114,8 @@ impl FakeBackend {
             boxes: Mutex::new(HashMap::new()),
             gate: Arc::new(Notify::new()),
             conns: Arc::new(AtomicUsize::new(0)),
+            create_gate: Gate::default(),
+            alive_gate: Gate::default(),
         })
     }
 
@@ -71,6 +128,18 @@ impl FakeBackend {
     pub fn live_boxes(&self) -> usize {
         self.boxes.lock().unwrap().len()
     }
+
+    /// Whether box `id` exists, without passing [`FakeBackend::alive_gate`].
+    pub fn is_alive_now(&self, id: &str) -> bool {
+        self.boxes.lock().unwrap().contains_key(id)
+    }
+
+    /// End box `id` as a crash would: its agent stops answering, the manager is not told.
+    pub fn kill_box(&self, id: &str) {
+        if let Some(t) = self.boxes.lock().unwrap().remove(id) {
+            t.abort();
+        }
+    }
 }
 
 #[async_trait]
@@ -80,6 +149,7 @@ impl Backend for FakeBackend {
     }
 
     async fn create(&self, spec: BoxSpec) -> Result<BoxHandle, BackendError> {
+        self.create_gate.pass(&spec.id).await;
         let path = self.dir.join(format!("{}.sock", spec.id));
         let listener = UnixListener::bind(&path).map_err(|e| BackendError::Io {
             context: "bind".into(),
@@ -117,6 +187,7 @@ impl Backend for FakeBackend {
     }
 
     async fn is_alive(&self, id: &str) -> bool {
+        self.alive_gate.pass(id).await;
         self.boxes.lock().unwrap().contains_key(id)
     }
 
