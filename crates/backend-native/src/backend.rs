@@ -828,6 +828,17 @@ impl Backend for NativeBackend {
             .map_err(|e| NativeError::from(e).into())
     }
 
+    /// The cgroup parents go, except in rootless mode (the server could not make the
+    /// delegated parents again). The kernel refuses to remove a group that still holds a
+    /// box's group or a process, so whatever still runs under them keeps them.
+    async fn shutdown(&self) {
+        if self.inner.rootless.is_some() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || inner.cgroups.remove_parents()).await;
+    }
+
     async fn cleanup_stale(&self, keep: &BTreeSet<String>) -> Result<CleanupReport, BackendError> {
         let inner = self.inner.clone();
         let keep = keep.clone();

@@ -186,6 +186,12 @@ pub trait Backend: Send + Sync + 'static {
         )))
     }
 
+    /// The server stops, and every box it removes at its stop is gone: let go of what the
+    /// backend keeps for all its boxes together (the native backend's cgroup parents, which
+    /// `cleanup_stale` makes again at the next start), as far as no box still needs it. Boxes
+    /// that stay (a stop with `AUTO_CLEANUP=false`, another process's) keep what they need.
+    async fn shutdown(&self) {}
+
     /// Remove everything an earlier run of this backend (with the same configuration) left
     /// behind: processes, mounts, cgroups, directories, except the boxes in `keep`, which the
     /// store still records as alive: those are adopted (the backend serves them as if it had

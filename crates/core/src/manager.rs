@@ -1225,6 +1225,7 @@ impl Manager {
             let _ = self.store.remove(&id).await;
         });
         futures::future::join_all(tasks).await;
+        self.backend.shutdown().await;
         if let Some(url) = &self.config.node_url {
             // Gone at once, not after the registration's TTL: the others take over now.
             let _ = self

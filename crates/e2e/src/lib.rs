@@ -233,10 +233,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-        // The server leaves its (then empty) cgroup parent in place, as a service would; a
-        // test server's parent is unique and would pile up run after run. Only empty groups
-        // go: a sandbox's group that a failed test leaked stays, with its processes, for
-        // whoever looks.
+        // A stopped server removes its cgroup parent, but one killed (or stopped with
+        // sandboxes kept) leaves it, and a test server's parent is unique: it would pile up
+        // run after run. Only empty groups go: a sandbox's group that a failed test leaked
+        // stays, with its processes, for whoever looks.
         for dir in cgroup_dirs(&self.cgroup_parent) {
             remove_empty_tree(&dir);
         }

@@ -73,4 +73,9 @@ async fn pool_hands_out_warm_sandboxes_and_refills() {
     assert!(status.success(), "server exited with {status}");
     assert!(pids.iter().all(|p| !pid_alive(*p)));
     assert!(sandbox_cgroups(&parent).is_empty());
+    // The cgroup parent goes with the last box (the next start makes it again).
+    assert_eq!(
+        sandboxd_e2e::cgroup_dirs(&parent),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
