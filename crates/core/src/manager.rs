@@ -136,6 +136,9 @@ pub struct Manager {
     restoring: tokio::sync::Mutex<()>,
     /// When tunnel traffic was last recorded for each sandbox ([`Manager::record_activity`]).
     activity: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// The template tree each box this process started runs on, held until the box is
+    /// destroyed, so that no rebuild's clean-up removes it under the box.
+    pins: std::sync::Mutex<std::collections::HashMap<String, crate::templates::TreePin>>,
     /// The workspace quota, when `workspace_mb` is set.
     quota: Option<WorkspaceQuota>,
 }
@@ -362,6 +365,7 @@ impl Manager {
             holder: format!("{}:{}", config_node, std::process::id()),
             restoring: tokio::sync::Mutex::new(()),
             activity: Default::default(),
+            pins: Default::default(),
             quota,
         });
         let weak = Arc::downgrade(&manager);
@@ -544,9 +548,12 @@ impl Manager {
             check_image(image, self.backend.as_ref())?;
         }
         // An image replaces the template: its type is then only a name.
-        let rootfs = match &req.image {
-            Some(_) => Some(PathBuf::new()),
-            None => self.templates.rootfs(&sandbox_type),
+        let (rootfs, pin) = match &req.image {
+            Some(_) => (Some(PathBuf::new()), None),
+            None => match self.templates.pin(&sandbox_type) {
+                Some((rootfs, pin)) => (Some(rootfs), Some(pin)),
+                None => (None, None),
+            },
         };
         let rootfs = rootfs.ok_or_else(|| {
             let known = self.templates.list();
@@ -613,6 +620,7 @@ impl Manager {
             SandboxState::Running
         };
         let tunnels = !record.sandbox.ports.is_empty();
+        self.hold_tree(&id, pin);
         match self
             .start_box(
                 &id,
@@ -783,6 +791,8 @@ impl Manager {
         self.conns.forget(id);
         self.lock_activity().remove(id);
         self.backend.destroy(id).await?;
+        // Only once the box is gone: a box that could not be destroyed still runs on its tree.
+        self.pins.lock().unwrap().remove(id);
         if let Some(q) = &self.quota {
             if let Err(e) = self.release_workspace(q, id).await {
                 // The box is gone; a mount left behind is unmounted at the next start.
@@ -790,6 +800,14 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Keep `pin` (the tree the box of sandbox `id` is about to start on) until the box is
+    /// destroyed.
+    fn hold_tree(&self, id: &str, pin: Option<crate::templates::TreePin>) {
+        if let Some(pin) = pin {
+            self.pins.lock().unwrap().insert(id.to_string(), pin);
+        }
     }
 
     /// Unmount the workspace of sandbox `id` (whose box is gone) unless another sandbox of its
@@ -979,11 +997,17 @@ impl Manager {
         };
         let started: Result<Sandbox, CoreError> = async {
             self.destroy_box(id).await?;
-            let rootfs = match &old.image {
-                Some(_) => Some(PathBuf::new()),
-                None => self.templates.rootfs(&old.sandbox_type),
-            }
-            .ok_or_else(|| CoreError::UnknownType(old.sandbox_type.clone(), String::new()))?;
+            let (rootfs, pin) = match &old.image {
+                Some(_) => (PathBuf::new(), None),
+                None => self
+                    .templates
+                    .pin(&old.sandbox_type)
+                    .map(|(rootfs, pin)| (rootfs, Some(pin)))
+                    .ok_or_else(|| {
+                        CoreError::UnknownType(old.sandbox_type.clone(), String::new())
+                    })?,
+            };
+            self.hold_tree(id, pin);
             let (limits, _) = self.resolve_limits(Some(&old.resources))?;
             self.start_box(
                 id,

@@ -377,8 +377,7 @@ pub(crate) fn build(
         let retired = dir.join(format!(".retired-{name}-{stamp}-{pid}"));
         if swap_into_place(&build_dir, &dir.join(name), &retired)? {
             reporter.note(&format!(
-                "the previous tree is kept at {}: sandboxes started from it go on using it; \
-                 remove it once they are gone",
+                "the previous tree is retired to {}",
                 retired.display()
             ));
         }

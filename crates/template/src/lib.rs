@@ -14,6 +14,11 @@
 //! `<templates_dir>/.<name>.lock`; a second build waits and then finds the template cached.
 //! The build log is kept at `<templates_dir>/.build-<name>.log`.
 //!
+//! A rebuild puts the new tree in place and keeps the one it replaces as
+//! `<templates_dir>/.retired-<name>-<time>-<pid>` while sandboxes started from it run (their
+//! root's lower layer is that tree); every [`build`] then removes the retired trees that no
+//! sandbox holds any more (see [`prune_retired`]).
+//!
 //! ```no_run
 //! use sandboxd_template::{build, BuildOptions, BuildOutcome};
 //! let outcome = build("/var/lib/sandboxd/templates".as_ref(), "base", &BuildOptions::default())?;
@@ -29,6 +34,7 @@ mod fsutil;
 mod mmdebstrap;
 mod progress;
 mod recipes;
+mod retired;
 mod sources;
 
 use std::io::IsTerminal;
@@ -36,6 +42,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use recipes::{recipe, recipes, Method, Recipe};
+pub use retired::{prune_retired, Pruned};
 pub use sources::{default_mirror, DEFAULT_MIRROR};
 
 /// How long a build waits for another build of the same template to finish.
@@ -163,6 +170,8 @@ impl TemplateError {
 }
 
 /// Builds template `name` under `templates_dir` unless it is ready already (or `opts.force`).
+/// Then, built or cached, removes the trees earlier rebuilds retired (of any template) that no
+/// sandbox runs on any more ([`prune_retired`]), and says on stderr what it removed and kept.
 ///
 /// Blocking: a `base` build takes about a minute. Progress goes to stderr (see
 /// [`BuildOptions::progress`]).
@@ -171,7 +180,28 @@ pub fn build(
     name: &str,
     opts: &BuildOptions,
 ) -> Result<BuildOutcome, TemplateError> {
-    build::build(templates_dir, name, opts, LOCK_TIMEOUT)
+    let outcome = build::build(templates_dir, name, opts, LOCK_TIMEOUT)?;
+    let pruned = prune_retired(templates_dir);
+    for tree in &pruned.removed {
+        eprintln!(
+            "templates: removed {}, retired by a rebuild, no sandbox runs on it",
+            tree.display()
+        );
+    }
+    for tree in &pruned.in_use {
+        eprintln!(
+            "templates: kept {}, retired by a rebuild: sandboxes started from it still run; \
+             a later `sandboxd template build` removes it once they are gone",
+            tree.display()
+        );
+    }
+    for (tree, why) in &pruned.failed {
+        eprintln!(
+            "templates: could not remove {}, retired by a rebuild: {why}",
+            tree.display()
+        );
+    }
+    Ok(outcome)
 }
 
 /// Whether template `name` under `templates_dir` is built and ready to use.

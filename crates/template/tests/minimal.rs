@@ -96,8 +96,10 @@ fn minimal_is_built_cached_and_rebuilt() {
     );
 
     // Forced: a new tree replaces the old one, which is kept aside for the sandboxes still
-    // using it; leftovers of crashed builds go away.
+    // using it (one holds it here, as a server does for each sandbox it starts from it);
+    // leftovers of crashed builds go away.
     std::fs::write(root.join("workspace/old-marker"), "").unwrap();
+    let sandbox = hold(&dir.join("minimal"));
     std::fs::create_dir_all(dir.join(".build-minimal-999999/rootfs/etc")).unwrap();
     std::fs::create_dir_all(dir.join(".old-minimal-5/rootfs")).unwrap();
     std::fs::create_dir_all(dir.join(".build-other-1/rootfs")).unwrap();
@@ -123,6 +125,30 @@ fn minimal_is_built_cached_and_rebuilt() {
         .join(&retired[0])
         .join("rootfs/workspace/old-marker")
         .exists());
+
+    // Still held: the next build keeps it. Once the sandbox is gone, the next build (even a
+    // cached one) removes it, and only it.
+    assert_eq!(
+        build(&dir, "minimal", &opts(false)).unwrap(),
+        BuildOutcome::Cached
+    );
+    assert!(dir.join(&retired[0]).join("ready").exists());
+    drop(sandbox);
+    assert_eq!(
+        build(&dir, "minimal", &opts(false)).unwrap(),
+        BuildOutcome::Cached
+    );
+    assert!(!dir.join(&retired[0]).exists());
+    assert!(is_ready(&dir, "minimal") && root.join("bin/busybox").is_file());
+}
+
+/// What a server holds while a sandbox runs on the tree at `path`: a shared `flock` on it.
+fn hold(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) }, 0);
+    f
 }
 
 #[test]
