@@ -726,6 +726,26 @@ impl Manager {
         }
     }
 
+    /// Move a sandbox to state `to` if `when` holds for its record as it is then (one
+    /// compare-and-set); whether it did, and the record afterwards.
+    async fn claim(
+        &self,
+        id: &str,
+        when: impl Fn(&Sandbox) -> bool,
+        to: SandboxState,
+    ) -> Result<(bool, SandboxRecord), CoreError> {
+        let mut claimed = false;
+        let rec = self
+            .modify(id, |r| {
+                claimed = when(&r.sandbox);
+                if claimed {
+                    r.sandbox.state = to;
+                }
+            })
+            .await?;
+        Ok((claimed, rec))
+    }
+
     /// One sandbox.
     pub async fn get(&self, id: &str) -> Result<Sandbox, CoreError> {
         self.store
@@ -760,15 +780,7 @@ impl Manager {
         id: &str,
         still: impl Fn(&Sandbox) -> bool,
     ) -> Result<bool, CoreError> {
-        let mut claimed = false;
-        self.modify(id, |r| {
-            claimed = still(&r.sandbox);
-            if claimed {
-                r.sandbox.state = SandboxState::Stopping;
-            }
-        })
-        .await?;
-        if !claimed {
+        if !self.claim(id, still, SandboxState::Stopping).await?.0 {
             return Ok(false);
         }
         if let Err(e) = self.destroy_box(id).await {
@@ -836,26 +848,16 @@ impl Manager {
     /// the record still says `running`; then looked at again, as the box found dead may have
     /// been replaced by a restart that ended before the claim.
     async fn mark_dead(&self, id: &str) {
-        let mut claimed = false;
-        let taken = self
-            .modify(id, |r| {
-                claimed = r.sandbox.state == SandboxState::Running;
-                if claimed {
-                    r.sandbox.state = SandboxState::Stopping;
-                }
-            })
-            .await;
-        if taken.is_err() || !claimed {
+        let running = |s: &Sandbox| s.state == SandboxState::Running;
+        if !matches!(
+            self.claim(id, running, SandboxState::Stopping).await,
+            Ok((true, _))
+        ) {
             return;
         }
         if self.backend.is_alive(id).await {
-            let _ = self
-                .modify(id, |r| {
-                    if r.sandbox.state == SandboxState::Stopping {
-                        r.sandbox.state = SandboxState::Running;
-                    }
-                })
-                .await;
+            let stopping = |s: &Sandbox| s.state == SandboxState::Stopping;
+            let _ = self.claim(id, stopping, SandboxState::Running).await;
             return;
         }
         tracing::warn!(sandbox = %id, "sandbox exited unexpectedly");
@@ -946,15 +948,8 @@ impl Manager {
             _ => return Err(CoreError::NotRunning(id.to_string())),
         }
         self.backend.set_paused(id, false).await?;
-        let mut resumed = false;
-        let rec = self
-            .modify(id, |r| {
-                resumed = r.sandbox.state == SandboxState::Paused;
-                if resumed {
-                    r.sandbox.state = SandboxState::Running;
-                }
-            })
-            .await?;
+        let paused = |s: &Sandbox| s.state == SandboxState::Paused;
+        let (resumed, rec) = self.claim(id, paused, SandboxState::Running).await?;
         if !resumed && rec.sandbox.state != SandboxState::Running {
             return Err(CoreError::NotRunning(id.to_string()));
         }
@@ -1039,18 +1034,8 @@ impl Manager {
     /// its workspace, so that [`Manager::restore`] can bring it back. The record is kept for
     /// `retired_keep`.
     pub async fn recycle(&self, id: &str, reason: &str) -> Result<Sandbox, CoreError> {
-        let mut claimed = false;
-        self.modify(id, |r| {
-            claimed = matches!(
-                r.sandbox.state,
-                SandboxState::Running | SandboxState::Paused
-            );
-            if claimed {
-                r.sandbox.state = SandboxState::Stopping;
-            }
-        })
-        .await?;
-        if !claimed {
+        let live = |s: &Sandbox| matches!(s.state, SandboxState::Running | SandboxState::Paused);
+        if !self.claim(id, live, SandboxState::Stopping).await?.0 {
             return Err(CoreError::NotRunning(id.to_string()));
         }
         if let Err(e) = self.destroy_box(id).await {

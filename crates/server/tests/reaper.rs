@@ -21,6 +21,22 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// A reaper pass, started and held at its look at the box of sandbox `id` (it has read every
+/// record by then); it goes on once `h.backend.alive_gate` opens.
+async fn pass_held_at(h: &Harness, id: &str) -> tokio::task::JoinHandle<()> {
+    h.backend.alive_gate.close_for(id);
+    let pass = tokio::spawn({
+        let m = h.manager.clone();
+        async move { m.reap_once().await }
+    });
+    // (The background reaper's first pass, which may run late, can be held there too.)
+    until("the pass waits at the box", || {
+        h.backend.alive_gate.waiting() >= 1
+    })
+    .await;
+    pass
+}
+
 /// The pass reads both sandboxes as running, then waits at its look at the first one's box
 /// while a restart of the second removes that one's box and waits to start the new one. When
 /// the pass goes on, the second's record it read says "running" and its box is gone: a box
@@ -34,16 +50,7 @@ async fn a_pass_leaves_alone_a_sandbox_that_a_restart_took_after_it_read_the_rec
     let first = m.create(CreateSandboxRequest::default()).await.unwrap();
     let second = m.create(CreateSandboxRequest::default()).await.unwrap();
 
-    h.backend.alive_gate.close_for(&first.id);
-    let pass = tokio::spawn({
-        let m = m.clone();
-        async move { m.reap_once().await }
-    });
-    // (The background reaper's first pass, which may run late, can be held there too.)
-    until("the pass waits at the first box", || {
-        h.backend.alive_gate.waiting() >= 1
-    })
-    .await;
+    let pass = pass_held_at(&h, &first.id).await;
 
     h.backend.create_gate.close();
     let restart = tokio::spawn({
@@ -112,15 +119,7 @@ async fn a_pass_keeps_a_sandbox_whose_timeout_was_extended_after_it_read_the_rec
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    h.backend.alive_gate.close_for(&first.id);
-    let pass = tokio::spawn({
-        let m = m.clone();
-        async move { m.reap_once().await }
-    });
-    until("the pass waits at the first box", || {
-        h.backend.alive_gate.waiting() >= 1
-    })
-    .await;
+    let pass = pass_held_at(&h, &first.id).await;
     m.set_timeout(&second.id, 600).await.unwrap();
     h.backend.alive_gate.open();
     pass.await.unwrap();
