@@ -541,7 +541,19 @@ impl<F: CgroupFs> Cgroups<F> {
         gid: libc::gid_t,
         own_v2: Option<&str>,
     ) -> Result<(), String> {
-        let dirs = self.parent_dirs();
+        // The v1 hierarchies a box does not join need no delegation. Whether the v2 group
+        // kills and freezes is seen on the delegated v2 parent; while it is missing, every
+        // hierarchy is asked for.
+        let v2_parent_does = self.layout.v2.as_ref().is_some_and(|h| {
+            let p = h.mountpoint.join(&self.parent);
+            self.fs.exists(&p.join("cgroup.kill")) && self.fs.exists(&p.join("cgroup.freeze"))
+        });
+        let dirs: Vec<PathBuf> = self
+            .layout
+            .hierarchies()
+            .filter(|h| !(v2_parent_does && replaced_by_v2(h)))
+            .map(|h| h.mountpoint.join(&self.parent))
+            .collect();
         let mut problems = Vec::new();
         for dir in &dirs {
             if !self.fs.exists(dir) {
@@ -668,11 +680,7 @@ impl<F: CgroupFs> Cgroups<F> {
             })
         });
         for h in self.layout.v1.iter() {
-            if v2_kills_and_freezes
-                && h.controllers
-                    .iter()
-                    .all(|c| V1_REPLACED_BY_V2.contains(&c.as_str()))
-            {
+            if v2_kills_and_freezes && replaced_by_v2(h) {
                 continue;
             }
             self.mkdir_parents(&h.mountpoint)?;
@@ -990,6 +998,15 @@ impl<F: CgroupFs> Cgroups<F> {
         }
         removed
     }
+}
+
+/// Whether `h` is a v1 hierarchy whose every controller's work a v2 group with `cgroup.kill`
+/// and `cgroup.freeze` does ([`V1_REPLACED_BY_V2`]), so that a box need not join it.
+fn replaced_by_v2(h: &Hierarchy) -> bool {
+    !h.controllers.is_empty()
+        && h.controllers
+            .iter()
+            .all(|c| V1_REPLACED_BY_V2.contains(&c.as_str()))
 }
 
 /// CPU quota per [`CPU_PERIOD_US`] for a share of `millis` thousandths of a core.
@@ -1453,6 +1470,43 @@ mod tests {
         assert_eq!(common_ancestor("/a/b/c", "a/b/d"), PathBuf::from("a/b"));
         assert_eq!(common_ancestor("/", "sbx"), PathBuf::new());
         assert_eq!(common_ancestor("/sbxy", "sbx"), PathBuf::new());
+    }
+
+    #[test]
+    fn delegation_needs_no_v1_freezer_or_cpuacct_where_v2_kills_and_freezes() {
+        // The delegated v2 parent has cgroup.kill and cgroup.freeze (Linux 5.14 and later).
+        let fake = Fake::with_files(&[
+            ("/sys/fs/cgroup/unified/sbx/cgroup.kill", ""),
+            ("/sys/fs/cgroup/unified/sbx/cgroup.freeze", "0"),
+            ("/sys/fs/cgroup/unified/sbx/cgroup.procs", ""),
+        ]);
+        let cg = Cgroups::new(CgroupLayout::from_mountinfo(HYBRID).unwrap(), "sbx", &fake).unwrap();
+        fake.writable
+            .lock()
+            .unwrap()
+            .insert("/sys/fs/cgroup/unified/sbx/cgroup.procs".into());
+        for h in ["cpu", "memory", "pids", "unified"] {
+            let dir = PathBuf::from(format!("/sys/fs/cgroup/{h}/sbx"));
+            fake.dirs.lock().unwrap().insert(dir.clone());
+            fake.writable.lock().unwrap().insert(dir);
+        }
+        cg.check_delegation(4242, 4243, Some("/sbx/.server"))
+            .unwrap();
+        // Without them, the freezer and cpuacct parents are asked for.
+        fake.files
+            .lock()
+            .unwrap()
+            .remove(Path::new("/sys/fs/cgroup/unified/sbx/cgroup.kill"));
+        let err = cg
+            .check_delegation(4242, 4243, Some("/sbx/.server"))
+            .unwrap_err();
+        for want in [
+            "/sys/fs/cgroup/freezer/sbx does not exist",
+            "/sys/fs/cgroup/cpuacct/sbx does not exist",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err}");
+        }
+        assert!(!err.contains("/sys/fs/cgroup/memory/sbx does not"), "{err}");
     }
 
     #[test]

@@ -185,7 +185,10 @@
 //!   [`BackendError::Unavailable`](sandboxd_core::backend::BackendError::Unavailable) with the
 //!   commands that set it up, for this host's hierarchies, e.g. for uid 1000:
 //!   `mkdir -p /sys/fs/cgroup/{cpu,cpuacct,memory,freezer,pids,unified}/sandboxd-1000
-//!   /sys/fs/cgroup/unified/sandboxd-1000/.server && chown -R 1000:1000 <those parents>`, then
+//!   /sys/fs/cgroup/unified/sandboxd-1000/.server && chown -R 1000:1000 <those parents>`
+//!   (once the v2 parent exists and has `cgroup.kill` and `cgroup.freeze`, Linux 5.14 and
+//!   later, the v1 `freezer` and `cpuacct` parents are not asked for: a box does not join
+//!   them), then
 //!   `echo <pid of the shell that starts sandboxd> >
 //!   /sys/fs/cgroup/unified/sandboxd-1000/.server/cgroup.procs` as root (or a systemd unit with
 //!   `Delegate=yes`). Joining the v1 groups works unchanged: the init writes `0` to their
