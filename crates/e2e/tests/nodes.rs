@@ -38,10 +38,25 @@ fn ip(args: &[&str]) {
 
 impl Net {
     fn new() -> Net {
+        use std::os::fd::AsRawFd;
         let pid = std::process::id();
+        // The tests of this file run in processes of their own, at once: each takes a subnet
+        // no other network of theirs has, chosen and claimed (the bridge's address) under a
+        // lock they share.
+        let lock = std::fs::File::create("/run/sandboxd-e2e-nets.lock").unwrap();
+        // SAFETY: `lock` is an open descriptor for the duration of the call.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let taken = Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .expect("ip (iproute2)");
+        let taken = String::from_utf8_lossy(&taken.stdout).into_owned();
+        let subnet = (100..=250u8)
+            .find(|s| !taken.contains(&format!(" 10.{s}.0.")))
+            .expect("a free 10.x.0.0/24 subnet");
         let net = Net {
-            tag: format!("{:x}", pid % 0xfffff),
-            subnet: 100 + (pid % 100) as u8,
+            tag: format!("{:x}{subnet:02x}", pid % 0xfffff),
+            subnet,
         };
         let br = net.bridge();
         ip(&["link", "add", &br, "type", "bridge"]);
@@ -50,6 +65,7 @@ impl Net {
         // bridge's own traffic through (the rule goes with the network).
         net.iptables("-I");
         ip(&["addr", "add", &format!("{}/24", net.addr(253)), "dev", &br]);
+        drop(lock);
         ip(&["link", "set", &br, "up"]);
         for n in 0..4 {
             let ns = net.ns(n);
@@ -150,6 +166,17 @@ impl Drop for Redis {
 const PORT: u16 = 8000;
 
 async fn node(net: &Net, n: u8, workspaces: &std::path::Path, prefix: &str) -> Server {
+    node_with(net, n, workspaces, prefix, &[]).await
+}
+
+/// [`node`] with more settings.
+async fn node_with(
+    net: &Net,
+    n: u8,
+    workspaces: &std::path::Path,
+    prefix: &str,
+    more: &[(&str, &str)],
+) -> Server {
     common::require_base();
     let addr = net.addr(n);
     let env = [
@@ -166,6 +193,7 @@ async fn node(net: &Net, n: u8, workspaces: &std::path::Path, prefix: &str) -> S
         env: env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(more.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .collect(),
         netns: Some(net.ns(n)),
         host: Some(addr),
@@ -368,4 +396,76 @@ async fn three_nodes_forward_fail_over_and_hand_back() {
     // Node 2 starts again: what ran there was taken over, so its start removes those boxes.
     n2.restart().await.unwrap();
     n2.stop();
+}
+
+/// Named API keys on two nodes: a tenant's requests for its sandbox are served through the
+/// other node as well (forwarded to the sandbox's node, the key with them), and another
+/// tenant's are refused on both, forwarded or not, as for a sandbox that does not exist. A
+/// request that says it was forwarded is checked the same: the header is no credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_stay_apart_through_forwarding() {
+    const ALICE: &str = "alice-token-0123456789abcdef";
+    const BOB: &str = "bob-token-0123456789abcdef01";
+    let net = Net::new();
+    let _redis = Redis::start(&net);
+    let workspaces = tempfile::Builder::new()
+        .prefix("sandboxd-e2e-shared-ws-")
+        .tempdir()
+        .unwrap();
+    let prefix = format!("tenant-nodes-{}", std::process::id());
+    let keys = format!("alice:{ALICE},bob:{BOB}");
+    let more = [("API_KEYS", keys.as_str())];
+    let n1 = node_with(&net, 1, workspaces.path(), &prefix, &more).await;
+    let n2 = node_with(&net, 2, workspaces.path(), &prefix, &more).await;
+    let on =
+        |n: &Server, token: &str| sandboxd_client::Client::new(n.url.clone()).with_token(token);
+    let hostname = ExecRequest {
+        cmd: Some(vec!["hostname".into()]),
+        ..Default::default()
+    };
+
+    let sb = on(&n1, ALICE).create(&common::create_req()).await.unwrap();
+    let here = on(&n1, ALICE).exec(&sb.id, &hostname).await.unwrap();
+    let there = on(&n2, ALICE).exec(&sb.id, &hostname).await.unwrap();
+    assert_eq!(there.exit_code, Some(0), "{there:?}");
+    assert_eq!(
+        there.stdout, here.stdout,
+        "the same box answers through node 2"
+    );
+    assert_eq!(on(&n2, ALICE).get(&sb.id).await.unwrap().id, sb.id);
+
+    for (through, n) in [("node 2, forwarded", &n2), ("node 1, its own", &n1)] {
+        let bob = on(n, BOB);
+        let not_found = |what: &str, e: sandboxd_client::Error| {
+            assert_eq!(
+                common::api_code(&e),
+                Some(sandboxd_types::ErrorCode::NotFound),
+                "bob's {what} through {through}: {e}"
+            );
+        };
+        not_found("get", bob.get(&sb.id).await.unwrap_err());
+        not_found("exec", bob.exec(&sb.id, &hostname).await.unwrap_err());
+        not_found("delete", bob.delete(&sb.id).await.unwrap_err());
+        let listed = bob.list(&Default::default()).await.unwrap();
+        assert!(
+            listed.iter().all(|s| s.id != sb.id),
+            "{through}: {listed:?}"
+        );
+    }
+    let spoofed = reqwest::Client::new()
+        .get(format!("{}/v1/sandboxes/{}", n2.url, sb.id))
+        .bearer_auth(BOB)
+        .header("x-sandboxd-forwarded-by", "node1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 404);
+    let anonymous = reqwest::get(format!("{}/v1/sandboxes/{}", n2.url, sb.id))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Still alice's, untouched: she removes it through node 2.
+    on(&n2, ALICE).delete(&sb.id).await.unwrap();
+    assert!(on(&n1, ALICE).get(&sb.id).await.is_err());
 }
