@@ -277,14 +277,21 @@ async fn wait_state(node: &Server, name: &str, state: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_nodes_forward_fail_over_and_hand_back() {
+/// The network, its Redis, and the workspaces' directory every node reaches. (Bound in this
+/// order, they are dropped the other way round: Redis before its namespace goes.)
+fn machines() -> (Net, Redis, tempfile::TempDir) {
     let net = Net::new();
-    let _redis = Redis::start(&net);
+    let redis = Redis::start(&net);
     let workspaces = tempfile::Builder::new()
         .prefix("sandboxd-e2e-shared-ws-")
         .tempdir()
         .unwrap();
+    (net, redis, workspaces)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_forward_fail_over_and_hand_back() {
+    let (net, _redis, workspaces) = machines();
     let prefix = format!("nodes-{}", std::process::id());
     let n1 = node(&net, 1, workspaces.path(), &prefix).await;
     let mut n2 = node(&net, 2, workspaces.path(), &prefix).await;
@@ -406,12 +413,7 @@ async fn three_nodes_forward_fail_over_and_hand_back() {
 async fn tenants_stay_apart_through_forwarding() {
     const ALICE: &str = "alice-token-0123456789abcdef";
     const BOB: &str = "bob-token-0123456789abcdef01";
-    let net = Net::new();
-    let _redis = Redis::start(&net);
-    let workspaces = tempfile::Builder::new()
-        .prefix("sandboxd-e2e-shared-ws-")
-        .tempdir()
-        .unwrap();
+    let (net, _redis, workspaces) = machines();
     let prefix = format!("tenant-nodes-{}", std::process::id());
     let keys = format!("alice:{ALICE},bob:{BOB}");
     let more = [("API_KEYS", keys.as_str())];
