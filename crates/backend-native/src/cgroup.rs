@@ -776,18 +776,20 @@ impl<F: CgroupFs> Cgroups<F> {
     /// live box that work takes a live box's share of the CPUs; at the least weight it runs
     /// when the boxes still in use leave time. Measured with 128 clients creating, running and
     /// deleting at once on two cores: the time to interactive of the sandboxes created while
-    /// others were being deleted fell by about half (BENCHMARKS.md). Best effort: without a
-    /// `cpu` controller for the box the weight stays, which costs the other boxes only speed.
+    /// others were being deleted fell by a third to a half at the median (BENCHMARKS.md). Best
+    /// effort: without a `cpu` controller for the box the weight stays, which costs the other
+    /// boxes only speed.
     pub fn lower_cpu_weight(&self, id: &str) {
-        let (dir, file, value) = match self.layout.v1_for("cpu") {
-            Some(h) => (h.mountpoint.join(&self.parent).join(id), "cpu.shares", "2"),
-            None if self.layout.kind == LayoutKind::V2 => match self.v2_box_dir(id) {
-                Some(dir) => (dir, "cpu.weight", "1"),
-                None => return,
-            },
-            None => return,
+        let target = match self.layout.v1_for("cpu") {
+            Some(h) => Some((h.mountpoint.join(&self.parent).join(id), "cpu.shares", "2")),
+            None if self.layout.kind == LayoutKind::V2 => {
+                self.v2_box_dir(id).map(|dir| (dir, "cpu.weight", "1"))
+            }
+            None => None,
         };
-        let _ = self.fs.write(&dir.join(file), value);
+        if let Some((dir, file, value)) = target {
+            let _ = self.fs.write(&dir.join(file), value);
+        }
     }
 
     /// Kill every process of the box and wait until its groups are empty.

@@ -59,15 +59,16 @@ pub struct Gate {
 impl Gate {
     /// Hold every call from now on.
     pub fn close(&self) {
-        *self.closed.lock().unwrap() = Some((None, Arc::new(tokio::sync::Semaphore::new(0))));
+        self.hold(None);
     }
 
     /// Hold the calls for box `id` from now on.
     pub fn close_for(&self, id: &str) {
-        *self.closed.lock().unwrap() = Some((
-            Some(id.to_string()),
-            Arc::new(tokio::sync::Semaphore::new(0)),
-        ));
+        self.hold(Some(id.to_string()));
+    }
+
+    fn hold(&self, only: Option<String>) {
+        *self.closed.lock().unwrap() = Some((only, Arc::new(tokio::sync::Semaphore::new(0))));
     }
 
     /// Let the held calls and every later one through.
